@@ -1,0 +1,1 @@
+"""CLI subcommands; each module exposes ``main(config)`` (``env`` takes argv)."""

@@ -1,0 +1,75 @@
+"""Experiment configs: one ``get_config(arg)`` file per experiment, as in big_vision.
+
+``configs/x.py:variant`` calls ``get_config("variant")``; overrides use the ml_collections
+config-flag syntax (``--config.a.b=v``). Unknown keys and wrong types fail with a message
+naming the key, because overrides go through ml_collections' own flag parser on a locked
+config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+
+class ConfigError(ValueError):
+    """A config file, variant or override is wrong; the message names it."""
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Load ``path.py[:variant]`` and apply ``a.b=v`` overrides (leading ``--config.`` optional).
+
+    This goes through the same ml_collections flag machinery as the CLI, so a programmatic
+    run and ``augdiff <cmd> --config ... --config.a.b=v`` resolve identically.
+    """
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=True)
+    argv = ["augdiff", f"--config={spec}"]
+    for o in overrides:
+        o = o[2:] if o.startswith("--") else o
+        o = o if o.startswith("config.") else f"config.{o}"
+        argv.append(f"--{o}")
+    try:
+        fv(argv)
+    except flags.Error as e:  # unknown key, wrong type, bad file
+        raise ConfigError(str(e)) from e
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+        raise ConfigError(f"config {spec!r}: {e}") from e
+    cfg = fv["config"].value
+    if cfg is None:
+        raise ConfigError(f"config {spec!r} gave no ConfigDict")
+    return cfg
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return json.loads(config.to_json_best_effort())
+
+
+def require(config: ml_collections.ConfigDict, *keys: str) -> None:
+    """Fail with a clear message when dotted ``keys`` are missing or None."""
+    for key in keys:
+        node: Any = config
+        for part in key.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise ConfigError(f"config is missing required field {key!r}")
+            node = node[part]
+        if node is None:
+            raise ConfigError(f"config field {key!r} must be set (e.g. --config.{key}=...)")
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two (nested) config dicts differ."""
+    out: list[str] = []
+    for k in sorted(set(a) | set(b)):
+        name = f"{prefix}{k}"
+        va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, name + ".")
+        elif va != vb:
+            out.append(name)
+    return out
