@@ -41,9 +41,10 @@ def initialize_distributed(
     """Call ``jax.distributed.initialize`` once, when a multi-process launch asks for it.
 
     Arguments fall back to the environment variables ``AUGDIFF_COORDINATOR``,
-    ``AUGDIFF_NUM_PROCESSES`` and ``AUGDIFF_PROCESS_ID``. With none of them set and no cluster
-    environment that JAX detects (TPU VM slice, SLURM, Open MPI), this is a no-op, so a plain
-    single-host run never blocks waiting for peers.
+    ``AUGDIFF_NUM_PROCESSES``, ``AUGDIFF_PROCESS_ID`` and ``AUGDIFF_LOCAL_DEVICE_IDS``
+    (comma-separated). ``AUGDIFF_DISTRIBUTED=1`` without a coordinator lets JAX detect the
+    cluster (TPU VM slice, SLURM, Open MPI). With none of these set this is a no-op, so a
+    plain single-host run never blocks waiting for peers.
     """
     global _DISTRIBUTED_INITIALIZED
     if _DISTRIBUTED_INITIALIZED:
@@ -53,10 +54,9 @@ def initialize_distributed(
         num_processes = int(os.environ["AUGDIFF_NUM_PROCESSES"])
     if process_id is None and os.environ.get("AUGDIFF_PROCESS_ID"):
         process_id = int(os.environ["AUGDIFF_PROCESS_ID"])
-    auto_cluster = any(
-        k in os.environ
-        for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
-    ) and os.environ.get("AUGDIFF_AUTO_DISTRIBUTED", "1") == "1"
+    # AUGDIFF_DISTRIBUTED=1 (set by the launch/ scripts) lets JAX detect the cluster itself:
+    # TPU VM slices, SLURM and Open MPI are recognised by jax.distributed.initialize().
+    auto_cluster = os.environ.get("AUGDIFF_DISTRIBUTED", "0") == "1"
     if coordinator_address is None and not auto_cluster:
         return
     kwargs: dict[str, Any] = {}
@@ -66,8 +66,13 @@ def initialize_distributed(
             num_processes=num_processes,
             process_id=process_id,
         )
+    if local_device_ids is None and os.environ.get("AUGDIFF_LOCAL_DEVICE_IDS"):
+        local_device_ids = [int(i) for i in os.environ["AUGDIFF_LOCAL_DEVICE_IDS"].split(",")]
     if local_device_ids is not None:
         kwargs["local_device_ids"] = list(local_device_ids)
+    # CPU processes need a collectives backend for cross-process reductions (tests on
+    # localhost); accelerator backends ignore this option.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     _DISTRIBUTED_INITIALIZED = True
 
