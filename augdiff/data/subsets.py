@@ -1,0 +1,100 @@
+"""Deterministic training subsets: N images per class, and long-tailed (LT) profiles.
+
+Long-tailed subsets follow the exponential profile of CIFAR-10/100-LT (Cao et al., 2019,
+"LDAM") and ImageNet-LT (Liu et al., 2019): with ``C`` classes, head size ``n_max`` and
+imbalance factor ``IF = n_max / n_min``,
+
+    n_c = ⌊ n_max · IF^(−c / (C − 1)) ⌋,        c = 0, …, C − 1,
+
+so class 0 keeps ``n_max`` images and class ``C − 1`` keeps ``n_max / IF``.
+
+Every function is a pure function of the label array and an integer seed; the chosen rows
+are returned sorted, so a subset is the same whatever order the classes were listed in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def long_tailed_counts(n_max: int, num_classes: int, imbalance_factor: float) -> np.ndarray:
+    """Per-class counts ``n_c = ⌊n_max · IF^(−c/(C−1))⌋`` (at least 1 image per class)."""
+    if n_max <= 0:
+        raise ValueError(f"long-tailed counts: n_max must be > 0, got {n_max}")
+    if num_classes <= 0:
+        raise ValueError(f"long-tailed counts: num_classes must be > 0, got {num_classes}")
+    if imbalance_factor < 1.0:
+        raise ValueError(f"imbalance_factor must be >= 1 (n_max / n_min), got {imbalance_factor}")
+    if num_classes == 1:
+        return np.array([n_max], np.int64)
+    c = np.arange(num_classes, dtype=np.float64)
+    counts = np.floor(n_max * imbalance_factor ** (-c / (num_classes - 1)) + 1e-9)
+    return np.maximum(counts, 1).astype(np.int64)
+
+
+def _class_rows(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
+    labels = np.asarray(labels)
+    return [np.flatnonzero(labels == c) for c in range(num_classes)]
+
+
+def subset_by_counts(labels: np.ndarray, counts: np.ndarray, seed: int) -> np.ndarray:
+    """Sorted row indices holding ``counts[c]`` rows of class ``c``, chosen uniformly from ``seed``.
+
+    Class ``c`` draws from its own stream ``default_rng([seed, c])``, so the rows picked for a
+    class do not depend on the other classes' counts.
+    """
+    counts = np.asarray(counts, np.int64)
+    out = []
+    for c, rows in enumerate(_class_rows(labels, len(counts))):
+        n = int(counts[c])
+        if n > len(rows):
+            raise ValueError(f"subset: class {c} has {len(rows)} images, {n} requested")
+        perm = np.random.default_rng([int(seed), c]).permutation(len(rows))
+        out.append(rows[perm[:n]])
+    return np.sort(np.concatenate(out)) if out else np.zeros((0,), np.int64)
+
+
+def per_class_subset(
+    labels: np.ndarray, per_class: int, seed: int, num_classes: int | None = None
+) -> np.ndarray:
+    """``per_class`` rows of every class (few-shot / low-data regimes)."""
+    if per_class <= 0:
+        raise ValueError(f"per_class must be > 0, got {per_class}")
+    num_classes = int(np.max(labels)) + 1 if num_classes is None else num_classes
+    return subset_by_counts(labels, np.full(num_classes, per_class), seed)
+
+
+def long_tailed_subset(
+    labels: np.ndarray,
+    imbalance_factor: float,
+    seed: int,
+    n_max: int | None = None,
+    num_classes: int | None = None,
+) -> np.ndarray:
+    """Rows following the exponential LT profile; ``n_max`` defaults to the smallest class size."""
+    num_classes = int(np.max(labels)) + 1 if num_classes is None else num_classes
+    sizes = np.array([len(r) for r in _class_rows(labels, num_classes)])
+    n_max = int(sizes.min()) if n_max is None or n_max <= 0 else int(n_max)
+    return subset_by_counts(labels, long_tailed_counts(n_max, num_classes, imbalance_factor), seed)
+
+
+def select_subset(
+    labels: np.ndarray,
+    *,
+    per_class: int = 0,
+    imbalance_factor: float = 1.0,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> np.ndarray | None:
+    """The rows a data config asks for, or ``None`` for "all rows".
+
+    ``per_class > 0`` alone: N per class. ``imbalance_factor > 1``: long-tailed with
+    ``n_max = per_class`` (or the smallest class size when ``per_class == 0``).
+    """
+    if imbalance_factor is None or imbalance_factor <= 1.0:
+        if imbalance_factor is not None and imbalance_factor < 1.0:
+            raise ValueError(f"imbalance_factor must be >= 1, got {imbalance_factor}")
+        if not per_class:
+            return None
+        return per_class_subset(labels, per_class, seed, num_classes)
+    return long_tailed_subset(labels, imbalance_factor, seed, per_class or None, num_classes)
