@@ -27,23 +27,52 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     This goes through the same ml_collections flag machinery as the CLI, so a programmatic
     run and ``augdiff <cmd> --config ... --config.a.b=v`` resolve identically.
     """
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=True)
     argv = ["augdiff", f"--config={spec}"]
     for o in overrides:
         o = o[2:] if o.startswith("--") else o
         o = o if o.startswith("config.") else f"config.{o}"
         argv.append(f"--{o}")
+    fv = flags.FlagValues()
     try:
+        # ml_collections discovers the override flags (--config.a.b=v) from sys_argv when
+        # the config flag is defined, so the argv must be given here as well as parsed below.
+        config_flags.DEFINE_config_file(
+            "config", default=None, flag_values=fv, lock_config=True, sys_argv=argv
+        )
         fv(argv)
     except flags.Error as e:  # unknown key, wrong type, bad file
         raise ConfigError(str(e)) from e
-    except (KeyError, AttributeError, TypeError, ValueError) as e:
+    except (KeyError, AttributeError) as e:
+        raise ConfigError(_unknown_key_message(spec, argv[2:]) or f"config {spec!r}: {e}") from e
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"config {spec!r}: {e}") from e
     cfg = fv["config"].value
     if cfg is None:
         raise ConfigError(f"config {spec!r} gave no ConfigDict")
     return cfg
+
+
+def _unknown_key_message(spec: str, override_args: Sequence[str]) -> str | None:
+    """Name the first override whose dotted path is not a field of the config."""
+    try:
+        base = load_config(spec)
+    except ConfigError:
+        return None
+    for arg in override_args:
+        path = arg[len("--config."):].split("=", 1)[0]
+        node: Any = base
+        walked: list[str] = []
+        for part in path.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                where = ".".join(walked) or "<top level>"
+                known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                return (
+                    f"unknown config key {path!r} (from {arg}); fields under {where}: "
+                    f"{', '.join(known)}"
+                )
+            walked.append(part)
+            node = node[part]
+    return None
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

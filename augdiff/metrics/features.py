@@ -1,0 +1,275 @@
+"""Pluggable feature extractors for the fidelity metrics: ``get_extractor(cfg) -> Extractor``.
+
+Every extractor maps uint8 NHWC images to float32 features ``[B, D]`` and carries a ``name``
+that reports print beside each number (an FID under one extractor is not comparable with an
+FID under another).
+
+- ``inception_v3``: pool3 of the FID Inception-v3 (:mod:`augdiff.metrics.inception`) with the
+  standard weights from ``cfg.weights`` (a local ``pt_inception-2015-12-05-*.pth`` or ``.npz``).
+  The FID standard; needs the weights file.
+- ``clip``: image embeddings (vision tower + visual projection) of a CLIP vision model in
+  a transformers folder at ``cfg.clip_path`` (``config.json`` plus ``model.safetensors`` or
+  ``flax_model.msgpack``), loaded through :mod:`augdiff.sd.loading` (imported only here).
+- ``classifier``: the penultimate layer of an augdiff classifier trained on the real data,
+  restored from its orbax checkpoint directory ``cfg.checkpoint`` (the extractor that works
+  with no pretrained weights at all). ``cfg.random_init=True`` instead uses an *explicitly*
+  randomly initialised network (named ``...:random-init`` in reports; for smoke tests only).
+
+Missing files are errors naming what is missing; there is no silent fallback.
+
+Batches are padded to a multiple of the mesh's batch shards, split over the ``('data',
+'fsdp')`` axes with :func:`augdiff.distributed.shard_batch`, run through one jitted forward,
+and trimmed (:func:`augdiff.distributed.unpad`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from augdiff import distributed
+
+EXTRACTORS = ("inception_v3", "clip", "classifier")
+
+
+@dataclasses.dataclass(frozen=True)
+class Extractor:
+    """``fn(images uint8 [B, H, W, C]) -> float32 [B, D]`` for any B, and its report name."""
+
+    name: str
+    fn: Callable[[np.ndarray], np.ndarray]
+    dim: int
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.fn(images)
+
+
+def batched_apply(
+    forward: Callable[[jax.Array], jax.Array],
+    batch_size: int,
+    mesh: Mesh | None = None,
+    *,
+    desc: str | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a per-batch ``forward`` into ``fn(images) -> features`` over any number of images.
+
+    ``forward`` is jitted once; every batch has the same padded shape, is split over the mesh
+    and the padding rows are dropped afterwards.
+    """
+    mesh = mesh if mesh is not None else distributed.make_mesh()
+    shards = distributed.num_batch_shards(mesh)
+    bs = max(shards, -(-int(batch_size) // shards) * shards)
+    jitted = jax.jit(forward, out_shardings=distributed.replicated(mesh))
+
+    def fn(images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(f"feature extractor: expected NHWC images, got shape {images.shape}")
+        if images.dtype != np.uint8:
+            raise ValueError(f"feature extractor: expected uint8 images, got {images.dtype}")
+        out = []
+        starts = range(0, len(images), bs)
+        for s in tqdm(starts, desc=desc, disable=desc is None or len(starts) < 2, leave=False):
+            chunk = images[s:s + bs]
+            padded, n = distributed.pad_to_multiple(chunk, bs)
+            feats = jitted(distributed.shard_batch(padded, mesh))
+            out.append(np.asarray(distributed.unpad(feats, n), np.float32))
+        if not out:
+            raise ValueError("feature extractor: no images given")
+        return np.concatenate(out, axis=0)
+
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Inception-v3
+
+
+def inception_extractor(weights: str, batch_size: int = 64, mesh: Mesh | None = None) -> Extractor:
+    """FID Inception-v3 pool3 features (2048-d) with the weights at ``weights``."""
+    from augdiff.metrics import inception
+
+    variables = inception.load_variables(weights)
+    model = inception.FIDInceptionV3()
+
+    def forward(x):
+        return model.apply(variables, x)
+
+    return Extractor("inception_v3", batched_apply(forward, batch_size, mesh, desc="inception"),
+                     inception.FEATURE_DIM)
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier penultimate layer
+
+
+def classifier_extractor(
+    model: Any,
+    variables: Any,
+    name: str,
+    *,
+    image_size: int | None = None,
+    batch_size: int = 256,
+    mesh: Mesh | None = None,
+) -> Extractor:
+    """Penultimate features of an augdiff classifier ``model`` with ``variables``.
+
+    Images are mapped to [-1, 1] (the models' convention) and, when ``image_size`` is given
+    and differs, resized bilinearly to it.
+    """
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+    def forward(images):
+        x = images.astype(jnp.float32) / 127.5 - 1.0
+        if image_size is not None and x.shape[1:3] != (image_size, image_size):
+            x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "linear")
+        return model.apply(variables, x, train=False, method="features").astype(jnp.float32)
+
+    size = image_size or 32
+    probe = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8))
+    fn = batched_apply(forward, batch_size, mesh, desc=name)
+    return Extractor(name, fn, int(probe.shape[-1]))
+
+
+def restore_classifier_variables(
+    checkpoint_dir: str, abstract: Any, step: int | None = None
+) -> Any:
+    """``{'params', 'batch_stats'}`` of a classifier train state saved by
+    :class:`augdiff.train.checkpoint.Checkpointer` (the trainer's ``workdir/checkpoints``).
+
+    The optimizer state is not needed, so the state is restored without a target and only
+    parameters and BatchNorm statistics are kept; their shapes are checked against
+    ``abstract`` (the model's ``jax.eval_shape`` variables).
+    """
+    import orbax.checkpoint as ocp
+
+    from augdiff.train.checkpoint import Checkpointer
+
+    if not checkpoint_dir or not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(
+            f"classifier extractor: checkpoint directory {checkpoint_dir!r} not found (set "
+            "extractor.checkpoint to the 'checkpoints' folder of an `augdiff train` run on the "
+            "real data)"
+        )
+    ckpt = Checkpointer(checkpoint_dir, max_to_keep=None)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(
+                f"classifier extractor: no checkpoint saved in {checkpoint_dir!r}")
+        item = os.path.join(ckpt.directory, str(step), "state")
+        if not os.path.isdir(item):
+            raise FileNotFoundError(f"classifier extractor: no 'state' item in {item!r}")
+        # Restore every array as a host numpy array: no optimizer target, no saved sharding.
+        ckptr = ocp.PyTreeCheckpointer()
+        meta = ckptr.metadata(item).item_metadata.tree
+        restore_args = jax.tree_util.tree_map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta,
+            is_leaf=lambda x: not isinstance(x, dict | list | tuple),
+        )
+        raw = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    finally:
+        ckpt.close()
+    got = {"params": raw["params"], "batch_stats": raw.get("batch_stats", {}) or {}}
+    want = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
+    got_shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), got)
+    want_shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), want)
+    if got_shapes != want_shapes:
+        raise ValueError(
+            f"classifier extractor: checkpoint {checkpoint_dir!r} (step {step}) does not match "
+            "the configured classifier (extractor.classifier / width / num_classes)"
+        )
+    return got
+
+
+def _classifier_from_config(cfg: ml_collections.ConfigDict, num_classes: int | None,
+                            mesh: Mesh | None) -> Extractor:
+    from augdiff.models.classifiers import abstract_variables, get_classifier
+
+    n = int(cfg.get("num_classes", 0) or 0) or num_classes
+    if not n:
+        raise ValueError("classifier extractor: set extractor.num_classes (or pass num_classes)")
+    arch = cfg.get("classifier", "preact_resnet18")
+    width = int(cfg.get("width", 64))
+    size = int(cfg.get("image_size", 32))
+    model = get_classifier(arch, int(n), width=width, stem=cfg.get("stem", "") or None)
+    label = f"classifier:{arch}-w{width}"
+    if cfg.get("random_init", False):
+        if cfg.get("checkpoint", ""):
+            raise ValueError("classifier extractor: set either extractor.checkpoint or "
+                             "extractor.random_init, not both")
+        seed = int(cfg.get("seed", 0))
+        variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False))(
+            jax.random.key(seed))
+        label += f":random-init(seed={seed})"
+    else:
+        ckpt = cfg.get("checkpoint", "")
+        abstract = abstract_variables(model, size, 3)
+        variables = restore_classifier_variables(ckpt, abstract)
+        label += f":{os.path.basename(os.path.dirname(os.path.abspath(ckpt)))}"
+    return classifier_extractor(model, variables, label, image_size=size,
+                                batch_size=int(cfg.get("batch_size", 256)), mesh=mesh)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP
+
+
+def _clip_from_config(cfg: ml_collections.ConfigDict, mesh: Mesh | None) -> Extractor:
+    path = cfg.get("clip_path", "")
+    if not path or not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"clip extractor: no CLIP vision model folder at {path!r} (set extractor.clip_path to "
+            "a transformers CLIPVisionModelWithProjection folder: config.json + weights)"
+        )
+    from transformers import CLIPVisionConfig, FlaxCLIPVisionModel
+
+    from augdiff.sd import loading
+
+    path = os.path.abspath(path)
+    model, params, _ = loading._load_transformers_component(
+        os.path.dirname(path), os.path.basename(path), CLIPVisionConfig, FlaxCLIPVisionModel,
+        "auto", jnp.float32, vision=True)
+    size = int(model.config.image_size)
+    mean = jnp.asarray(cfg.get("clip_mean", (0.48145466, 0.4578275, 0.40821073)), jnp.float32)
+    std = jnp.asarray(cfg.get("clip_std", (0.26862954, 0.26130258, 0.27577711)), jnp.float32)
+    module = model.module
+    tower = {k: v for k, v in params.items() if k != "visual_projection"}
+    proj = params["visual_projection"]["kernel"]
+
+    def forward(images):
+        x = images.astype(jnp.float32) / 255.0
+        x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "cubic")
+        x = ((x - mean) / std).transpose(0, 3, 1, 2)  # the HF module takes NCHW pixel values
+        pooled = module.apply({"params": tower}, x).pooler_output
+        return pooled @ proj
+
+    name = f"clip:{os.path.basename(path)}"
+    return Extractor(name, batched_apply(forward, int(cfg.get("batch_size", 64)), mesh, desc=name),
+                     int(proj.shape[-1]))
+
+
+def get_extractor(
+    cfg: ml_collections.ConfigDict,
+    *,
+    num_classes: int | None = None,
+    mesh: Mesh | None = None,
+) -> Extractor:
+    """Build the extractor ``cfg.name`` (one of :data:`EXTRACTORS`) from its config block."""
+    name = cfg.get("name", "")
+    if name == "inception_v3":
+        return inception_extractor(cfg.get("weights", ""), int(cfg.get("batch_size", 64)), mesh)
+    if name == "classifier":
+        return _classifier_from_config(cfg, num_classes, mesh)
+    if name == "clip":
+        return _clip_from_config(cfg, mesh)
+    raise ValueError(f"extractor.name {name!r} unknown; choose one of {', '.join(EXTRACTORS)}")

@@ -1,0 +1,101 @@
+"""Fidelity / diversity / replication of a synthetic store against CIFAR-10 (``augdiff evaluate``).
+
+    augdiff evaluate --config configs/evaluate_cifar10.py[:variant] \
+        --config.evaluate.store=STORE --config.extractor.checkpoint=RUN/checkpoints
+
+Variants
+- default: the full test split (10,000 images) against up to 10,000 synthetic images, KID over
+  100 subsets of 1,000, PRDC with k = 5, replication against the full training split, features
+  from the penultimate layer of a ResNet18 trained on the real data by
+  ``augdiff train --config configs/classify_cifar10.py`` (``extractor.checkpoint`` = that run's
+  ``checkpoints`` directory).
+- ``inception``: the FID-standard Inception-v3 pool3 features; needs
+  ``--config.extractor.weights=/path/to/pt_inception-2015-12-05-6726825d.pth`` (or ``.npz``).
+- ``clip``: CLIP image embeddings; needs ``--config.extractor.clip_path=/path/to/clip_vision``.
+- ``smoke``: 500 real test images against up to 500 synthetic images, 200 training images for
+  replication, a tiny PreActResNet extractor (``extractor.checkpoint`` of the
+  ``classify_cifar10.py:smoke`` run, or ``--config.extractor.random_init=True`` for an
+  explicitly random network, named as such in the report).
+
+Restrict to some classes with ``--config.evaluate.classes=cat,dog`` (names or ids).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "default"
+    c = ml_collections.ConfigDict()
+    c.workdir = "runs/evaluate_cifar10"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = "../shared/data/cifar10-jpeg.zip"
+    c.data.tfds_name = ""
+    c.data.image_size = 32
+    c.data.channels = 3
+    c.data.skip_corrupt = False
+    c.data.per_class = 0
+    c.data.imbalance_factor = 1.0
+    c.data.subset_seed = 0
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+
+    c.evaluate = ml_collections.ConfigDict()
+    c.evaluate.store = ""  # SyntheticStore directory (required)
+    c.evaluate.classes = ""  # '' = all; else 'cat,dog' or '3,5'
+    c.evaluate.real_split = "test"
+    c.evaluate.train_split = "train"  # reference set of the replication measures
+    c.evaluate.max_real = 10000  # 0 = all
+    c.evaluate.max_synthetic = 10000
+    c.evaluate.max_train = 0
+    c.evaluate.kid_subsets = 100
+    c.evaluate.kid_subset_size = 1000
+    c.evaluate.prdc_k = 5
+    c.evaluate.replication = True
+    c.evaluate.nn_by = "feature"  # feature | pixel: how the nearest training image is found
+    c.evaluate.ssim_threshold = 0.5  # near copy: SSIM to the nearest training image above this
+
+    c.extractor = ml_collections.ConfigDict()
+    c.extractor.name = "classifier"  # classifier | inception_v3 | clip
+    c.extractor.batch_size = 256
+    c.extractor.checkpoint = ""  # classifier: orbax 'checkpoints' dir of an `augdiff train` run
+    c.extractor.classifier = "resnet18"
+    c.extractor.width = 64
+    c.extractor.stem = "cifar"
+    c.extractor.num_classes = 0  # 0 = the real data's
+    c.extractor.image_size = 32
+    c.extractor.random_init = False  # explicit random-weight classifier (smoke only)
+    c.extractor.seed = 0
+    c.extractor.weights = ""  # inception_v3: pt_inception-2015-12-05-*.pth or .npz
+    c.extractor.clip_path = ""  # clip: transformers CLIPVisionModelWithProjection folder
+
+    if variant == "default":
+        pass
+    elif variant == "inception":
+        c.extractor.name = "inception_v3"
+        c.extractor.batch_size = 64
+        c.workdir = "runs/evaluate_cifar10_inception"
+    elif variant == "clip":
+        c.extractor.name = "clip"
+        c.extractor.batch_size = 64
+        c.workdir = "runs/evaluate_cifar10_clip"
+    elif variant == "smoke":
+        c.workdir = "runs/evaluate_cifar10_smoke"
+        c.evaluate.max_real = 500
+        c.evaluate.max_synthetic = 500
+        c.evaluate.max_train = 200
+        c.evaluate.kid_subsets = 20
+        c.evaluate.kid_subset_size = 100
+        c.extractor.classifier = "preact_resnet_tiny"
+        c.extractor.width = 16
+        c.extractor.stem = ""
+        c.extractor.batch_size = 128
+    else:
+        raise ValueError(f"evaluate_cifar10: unknown variant {variant!r} "
+                         "(default, inception, clip, smoke)")
+    return c
