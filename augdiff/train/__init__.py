@@ -1,0 +1,1 @@
+"""Training: classifiers (``classifier``), ``losses`` and the shared orbax ``checkpoint`` helper."""

@@ -1,0 +1,118 @@
+"""Orbax checkpointing of one pytree plus JSON extras, shared by every trainer in augdiff.
+
+    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=2)
+    ckpt.save(step, state, {"loader": loader.get_state(), "epoch": 3})
+    step = ckpt.latest_step()                       # None when nothing is saved yet
+    state, extras = ckpt.restore(step, like=state)  # `like`: concrete or abstract target
+
+Restores always go through an abstract target (``jax.ShapeDtypeStruct`` with the sharding of
+``like``), so optax states come back as the same named tuples and arrays land on the mesh the
+caller is using. Extras are JSON; ``bytes`` values (e.g. a grain iterator state) are
+base64-wrapped transparently. Saves are synchronous by default so a step counted as saved is
+durable on disk (orbax itself writes to a temporary directory and renames on commit).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+_BYTES_TAG = "__bytes_b64__"
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, bytes | bytearray):
+        return {_BYTES_TAG: base64.b64encode(bytes(obj)).decode("ascii")}
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_encode(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():  # numpy / jax scalars
+        return obj.item()
+    return obj
+
+
+def _decode(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {_BYTES_TAG}:
+            return base64.b64decode(obj[_BYTES_TAG])
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    return obj
+
+
+def abstract_like(tree: Any) -> Any:
+    """Shape/dtype/sharding of every array leaf, for restoring onto the same layout."""
+    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+    """A thin :class:`orbax.checkpoint.CheckpointManager` over items ``state`` and ``extras``."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = 2,
+        async_save: bool = False,
+    ) -> None:
+        self.directory = os.path.abspath(os.fspath(directory))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+        )
+        self._mngr = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "extras")
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest fully committed step, or ``None``."""
+        return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mngr.all_steps())
+
+    def save(self, step: int, state: Any, extras: dict[str, Any] | None = None,
+             *, force: bool = True) -> bool:
+        """Save ``state`` (a pytree of arrays) and JSON ``extras`` under ``step``.
+
+        Returns whether a checkpoint was written; a step that already exists is skipped.
+        """
+        if step in self._mngr.all_steps():
+            return False
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            extras=ocp.args.JsonSave(_encode(extras or {})),
+        )
+        return bool(self._mngr.save(int(step), args=args, force=force))
+
+    def restore(self, step: int | None, like: Any) -> tuple[Any, dict[str, Any]]:
+        """Restore ``step`` (default: latest) onto the structure/shardings of ``like``."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_like(like)),
+            extras=ocp.args.JsonRestore(),
+        )
+        out = self._mngr.restore(int(step), args=args)
+        return out["state"], _decode(out["extras"] or {})
+
+    def wait(self) -> None:
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.wait_until_finished()
+        self._mngr.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,84 @@
+"""Classification losses and metrics, each written once.
+
+Targets are dense class distributions ``t`` of shape ``[N, C]``: one-hot labels, Mixup/CutMix
+mixtures, or -- for label scaling -- one-hot rows scaled by a per-example weight.
+
+- Softmax cross-entropy with soft targets:
+  ``L_CE = (1/N) sum_i  -sum_c t_ic log softmax(z_i)_c``.
+- Binary cross-entropy with scaled targets (label scaling of the synthetic-data schedule
+  recipe, "seed 000"): each class is an independent sigmoid unit and the true class's target
+  is the example's weight ``w_i`` (1 for real images, ``w < 1`` for down-weighted synthetic
+  ones) instead of 1:
+  ``t_ic = w_i [c = y_i]`` and
+  ``L_BCE = (1/N) sum_i sum_c -( t_ic log sigma(z_ic) + (1 - t_ic) log(1 - sigma(z_ic)) )``.
+  Summing over classes (rather than averaging over ``N x C`` as torch's default
+  ``reduction="mean"``) keeps the gradient scale of the true class equal to CE's, so the
+  same learning rate serves both losses.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+LOSSES = ("ce", "bce")
+
+
+def softmax_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example ``-sum_c t_c log softmax(z)_c`` (``targets`` may be soft). Shape ``[N]``."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.sum(targets * logp, axis=-1)
+
+
+def sigmoid_binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example ``sum_c -(t_c log sigma(z_c) + (1 - t_c) log(1 - sigma(z_c)))``. Shape ``[N]``.
+
+    Uses ``log sigma(z) = -softplus(-z)`` and ``log(1 - sigma(z)) = -softplus(z)`` for stability.
+    """
+    z = logits.astype(jnp.float32)
+    return jnp.sum(targets * jax.nn.softplus(-z) + (1.0 - targets) * jax.nn.softplus(z), axis=-1)
+
+
+def scaled_targets(labels: jax.Array, weights: jax.Array, num_classes: int) -> jax.Array:
+    """Label-scaling targets ``t_ic = w_i [c = y_i]``."""
+    return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * weights[:, None]
+
+
+def classification_loss(
+    kind: str,
+    logits: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array | None = None,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Mean loss over the (unmasked) batch.
+
+    ``kind="ce"``: softmax cross-entropy against ``targets`` (the weights are not used).
+    ``kind="bce"``: sigmoid BCE against ``targets * weights[:, None]`` -- the label-scaling
+    targets when ``targets`` is one-hot (also applied to mixed targets).
+    """
+    if kind == "ce":
+        per_example = softmax_cross_entropy(logits, targets)
+    elif kind == "bce":
+        if weights is not None:
+            targets = targets * weights[:, None].astype(jnp.float32)
+        per_example = sigmoid_binary_cross_entropy(logits, targets)
+    else:
+        raise ValueError(f"unknown loss kind {kind!r}; choose from {LOSSES}")
+    if mask is None:
+        return jnp.mean(per_example)
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """Per-example 1.0 where the label is among the ``k`` highest logits (ties broken by index).
+
+    Computed as ``#{c : z_c > z_y} + #{c < y : z_c = z_y} < k`` -- the rank of the true class --
+    which needs no sort and is exact for ``k >= num_classes``.
+    """
+    z = logits.astype(jnp.float32)
+    zy = jnp.take_along_axis(z, labels[:, None].astype(jnp.int32), axis=-1)
+    idx = jnp.arange(z.shape[-1])[None, :]
+    rank = jnp.sum(z > zy, axis=-1) + jnp.sum((z == zy) & (idx < labels[:, None]), axis=-1)
+    return (rank < k).astype(jnp.float32)
