@@ -42,7 +42,8 @@ def repo_root() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def cifar_zip() -> pathlib.Path:
     """The shared real CIFAR-10 zip (``../shared/data/cifar10-jpeg.zip`` beside the repo)."""
-    path = pathlib.Path(os.environ.get("AUGDIFF_CIFAR_ZIP", REPO.parent / "shared/data/cifar10-jpeg.zip"))
+    default = REPO.parent / "shared/data/cifar10-jpeg.zip"
+    path = pathlib.Path(os.environ.get("AUGDIFF_CIFAR_ZIP", default))
     if not path.exists():
         pytest.skip(f"real data not found at {path} (set AUGDIFF_CIFAR_ZIP)")
     return path

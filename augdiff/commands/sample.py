@@ -1,0 +1,28 @@
+"""``augdiff sample``: sample the latest checkpoint of a workdir into a synthetic store.
+
+    augdiff sample --config configs/casd_cifar10.py[:smoke] --config.workdir=DIR \
+        --config.num_samples=N [--config.sample.store=STORE] [--config.sample.source_label=0]
+
+Uses the same config as ``train-diffusion`` (a mismatch in model/EDM fields is an error naming
+them); resumable: examples already in the store are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import ml_collections
+
+
+def main(config: ml_collections.ConfigDict) -> int:
+    from augdiff.config import ConfigError
+    from augdiff.edm.sampling import sample_to_store
+
+    try:
+        summary = sample_to_store(config)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"augdiff sample: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
