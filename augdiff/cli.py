@@ -22,7 +22,7 @@ COMMANDS = {
     "run": "augdiff.commands.run",
 }
 
-USAGE = """usage: augdiff <command> --config configs/<experiment>.py[:variant] [--config.key=value ...]
+USAGE = """usage: augdiff <command> --config configs/<experiment>.py[:variant] [--config.k=v ...]
 
 commands:
   env              versions, processes, devices and the mesh
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         i += 1
     if spec is None:
-        print(f"augdiff {name}: --config configs/<experiment>.py[:variant] is required", file=sys.stderr)
+        print(f"augdiff {name}: --config configs/<exp>.py[:variant] is required", file=sys.stderr)
         return 2
     from augdiff import distributed
     from augdiff.config import ConfigError, load_config
@@ -82,7 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"augdiff {name}: config error: {e}", file=sys.stderr)
         return 2
     distributed.enable_compilation_cache()
-    return int(module.main(config) or 0)
+    try:
+        return int(module.main(config) or 0)
+    except Exception as e:  # noqa: BLE001 - only augdiff's own errors are turned into messages
+        if not _is_user_error(e):
+            raise
+        print(f"augdiff {name}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """augdiff's own exceptions (bad config, corrupt data, missing weights, store or disk
+    errors, non-finite loss) already name the problem: show their message, not a traceback."""
+    return type(e).__module__.startswith("augdiff.") or isinstance(e, FileNotFoundError)
 
 
 if __name__ == "__main__":

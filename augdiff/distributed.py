@@ -25,7 +25,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXES = ("data", "fsdp")
 
@@ -75,6 +76,32 @@ def initialize_distributed(
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     _DISTRIBUTED_INITIALIZED = True
+    if jax.process_count() > 1:
+        # Gloo builds its communicator lazily, at the first collective, with a fixed 30 s
+        # deadline; processes that drift apart (one still compiling) miss it. Meet at a
+        # coordination-service barrier first, then run one tiny collective over every device
+        # so the communicator exists before any stage starts.
+        barrier("augdiff_initialized")
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("augdiff_initialized")
+
+
+def barrier(name: str, timeout_s: float = 900.0) -> None:
+    """Block until every process reaches ``name`` (no-op for one process).
+
+    Uses the coordination service (no device collective, so no Gloo deadline): call it after
+    compiling a step and before its first run, so that no process enters a collective more
+    than a moment before the others.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None:
+        return
+    client.wait_at_barrier(name, int(timeout_s * 1000))
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -181,7 +208,9 @@ def gather_to_host(tree: Any) -> Any:
     )
 
 
-def process_slice(n: int, process_index: int | None = None, process_count: int | None = None) -> slice:
+def process_slice(
+    n: int, process_index: int | None = None, process_count: int | None = None
+) -> slice:
     """Contiguous rows ``[start, stop)`` of ``n`` that belong to this process."""
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count

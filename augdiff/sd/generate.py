@@ -42,6 +42,7 @@ def _model(config: Any) -> tuple[loading.SDComponents, dict]:
         if not os.path.isfile(os.path.join(path, "model_index.json")):
             if jax.process_index() == 0:
                 tiny.make_tiny_sd(path, kind="txt2img", seed=int(config.seed), formats=("flax",))
+        distributed.barrier("tiny_sd_written")  # the other processes load what process 0 wrote
     return loading.load_sd(path, dtype=sd.dtype, kind="txt2img")
 
 
