@@ -1,0 +1,244 @@
+"""DDPM++ SongUNet (augdiff.models.songunet): size parity with NVlabs/edm, shapes, conditioning."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from augdiff.models.songunet import (
+    INIT,
+    INIT_ATTN,
+    INIT_ZERO,
+    SongUNet,
+    params_from_edm_state_dict,
+    positional_embedding,
+    resample,
+    songunet_config,
+)
+
+
+def n_params(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+def abstract_init(model: SongUNet, batch: int = 2, labels: bool = False):
+    r = model.img_resolution
+    return jax.eval_shape(
+        model.init, jax.random.key(0), jnp.zeros((batch, r, r, model.in_channels)),
+        jnp.zeros(batch), jnp.zeros(batch, jnp.int32) if labels else None,
+    )["params"]
+
+
+def random_weights(shapes, seed: int = 0):
+    """Unit-gain random weights (fan_in = prod(shape[:-1])), so that every path, including the
+    1e-5-scaled output convs of the reference init, visibly moves the output."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(
+        lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]) or 1)
+                   ).astype(np.float32), shapes)
+
+
+def test_init_scales_follow_the_reference():
+    fan_in, fan_out = 3 * 3 * 64, 3 * 3 * 32
+    bound = np.sqrt(6 / (fan_in + fan_out))
+    for init, scale in [(INIT, 1.0), (INIT_ZERO, 1e-5), (INIT_ATTN, np.sqrt(0.2))]:
+        w = np.asarray(init(jax.random.key(0), (3, 3, 64, 32)))
+        assert np.abs(w).max() <= scale * bound * (1 + 1e-6)
+        assert np.abs(w).max() > 0.95 * scale * bound  # uniform fills its range
+        assert w.std() == pytest.approx(scale * bound / np.sqrt(3), rel=0.05)
+
+
+# Counted from NVlabs/edm training/networks.py::SongUNet (commit 008a4e5) with torch:
+# sum(p.numel() for p in SongUNet(img_resolution, 3, 3, label_dim, augment_dim, ...).parameters()).
+@pytest.mark.parametrize("preset,overrides,expected", [
+    ("cifar10", {}, 55_733_891),  # EDM's DDPM++ CIFAR-10 (augment_dim=9)
+    ("cifar10", {"augment_dim": 0}, 55_732_739),
+    ("cifar10", {"label_dim": 10}, 55_735_299),
+    ("ffhq64", {}, 61_805_571),
+])
+def test_parameter_count_equals_nvlabs_edm(preset, overrides, expected):
+    model = SongUNet(**songunet_config(preset, **overrides))
+    assert n_params(abstract_init(model, labels=bool(model.label_dim))) == expected
+
+
+def test_presets_and_overrides():
+    c = songunet_config("cifar10")
+    assert (c["model_channels"], tuple(c["channel_mult"]), c["num_blocks"], c["dropout"]) == (
+        128, (2, 2, 2), 4, 0.13)
+    assert tuple(songunet_config("ffhq64")["channel_mult"]) == (1, 2, 2, 2)
+    assert songunet_config("ffhq64")["dropout"] == 0.05
+    assert songunet_config("tiny", img_resolution=32)["img_resolution"] == 32
+    with pytest.raises(ValueError, match="unknown preset"):
+        songunet_config("imagenet")
+    with pytest.raises(ValueError, match="unknown SongUNet fields"):
+        songunet_config("tiny", channels=3)
+
+
+def test_list_fields_from_configs_keep_the_module_hashable():
+    m = SongUNet(**songunet_config("tiny", channel_mult=[1, 2], attn_resolutions=[8]))
+    assert m.channel_mult == (1, 2) and m.attn_resolutions == (8,)
+    assert hash(m) == hash(SongUNet(**songunet_config("tiny", channel_mult=(1, 2))))
+    with pytest.raises(ValueError, match="channel_mult"):
+        SongUNet(channel_mult=())
+
+
+def test_casd_embedding_path_shapes():
+    p = abstract_init(SongUNet(**songunet_config("cifar10", casd=True, num_sources=3)))
+    assert p["casd_repr"]["conv"]["kernel"].shape == (3, 3, 3, 128)
+    assert p["enc_32x32_conv"]["conv"]["kernel"].shape == (3, 3, 128, 128)
+    assert p["map_source"]["kernel"].shape == (3, 128)  # one-hot y -> 128-d
+    assert p["map_source_layer0"]["kernel"].shape == (128, 512)  # 2-layer SiLU MLP -> 512-d
+    assert p["map_source_layer1"]["kernel"].shape == (512, 512)
+    assert p["map_layer1"]["kernel"].shape == (512, 512)  # = emb channels it is added to
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = SongUNet(**songunet_config("tiny", label_dim=3, casd=True, dropout=0.2,
+                                       label_dropout=0.5))
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+    t = jnp.array([-1.0, 0.0, 0.5, 1.0])
+    shapes = jax.eval_shape(model.init, jax.random.key(1), x, t, jnp.zeros(4, jnp.int32),
+                            jnp.zeros(4, jnp.int32))
+    return model, random_weights(shapes), x, t
+
+
+def test_forward_shape_dtype_and_conditioning(tiny):
+    model, v, x, t = tiny
+    apply = jax.jit(model.apply, static_argnames="train")
+    cls = jnp.array([0, 1, 2, 0])
+    y0 = apply(v, x, t, cls, jnp.zeros(4, jnp.int32))
+    assert y0.shape == (4, 16, 16, 3) and y0.dtype == jnp.float32
+    assert np.isfinite(np.asarray(y0)).all()
+    # One-hot class labels equal integer labels.
+    np.testing.assert_allclose(apply(v, x, t, jax.nn.one_hot(cls, 3), jnp.zeros(4, jnp.int32)),
+                               y0, rtol=1e-6, atol=1e-9)
+    # CASD: the source label changes the output of every example (y is not ignored).
+    y1 = apply(v, x, t, cls, jnp.ones(4, jnp.int32))
+    diff = np.abs(np.asarray(y1 - y0)).reshape(4, -1).max(axis=1)
+    assert np.all(diff > 1e-3 * np.abs(np.asarray(y0)).max())
+    # ... and so do the class label and the noise level.
+    assert np.abs(np.asarray(apply(v, x, t, (cls + 1) % 3, jnp.zeros(4, jnp.int32)) - y0)).max() > 0
+    assert np.abs(np.asarray(apply(v, x, t + 1.0, cls, jnp.zeros(4, jnp.int32)) - y0)).max() > 0
+    # source_labels=None means y = 0 (real).
+    np.testing.assert_array_equal(apply(v, x, t, cls), y0)
+
+
+def test_dropout_is_train_only_and_keyed(tiny):
+    model, v, x, t = tiny
+    y = jnp.zeros(4, jnp.int32)
+    cls = jnp.array([0, 1, 2, 0])
+    f = jax.jit(lambda k: model.apply(v, x, t, cls, y, train=True, rngs={"dropout": k}))
+    a, b, c = f(jax.random.key(2)), f(jax.random.key(2)), f(jax.random.key(3))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(np.asarray(a - c)).max() > 0
+    ev = jax.jit(model.apply)(v, x, t, cls, y)
+    assert np.abs(np.asarray(a - ev)).max() > 0
+
+
+def test_label_dropout_one_equals_zero_label():
+    model = SongUNet(**songunet_config("tiny", label_dim=3, label_dropout=1.0))
+    x, t = jnp.ones((2, 16, 16, 3)), jnp.zeros(2)
+    v = random_weights(jax.eval_shape(model.init, jax.random.key(0), x, t,
+                                      jnp.zeros(2, jnp.int32)))
+    f = jax.jit(lambda c: model.apply(v, x, t, c, train=True, rngs={"dropout": jax.random.key(0)}))
+    dropped, zero = f(jax.nn.one_hot(jnp.array([1, 2]), 3)), f(jnp.zeros((2, 3)))
+    np.testing.assert_allclose(dropped, zero, rtol=1e-6)
+
+
+def test_bf16_compute_matches_float32():
+    cfg = songunet_config("tiny", attn_resolutions=())
+    m32, m16 = SongUNet(**cfg), SongUNet(**cfg, dtype=jnp.bfloat16)
+    x, t = jax.random.normal(jax.random.key(0), (2, 16, 16, 3)), jnp.array([0.1, -0.4])
+    p = {"params": random_weights(abstract_init(m32))}
+    a, b = jax.jit(m32.apply)(p, x, t), jax.jit(m16.apply)(p, x, t)
+    assert b.dtype == jnp.float32
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda l: l.dtype == jnp.float32, p))
+    rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
+    assert 0 < rel < 0.05
+
+
+def test_bad_inputs_are_named(tiny):
+    model, v, x, t = tiny
+    with pytest.raises(ValueError, match=r"expected x of shape \[B, 16, 16, 3\]"):
+        model.apply(v, jnp.zeros((4, 8, 8, 3)), t, jnp.zeros(4, jnp.int32))
+    with pytest.raises(ValueError, match="noise_labels"):
+        model.apply(v, x, jnp.zeros(3), jnp.zeros(4, jnp.int32))
+    with pytest.raises(ValueError, match="needs class_labels"):
+        model.apply(v, x, t)
+    with pytest.raises(ValueError, match="class_labels must be"):
+        model.apply(v, x, t, jnp.zeros((4, 5)))
+
+
+def test_positional_embedding_formula():
+    t = jnp.array([0.0, 0.7, -2.0])
+    e = np.asarray(positional_embedding(t, 8))
+    freqs = (1 / 10000) ** (np.arange(4) / 3)  # endpoint=True: last frequency is 1/10000
+    arg = np.asarray(t)[:, None] * freqs
+    np.testing.assert_allclose(e, np.concatenate([np.sin(arg), np.cos(arg)], 1), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_resample_box_filter_fast_path_equals_fir_and_general_filter():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    down = resample(x, (1, 1), down=True)
+    np.testing.assert_allclose(down, x.reshape(2, 4, 2, 4, 2, 3).mean((2, 4)), rtol=1e-6)
+    up = resample(x, (1, 1), up=True)
+    np.testing.assert_array_equal(up[:, ::2, ::2], x)
+    np.testing.assert_array_equal(up[:, 1::2, 1::2], x)
+    # The generic FIR path gives the same for [1, 1] (written as floats to avoid the fast path).
+    np.testing.assert_allclose(resample(x, (1.0, 1.0000001), down=True), down, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(resample(x, (1.0, 1.0000001), up=True), up, rtol=1e-5,
+                               atol=1e-6)
+    # [1,3,3,1]: normalised, so constants are preserved away from the border.
+    c = jnp.ones((1, 8, 8, 2))
+    np.testing.assert_allclose(resample(c, (1, 3, 3, 1), down=True)[:, 1:-1, 1:-1], 1.0,
+                               rtol=1e-6)
+    np.testing.assert_allclose(resample(c, (1, 3, 3, 1), up=True)[:, 2:-2, 2:-2], 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="exactly one"):
+        resample(x, (1, 1))
+
+
+EDM_REPO = os.environ.get("AUGDIFF_EDM_REPO")
+
+
+@pytest.mark.torch
+@pytest.mark.skipif(not EDM_REPO, reason="set AUGDIFF_EDM_REPO to an export of NVlabs/edm")
+def test_output_parity_with_nvlabs_edm_songunet():
+    """Same weights (converted) → same output as the PyTorch reference, conditional + augment."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(pathlib.Path(EDM_REPO)))
+    try:
+        from training.networks import SongUNet as TorchSongUNet
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    kw = dict(model_channels=32, channel_mult=[1, 2, 2], num_blocks=2, attn_resolutions=[8],
+              dropout=0.0)
+    ref = TorchSongUNet(img_resolution=16, in_channels=3, out_channels=3, label_dim=10,
+                        augment_dim=9, **kw).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    params = params_from_edm_state_dict(ref.state_dict())
+    model = SongUNet(img_resolution=16, label_dim=10, augment_dim=9,
+                     **{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
+    shapes = abstract_init(model, labels=True)
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(params)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    t = rng.standard_normal(4).astype(np.float32)
+    cl = np.eye(10, dtype=np.float32)[[1, 3, 5, 7]]
+    aug = rng.standard_normal((4, 9)).astype(np.float32)
+    with torch.no_grad():
+        want = ref(*(torch.from_numpy(a) for a in (x, t, cl, aug))).numpy()
+    got = jax.jit(model.apply)({"params": params}, x.transpose(0, 2, 3, 1), t, cl,
+                               augment_labels=aug)
+    np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), want, rtol=1e-4, atol=1e-4)
