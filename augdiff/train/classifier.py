@@ -206,6 +206,9 @@ def make_train_step(
     augment: Mapping[str, Any] | None = None,
     lr_fn: Callable[[jax.Array], jax.Array] | None = None,
     donate: bool = True,
+    online: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]] | None = None,
+    online_keys: tuple[str, ...] = (),
+    steps_per_epoch: int = 1,
 ) -> Callable[[TrainState, dict[str, Any]], tuple[TrainState, dict[str, jax.Array]]]:
     """One SGD step, jitted once: ``(state, batch) -> (state, metrics)``.
 
@@ -214,6 +217,12 @@ def make_train_step(
     weight (label scaling; the loader sets it for synthetic rows), used by the BCE loss.
     Metrics: ``loss``, ``top1`` (train accuracy against the un-mixed label),
     ``synthetic_share`` and ``lr``, each a replicated scalar.
+
+    ``online(batch, epoch) -> batch``: an optional on-device transform applied before the
+    classical augmentation, to the batch with ``image`` in [-1, 1] (e.g. DiffuseMix hybrids
+    redrawn per epoch, :class:`augdiff.methods.diffusemix.OnlinePairs`); it may replace
+    ``image`` and ``weight``, and reads the extra batch fields ``online_keys``. The epoch is
+    ``state.step // steps_per_epoch``.
     """
     if loss_kind not in losses.LOSSES:
         raise ValueError(f"loss.kind {loss_kind!r} unknown; choose from {losses.LOSSES}")
@@ -222,10 +231,13 @@ def make_train_step(
     def step_fn(state: TrainState, batch: dict[str, jax.Array]):
         key = jax.random.fold_in(state.rng, state.step)
         x = A.normalize(batch["image"])
+        weights = batch["weight"].astype(jnp.float32)
+        if online is not None:
+            out = online({**batch, "image": x}, state.step // steps_per_epoch)
+            x, weights = out["image"], out["weight"].astype(jnp.float32)
         y = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
         x, y = augment_batch(key, x, y, augment)
         is_syn = (batch["source"] > 0).astype(jnp.float32)
-        weights = batch["weight"].astype(jnp.float32)
 
         def loss_fn(params):
             logits, new_vars = model.apply(
@@ -257,7 +269,7 @@ def make_train_step(
     rep = distributed.replicated(mesh)
     return jax.jit(
         step_fn,
-        in_shardings=(st_sh, _batch_shardings(mesh, TRAIN_KEYS)),
+        in_shardings=(st_sh, _batch_shardings(mesh, TRAIN_KEYS + tuple(online_keys))),
         out_shardings=(st_sh, rep),
         donate_argnums=(0,) if donate else (),
     )
@@ -408,6 +420,24 @@ def _open_data(config: ml_collections.ConfigDict):
     return real, test, synthetic, loader, steps_per_epoch
 
 
+def _online_transform(config: ml_collections.ConfigDict, real: Any, synthetic: Any) -> Any:
+    """The on-device online transform ``config.online.kind`` names, or None (``'none'``).
+
+    ``'diffusemix'``: :func:`augdiff.methods.diffusemix.make_online` (hybrids of each synthetic
+    edit and its parent real image, masks redrawn per epoch). The object has ``host(batch)``
+    (adds ``extra_keys`` to a loader batch), ``device(batch, epoch)`` and ``extra_keys``.
+    """
+    online = config.get("online", None)
+    kind = online.get("kind", "none") if online is not None else "none"
+    if kind in ("none", ""):
+        return None
+    if kind != "diffusemix":
+        raise ValueError(f"online.kind {kind!r} unknown; choose none or diffusemix")
+    from augdiff.methods.diffusemix import make_online
+
+    return make_online(config, real, synthetic)
+
+
 def _write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -445,6 +475,8 @@ def train_and_evaluate(
     eval_bs = -(-eval_bs // n_shards) * n_shards
 
     real, test, synthetic, loader, steps_per_epoch = _open_data(config)
+    online = _online_transform(config, real, synthetic)
+    train_keys = TRAIN_KEYS + (tuple(online.extra_keys) if online is not None else ())
     num_classes = int(real.num_classes)
     epochs = int(config.epochs)
     total_steps = epochs * steps_per_epoch
@@ -469,6 +501,9 @@ def train_and_evaluate(
         loss_kind=loss_kind,
         augment=config.augment.to_dict(),
         lr_fn=lr_fn,
+        online=online.device if online is not None else None,
+        online_keys=train_keys[len(TRAIN_KEYS):],
+        steps_per_epoch=steps_per_epoch,
     )
     eval_step = make_eval_step(model, mesh, state, loss_kind=loss_kind, num_classes=num_classes)
 
@@ -549,8 +584,10 @@ def train_and_evaluate(
     try:
         for step in range(start_step, total_steps):
             host_batch = next(it)
+            if online is not None:
+                host_batch = online.host(host_batch)
             batch = distributed.host_local_to_global(
-                {k: np.asarray(host_batch[k]) for k in TRAIN_KEYS}, mesh
+                {k: np.asarray(host_batch[k]) for k in train_keys}, mesh
             )
             state, metrics = train_step(state, batch)
             done = step + 1

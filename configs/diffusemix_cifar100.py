@@ -1,0 +1,187 @@
+"""DiffuseMix on CIFAR-100 with PreActResNet18: every row of seed 000 Tables 1-2.
+
+    augdiff generate --config configs/diffusemix_cifar100.py:<row> \
+        --config.data.path=CIFAR100_DIR_OR_ZIP --config.diffusemix.model=IP2P_DIR
+    augdiff train    --config configs/diffusemix_cifar100.py:<row> \
+        --config.data.path=CIFAR100_DIR_OR_ZIP
+
+One file holds both halves: ``diffusemix.*`` drives generation (InstructPix2Pix edits into
+``<store_dir>/edits``, then offline hybrids into ``<store_dir>/hybrids``;
+:mod:`augdiff.methods.diffusemix`), the rest is the seed 000 classifier recipe
+(``configs/classify_cifar100.py``: PreActResNet18, SGD momentum 0.9, lr 0.1 /10 at epochs 100
+and 200, weight decay 1e-4, batch 100, 300 epochs) whose ``synthetic.path`` follows
+``store_dir`` (default ``<workdir>/store``), so ``train`` finds what ``generate`` wrote.
+
+Generation defaults (DiffuseMix, Islam et al. 2024): InstructPix2Pix
+(``timbrooks/instruct-pix2pix``), text guidance 4, image guidance 1.5, 100 Euler-ancestral
+steps at 256², one prompt per image (seed 000's single-prompt setting: ``Autumn``;
+``--config.diffusemix.prompts=all`` gives DiffuseMix's nine, ``"sunset|snowy"`` any subset).
+
+Rows (variants)
+- ``vanilla``: real data only (generation settings of ``dc``, unused by training).
+- ``dc``: DiffuseMix baseline — deterministic concatenation hybrids (vertical or horizontal
+  half per pair, 2-px seam ramp at 32², masks fixed per pair), constant share 1:1.
+- ``linear`` / ``warm`` / ``step``: ``dc`` with the share schedules of seed 000 eqs. 1-3
+  (ρ = t/T; warm-up w = 100; steps at t₁ = 100, t₂ = 200).
+- ``fractal``: ``dc`` + fractal blending λ = 0.2, labels unscaled (Lsf 1.0, CE).
+- ``fractal_lsf``: λ = 0.2 with label scaling, target 1 − λ = 0.8 (Lsf 0.8, BCE).
+- ``interval_<a>_<b>``: fractal λ ~ U[a, b] per pair with label scaling 1 − λ (BCE), e.g.
+  ``interval_0.1_0.3``; ``ratio_<r>_<s>``: ``dc`` at a constant real:synthetic ratio r:s.
+- ``random``: random half-area rectangle masks (seed 000 §4.5).
+- ``shb``: CLIP-guided semantic hybrid blending (§3.3; set ``diffusemix.shb.clip`` to a Flax
+  CLIP folder, e.g. openai/clip-vit-base-patch32).
+- ``online``: concatenation masks redrawn every epoch (§4.6): only edits are stored; the
+  trainer pairs each edit with its parent and mixes on device (``online.kind='diffusemix'``).
+- ``nine``: ``dc`` with DiffuseMix's nine prompts (the many-prompt follow-up).
+- ``smoke``: CPU end-to-end on 20 images of the shared CIFAR-10 zip with a tiny random-weight
+  InstructPix2Pix (made in the workdir), two prompts, a tiny PreActResNet for two epochs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+ROWS = ("vanilla", "dc", "linear", "warm", "step", "fractal", "fractal_lsf", "random", "shb",
+        "online", "nine")
+SINGLE_PROMPT = "Autumn"
+
+
+def _classify_module():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classify_cifar10.py")
+    spec = importlib.util.spec_from_file_location("augdiff_configs_classify_cifar10", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _generation() -> ml_collections.ConfigDict:
+    g = ml_collections.ConfigDict()
+    g.model = ""  # InstructPix2Pix folder / cached hub id (timbrooks/instruct-pix2pix)
+    g.tiny = False  # with model = '': make a tiny random-weight model in the workdir
+    g.dtype = "float32"  # bfloat16 on accelerators
+    g.seed = -1  # generation seed; < 0 = config.seed
+    g.prompts = SINGLE_PROMPT  # 'all' = DiffuseMix's nine, or 'p1|p2|...'
+    g.text_guidance = 4.0
+    g.image_guidance = 1.5
+    g.steps = 100
+    g.sampler = "euler_ancestral"
+    g.resolution = 256  # edits are made at resolution², stored at data.image_size
+    g.batch_size = 16
+    g.max_images = 0  # 0 = every real training image of the data subset
+    g.shard_size = 256  # examples per store shard (a killed run loses at most one shard)
+    g.black_threshold = 0.0  # an edit whose every pixel is <= this (in [0, 1]) is dropped
+    g.write_hybrids = True  # offline hybrids into <store_dir>/hybrids (offline policy only)
+    g.hybrid_batch_size = 64
+    g.fractal_bank_size = 256
+    g.hybrid = ml_collections.ConfigDict()
+    g.hybrid.mask = "concat"  # concat | random | semantic
+    g.hybrid.orientation = "random"  # vertical | horizontal | random (per pair)
+    g.hybrid.ramp = 2.0  # seam ramp in pixels (DiffuseMix: 20 px at 256² ~ 2 px at 32²)
+    g.hybrid.policy = "offline"  # offline: mask fixed per pair; online: redrawn per epoch
+    g.hybrid.fractal = False
+    g.hybrid.lam = 0.2
+    g.hybrid.lam_min = -1.0  # >= 0 with lam_max: λ ~ U[lam_min, lam_max]
+    g.hybrid.lam_max = -1.0
+    g.hybrid.label_scaling = False  # target 1 − λ (train with BCE)
+    g.shb = ml_collections.ConfigDict()
+    g.shb.clip = ""  # Flax CLIP folder / hub id for SHB
+    g.shb.tiny = False  # with clip = '': a tiny random CLIP in the workdir
+    g.shb.template = "a photo of a {}"
+    g.shb.kernel_size = 5
+    return g
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "dc"
+    base = _classify_module()
+    c = base.seed000_recipe(base.base_config())
+    c.name = f"diffusemix_cifar100:{variant}"
+    c.method = "diffusemix"
+    c.workdir = f"runs/diffusemix_cifar100_{variant}"
+    c.data.path = ""
+    c.data.tfds_name = "cifar100"
+    c.store_dir = c.get_ref("workdir") + "/store"
+    c.diffusemix = _generation()
+    c.online = ml_collections.ConfigDict()
+    c.online.kind = "none"  # none | diffusemix (pairs mixed on device, online policy)
+    c.synthetic.path = c.get_ref("store_dir") + "/hybrids"
+    c.synthetic.label_weight = 1.0  # per-record weights (1 − λ) come from the store
+    c.synthetic.schedule.kind = "constant"
+    c.synthetic.schedule.rho = "1:1"
+
+    g, s = c.diffusemix, c.synthetic.schedule
+    if variant == "smoke":
+        base.smoke_recipe(c)
+        c.workdir = "runs/diffusemix_smoke"
+        c.data.path = "../shared/data/cifar10-jpeg.zip"
+        c.data.tfds_name = ""
+        c.data.per_class = 2
+        c.batch_size = 16
+        c.epochs = 2
+        c.steps_per_epoch = 2
+        g.tiny = True
+        g.prompts = "Autumn|snowy"
+        g.steps = 4
+        g.resolution = 32
+        g.batch_size = 8
+        g.hybrid_batch_size = 16
+        g.fractal_bank_size = 16
+        g.hybrid.fractal = True
+        g.hybrid.lam_min, g.hybrid.lam_max = 0.1, 0.3
+        g.hybrid.label_scaling = True
+        c.loss.kind = "bce"
+        return c
+    if variant.startswith("interval_"):
+        try:
+            lo, hi = (float(v) for v in variant[len("interval_"):].split("_"))
+        except ValueError:
+            raise ValueError(f"diffusemix_cifar100: variant {variant!r} must read "
+                             "interval_<a>_<b>, e.g. interval_0.1_0.3") from None
+        g.hybrid.fractal = True
+        g.hybrid.lam_min, g.hybrid.lam_max = lo, hi
+        g.hybrid.label_scaling = True
+        c.loss.kind = "bce"
+        return c
+    if variant.startswith("ratio_"):
+        try:
+            r, syn = (float(v) for v in variant[len("ratio_"):].split("_"))
+        except ValueError:
+            raise ValueError(f"diffusemix_cifar100: variant {variant!r} must read "
+                             "ratio_<real>_<synthetic>, e.g. ratio_1_3") from None
+        s.rho = f"{r:g}:{syn:g}"
+        return c
+    if variant not in ROWS:
+        raise ValueError(
+            f"diffusemix_cifar100: unknown variant {variant!r}; choose one of {', '.join(ROWS)}, "
+            "interval_<a>_<b>, ratio_<r>_<s> or smoke"
+        )
+    if variant == "vanilla":
+        c.synthetic.path = ""
+        s.rho = "0"
+    elif variant == "linear":
+        s.kind = "linear"
+    elif variant == "warm":
+        s.kind, s.warmup = "warmup", 100
+    elif variant == "step":
+        s.kind, s.t1, s.t2 = "step", 100, 200
+    elif variant == "fractal":
+        g.hybrid.fractal = True
+    elif variant == "fractal_lsf":
+        g.hybrid.fractal = True
+        g.hybrid.label_scaling = True
+        c.loss.kind = "bce"
+    elif variant == "random":
+        g.hybrid.mask = "random"
+    elif variant == "shb":
+        g.hybrid.mask = "semantic"
+        g.shb.clip = "openai/clip-vit-base-patch32"
+    elif variant == "online":
+        g.hybrid.policy = "online"
+        c.online.kind = "diffusemix"
+        c.synthetic.path = c.get_ref("store_dir") + "/edits"
+    elif variant == "nine":
+        g.prompts = "all"
+    return c

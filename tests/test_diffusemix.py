@@ -1,0 +1,453 @@
+"""DiffuseMix generation end to end (issue 5, Must-show 4): 20 CIFAR-10 images x 2 prompts with a
+tiny random InstructPix2Pix -> edits store -> offline hybrids -> a classifier trains on them;
+byte-identical stores from the same seed; resume after a kill; black / non-finite filtering;
+online pairs on device; SHB with a tiny CLIP; the seed 000 configs."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pathlib
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from augdiff.config import load_config
+from augdiff.data.store import SyntheticStore
+from augdiff.methods import diffusemix as DM
+from augdiff.methods import hybrids
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "diffusemix_cifar100.py")
+N_REAL, PROMPTS = 20, "Autumn|snowy"
+
+
+@pytest.fixture(scope="session")
+def cifar20(cifar_zip, tmp_path_factory) -> pathlib.Path:
+    """An image folder cut from the CIFAR-10 zip: 2 train + 1 test image per class."""
+    root = tmp_path_factory.mktemp("cifar20")
+    with zipfile.ZipFile(cifar_zip) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".jpg"))
+        for split, k in (("train", 2), ("test", 1)):
+            seen: dict[str, int] = {}
+            for n in names:
+                _, sp, cls, fname = n.split("/")
+                if sp != split or seen.get(cls, 0) >= k:
+                    continue
+                seen[cls] = seen.get(cls, 0) + 1
+                (root / split / cls).mkdir(parents=True, exist_ok=True)
+                (root / split / cls / fname).write_bytes(z.read(n))
+    return root
+
+
+def _config(workdir, data, *overrides, variant: str = "smoke"):
+    return load_config(
+        f"{CONFIG}:{variant}",
+        [
+            f"workdir={workdir}",
+            f"data.path={data}",
+            "data.per_class=0",
+            "data.image_size=16",
+            f"diffusemix.prompts={PROMPTS}",
+            "diffusemix.resolution=16",
+            "diffusemix.steps=2",
+            "diffusemix.batch_size=8",
+            "diffusemix.shard_size=8",
+            "progress=False",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def ip2p_path(tmp_path_factory) -> str:
+    from augdiff.sd import tiny
+
+    return tiny.make_tiny_sd(tmp_path_factory.mktemp("ip2p") / "m", kind="ip2p", formats=("flax",))
+
+
+@pytest.fixture(scope="session")
+def run_a(cifar20, ip2p_path, tmp_path_factory):
+    """One complete generation (edits + fractal hybrids with label scaling)."""
+    wd = tmp_path_factory.mktemp("run_a")
+    cfg = _config(wd, cifar20, f"diffusemix.model={ip2p_path}")
+    return cfg, DM.generate(cfg)
+
+
+def _decoded(root: str) -> dict[str, tuple[bytes, dict]]:
+    s = SyntheticStore(root)
+    out = {}
+    for i in range(len(s)):
+        prov = s.provenance(i)
+        out[prov["key"]] = (s[i]["image"].tobytes(), prov)
+    return out
+
+
+def _shard_keys(root: str) -> list[str]:
+    keys: list[str] = []
+    for idx in sorted(glob.glob(os.path.join(root, "shard-*.idx.json"))):
+        with open(idx) as f:
+            keys += json.load(f)["keys"]
+    return keys
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_prompts_plan_and_keys():
+    assert DM.resolve_prompts("all") == DM.DIFFUSEMIX_PROMPTS and len(DM.DIFFUSEMIX_PROMPTS) == 9
+    assert DM.resolve_prompts("sunset") == ("sunset",)
+    assert DM.resolve_prompts("Autumn| a sketch with crayon") == ("Autumn", "a sketch with crayon")
+    with pytest.raises(ValueError, match="duplicate"):
+        DM.resolve_prompts("snowy|snowy")
+    with pytest.raises(ValueError, match="empty prompt"):
+        DM.resolve_prompts("snowy||rainbow")
+    plan = DM.plan_edits(3, 2)
+    assert [p["example"] for p in plan] == list(range(6))
+    assert plan[3] == dict(key="edit-r0000001-p01", example=3, parent=1, prompt_index=1)
+    edit, hyb, frac = DM.run_keys(0)
+    assert len({tuple(np.asarray(k)) for k in (edit, hyb, frac)}) == 3
+    keys = DM.example_keys(edit, [5, 0, 5])
+    np.testing.assert_array_equal(keys[0], jax.random.fold_in(edit, 5))
+    np.testing.assert_array_equal(keys[0], keys[2])
+
+
+def test_output_status_filters_black_and_nonfinite():
+    x = np.random.default_rng(0).uniform(0.1, 1, (5, 4, 4, 3)).astype(np.float32)
+    x[1] = 0.0
+    x[2, 0, 0, 0] = np.nan
+    x[3, 1, 1, 2] = np.inf
+    x[4] = 1.5 / 255
+    assert list(DM.output_status(x)) == ["ok", "black", "nonfinite", "nonfinite", "ok"]
+    assert list(DM.output_status(x, black_threshold=2 / 255)) == [
+        "ok", "black", "nonfinite", "nonfinite", "black"]
+
+
+def test_hybrid_spec_from_config():
+    cfg = load_config(f"{CONFIG}:interval_0.1_0.3")
+    spec, sem = DM.hybrid_spec(cfg.diffusemix.hybrid)
+    assert not sem and spec.lam == (0.1, 0.3) and spec.label_scaling and cfg.loss.kind == "bce"
+    spec, sem = DM.hybrid_spec(load_config(f"{CONFIG}:dc").diffusemix.hybrid)
+    assert spec.lam == 0.2 and not spec.fractal and spec.mask == "concat"
+    assert DM.hybrid_spec(load_config(f"{CONFIG}:shb").diffusemix.hybrid)[1]
+    bad = load_config(f"{CONFIG}:shb", ["diffusemix.hybrid.policy=online"])
+    with pytest.raises(ValueError, match="semantic"):
+        DM.hybrid_spec(bad.diffusemix.hybrid)
+
+
+@pytest.mark.parametrize(
+    "variant", ["vanilla", "dc", "linear", "warm", "step", "fractal", "fractal_lsf", "random",
+                "shb", "online", "nine", "smoke", "interval_0.0_0.4", "ratio_1_3"])
+def test_configs_cover_seed000_rows(variant, tmp_path):
+    from augdiff.data import schedules
+
+    cfg = load_config(f"{CONFIG}:{variant}", [f"workdir={tmp_path}"])
+    assert cfg.method == "diffusemix" and cfg.mesh.data == -1 and "seed" in cfg
+    sched = schedules.from_config(cfg.synthetic.schedule, epochs=cfg.epochs)
+    if variant == "smoke":
+        assert cfg.diffusemix.tiny and cfg.model.name == "preact_resnet_tiny"
+    else:
+        assert cfg.model.name == "preact_resnet18" and cfg.epochs == 300
+        assert cfg.optim.schedule == "multistep" and tuple(cfg.optim.milestones) == (100, 200)
+        assert cfg.diffusemix.text_guidance == 4.0 and cfg.diffusemix.resolution == 256
+        assert cfg.diffusemix.sampler == "euler_ancestral"
+    # The train half reads the store the generate half writes.
+    edits, hybrids_dir = DM.store_dirs(cfg)
+    assert edits == f"{tmp_path}/store/edits"
+    want = {"vanilla": "", "online": edits}.get(variant, hybrids_dir)
+    assert cfg.synthetic.path == want
+    assert (cfg.online.kind == "diffusemix") == (variant == "online")
+    expect = {"vanilla": 0.0, "linear": 150 / 300, "warm": 50 / 200, "step": 0.5,
+              "ratio_1_3": 0.75}.get(variant, 0.5)
+    assert sched(150) == pytest.approx(expect)
+    if variant in ("fractal_lsf", "interval_0.0_0.4", "smoke"):
+        assert cfg.loss.kind == "bce" and cfg.diffusemix.hybrid.label_scaling
+    if variant == "nine":
+        assert DM.resolve_prompts(cfg.diffusemix.prompts) == DM.DIFFUSEMIX_PROMPTS
+    with pytest.raises(Exception, match="unknown variant"):
+        load_config(f"{CONFIG}:nope")
+
+
+@pytest.mark.slow
+def test_end_to_end_store_hybrids_and_training(run_a, cifar20):
+    """Must-show 4: 20 images x 2 prompts -> 40 edits with provenance -> 40 hybrids -> training
+    consumes synthetic rows."""
+    from augdiff.data.sources import open_real_source
+    from augdiff.train.classifier import train_and_evaluate
+
+    cfg, summary = run_a
+    edits_dir, hyb_dir = DM.store_dirs(cfg)
+    assert summary["store"] == hyb_dir == cfg.synthetic.path
+    real = open_real_source(cfg.data, "train")
+    assert len(real) == N_REAL
+    edits = SyntheticStore(edits_dir)
+    assert len(edits) == 2 * N_REAL and summary["edits_summary"]["written"] == 2 * N_REAL
+    assert edits.manifest["config"]["prompts"] == ["Autumn", "snowy"]
+    assert edits.manifest["config"]["model"] == "tiny-random"
+    seen = set()
+    for i in range(len(edits)):
+        p = edits.provenance(i)
+        rec = edits[i]
+        parent, j = p["parent"], p["prompt_index"]
+        assert p["key"] == f"edit-r{parent:07d}-p{j:02d}" and p["example"] == parent * 2 + j
+        assert p["prompt"] == ("Autumn", "snowy")[j] and p["seed"] == 0
+        assert (p["guidance"], p["image_guidance"], p["steps"]) == (4.0, 1.5, 2)
+        assert p["sampler"] == "euler_ancestral" and p["model"] == "tiny-random"
+        assert p["parent_name"] == real.name_of(parent)
+        assert int(rec["label"]) == int(real.labels[parent]) and int(rec["source"]) == 1
+        assert rec["image"].shape == (16, 16, 3)
+        seen.add((parent, j))
+    assert seen == {(i, j) for i in range(N_REAL) for j in range(2)}
+
+    hyb = SyntheticStore(hyb_dir)
+    assert len(hyb) == 2 * N_REAL
+    lams = []
+    for i in range(len(hyb)):
+        p, rec = hyb.provenance(i), hyb[i]
+        assert p["key"] == f"hybrid-{p['pair_id']}" and int(rec["source"]) == 2
+        assert 0.1 <= p["lam"] <= 0.3  # λ ~ U[0.1, 0.3]
+        assert float(rec["weight"]) == pytest.approx(1 - p["lam"], abs=1e-6)  # label scaling
+        lams.append(p["lam"])
+    assert np.std(lams) > 0  # λ drawn per pair
+    # Re-derive one hybrid from its pair: the stored bytes are the transform's output.
+    row = next(i for i in range(len(hyb)) if hyb.provenance(i)["pair_id"] == 7)
+    e_row = next(i for i in range(len(edits)) if edits.provenance(i)["example"] == 7)
+    spec, _ = DM.hybrid_spec(cfg.diffusemix.hybrid)
+    _, hkey, fkey = DM.run_keys(0)
+    bank = hybrids.fractal_bank(fkey, cfg.diffusemix.fractal_bank_size, 16)
+    x, _ = hybrids.diffusemix(hkey, hybrids.to_float(real[3]["image"][None]),
+                              hybrids.to_float(edits[e_row]["image"][None]),
+                              jnp.asarray([7], jnp.int32), bank, spec=spec)
+    np.testing.assert_array_equal(hybrids.to_uint8(x)[0], hyb[row]["image"])
+
+    # A classifier trains on real + hybrids (BCE with the per-record weights).
+    tcfg = load_config(f"{CONFIG}:smoke", [
+        f"workdir={cfg.workdir}/train", f"data.path={cifar20}", "data.per_class=0",
+        "data.image_size=16", f"store_dir={os.path.dirname(hyb_dir)}", "model.width=8",
+        "batch_size=8", "epochs=2", "steps_per_epoch=2", "eval_batch_size=16", "progress=False"])
+    result = train_and_evaluate(tcfg)
+    assert result["synthetic_examples"] == 2 * N_REAL
+    shares = [e["synthetic_share"] for e in result["epochs"]]
+    assert len(shares) == 2 and all(0.25 <= s <= 0.75 for s in shares)  # ρ = 1:1 of 8 rows
+    assert np.isfinite(result["train_loss"])
+
+
+@pytest.mark.slow
+def test_same_seed_same_bytes_and_resume_after_kill(run_a, cifar20, ip2p_path, tmp_path,
+                                                    monkeypatch):
+    """A second run killed after two shards, then resumed: nothing written twice, and every
+    shard byte-equal to the uninterrupted run's (resumed shards hold the same examples)."""
+    cfg_a, _ = run_a
+    cfg = _config(tmp_path, cifar20, f"diffusemix.model={ip2p_path}")
+    real_edit = DM.edit_images
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real_edit(*args, **kwargs)
+
+    monkeypatch.setattr(DM, "edit_images", dying)
+    with pytest.raises(KeyboardInterrupt):
+        DM.generate(cfg)
+    edits_dir, hyb_dir = DM.store_dirs(cfg)
+    assert len(_shard_keys(edits_dir)) == 16  # two complete shards of 8
+    assert not glob.glob(os.path.join(edits_dir, "*.tmp-*"))
+    monkeypatch.setattr(DM, "edit_images", real_edit)
+    summary = DM.generate(cfg)
+    assert summary["edits_summary"]["written"] == 2 * N_REAL - 16
+    for d in (edits_dir, hyb_dir):
+        keys = _shard_keys(d)
+        assert len(keys) == len(set(keys)) == 2 * N_REAL
+    # Byte for byte: every decoded image and provenance equals the uninterrupted run's ...
+    a_edits, a_hyb = DM.store_dirs(cfg_a)
+    assert _decoded(edits_dir) == _decoded(a_edits)
+    assert _decoded(hyb_dir) == _decoded(a_hyb)
+    # ... and with the same shard boundaries (8 | 16) the shard files are identical too.
+    for d, a in ((edits_dir, a_edits), (hyb_dir, a_hyb)):
+        mine = sorted(glob.glob(os.path.join(d, "shard-*.array_record")))
+        assert len(mine) == 5
+        for f in mine:
+            with open(f, "rb") as x, open(os.path.join(a, os.path.basename(f)), "rb") as y:
+                assert x.read() == y.read()
+
+
+def test_black_and_nonfinite_filtered_counted_once(cifar20, ip2p_path, tmp_path, monkeypatch):
+    """Outputs are replaced by constructed images: every 5th edit black, every 7th NaN; the
+    manifest counts them, they are not stored, and a resumed run neither retries nor recounts."""
+    cfg = _config(tmp_path, cifar20, f"diffusemix.model={ip2p_path}",
+                  "diffusemix.write_hybrids=False")
+
+    def fake_edit(components, params, images, prompt_embeds, keys, **kw):
+        n, res = len(images), kw["resolution"]
+        base = np.linspace(0.2, 0.9, n * res * res * 3, dtype=np.float32)
+        return base.reshape(n, res, res, 3)
+
+    plan = {tuple(np.asarray(DM.example_keys(DM.run_keys(0)[0], [e]))[0]): e
+            for e in range(2 * N_REAL)}
+
+    def fake_with_failures(components, params, images, prompt_embeds, keys, **kw):
+        out = fake_edit(components, params, images, prompt_embeds, keys, **kw)
+        for b, k in enumerate(np.asarray(keys)):
+            e = plan.get(tuple(k))
+            if e is not None and e % 5 == 0:
+                out[b] = 0.0
+            elif e is not None and e % 7 == 0:
+                out[b, 0, 0, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(DM, "edit_images", fake_with_failures)
+    summary = DM.generate(cfg)["edits_summary"]
+    black = [e for e in range(2 * N_REAL) if e % 5 == 0]
+    nan = [e for e in range(2 * N_REAL) if e % 5 and e % 7 == 0]
+    assert summary["filtered_black"] == len(black) and summary["filtered_nonfinite"] == len(nan)
+    edits_dir, _ = DM.store_dirs(cfg)
+    store = SyntheticStore(edits_dir)
+    assert len(store) == 2 * N_REAL - len(black) - len(nan)
+    assert store.manifest["counters"] == {"filtered_black": len(black),
+                                          "filtered_nonfinite": len(nan)}
+    kept = {store.provenance(i)["example"] for i in range(len(store))}
+    assert kept.isdisjoint(black + nan)
+    again = DM.generate(cfg)["edits_summary"]  # resume: nothing left to do
+    assert again["written"] == 0 and again["filtered_black"] == 0
+    assert SyntheticStore(edits_dir).manifest["counters"] == store.manifest["counters"]
+
+
+@pytest.mark.slow
+def test_online_pairs_match_offline_hybrids_and_redraw(run_a):
+    """The online hook pairs each edit with its parent; with the offline policy it reproduces
+    the stored hybrids, with the online policy masks change between epochs."""
+    from augdiff.data.sources import open_real_source
+
+    cfg, _ = run_a
+    real = open_real_source(cfg.data, "train")
+    edits_dir, hyb_dir = DM.store_dirs(cfg)
+    edits, hyb = SyntheticStore(edits_dir), SyntheticStore(hyb_dir)
+    pairs = DM.make_online(
+        load_config(f"{CONFIG}:smoke", ["online.kind=diffusemix", "data.image_size=16"]),
+        real, edits)
+    assert pairs.spec.policy == "offline"
+    rows = [0, 5, 11, 30]
+    batch = {
+        "image": np.stack([edits[r]["image"] for r in rows] + [real[2]["image"]]),
+        "index": np.asarray(rows + [2]),
+        "source": np.asarray([1, 1, 1, 1, 0], np.int32),
+        "weight": np.ones(5, np.float32),
+        "label": np.asarray([int(edits[r]["label"]) for r in rows] + [0], np.int32),
+    }
+    host = pairs.host(batch)
+    for b, r in enumerate(rows):
+        p = edits.provenance(r)
+        np.testing.assert_array_equal(host["original"][b], real[p["parent"]]["image"])
+        assert host["pair_id"][b] == p["example"]
+    assert host["pair_id"][4] == -1
+    dev = {k: jnp.asarray(v) for k, v in host.items()}
+    dev["image"] = dev["image"].astype(jnp.float32) / 127.5 - 1.0
+    out = jax.jit(pairs.device)(dev, 3)
+    got = hybrids.to_uint8(out["image"])
+    by_pair = {hyb.provenance(i)["pair_id"]: i for i in range(len(hyb))}
+    for b in range(4):
+        ref = hyb[by_pair[int(host["pair_id"][b])]]
+        diff = np.abs(got[b].astype(int) - ref["image"].astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # same keys, same transform
+        assert float(out["weight"][b]) == pytest.approx(float(ref["weight"]), abs=1e-6)
+    np.testing.assert_array_equal(got[4], real[2]["image"])  # real rows untouched
+    assert float(out["weight"][4]) == 1.0
+    spec = hybrids.DiffuseMixSpec(mask="random", policy="online", fractal=False)
+    online = DM.OnlinePairs(real, edits, spec=spec, key=pairs.key, fractals=None,
+                            parents=pairs.parents, pair_ids=pairs.pair_ids)
+    device = jax.jit(online.device)
+    e0, e1 = (np.asarray(device(dev, t)["image"]) for t in (0, 1))
+    for b in range(4):  # each pair's rectangle is redrawn between epochs
+        assert np.abs(e0[b] - e1[b]).max() > 0.05
+    np.testing.assert_array_equal(e0, np.asarray(device(dev, 0)["image"]))
+
+    # The trainer's hook: a step with `online` equals a step on the pre-transformed batch.
+    _check_train_step_hook(pairs, host)
+
+
+def _check_train_step_hook(pairs, host):
+    import flax.linen as nn
+    import optax
+
+    from augdiff import distributed
+    from augdiff.train import classifier as C
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.BatchNorm(use_running_average=not train)(x.reshape(x.shape[0], -1))
+            return nn.Dense(10)(x)
+
+    mesh = distributed.make_mesh()
+    n = 8
+    rows = np.arange(n) % len(host["image"])
+    batch = {k: np.asarray(v)[rows] for k, v in host.items()}
+    batch["label"] = batch["label"].astype(np.int32)
+    model, tx = Tiny(), optax.sgd(0.1)
+    state = C.create_train_state(jax.random.PRNGKey(0), model, tx, (16, 16, 3))
+    state = jax.device_put(state, C.state_sharding(state, mesh))
+    aug = {"crop_flip": False}
+    hooked = C.make_train_step(model, tx, mesh, state, num_classes=10, loss_kind="bce",
+                               augment=aug, donate=False, online=pairs.device,
+                               online_keys=pairs.extra_keys, steps_per_epoch=4)
+    plain = C.make_train_step(model, tx, mesh, state, num_classes=10, loss_kind="bce",
+                              augment=aug, donate=False)
+    # state.step = 0 -> epoch 0; transform the batch by hand the same way.
+    dev = {k: jnp.asarray(v) for k, v in batch.items()}
+    dev["image"] = dev["image"].astype(jnp.float32) / 127.5 - 1.0
+    ref = jax.jit(pairs.device)(dev, 0)
+    keys = ("image", "label", "weight", "source")
+    pre = {k: np.asarray(batch[k]) for k in keys}
+    pre["image"] = hybrids.to_uint8(ref["image"])
+    pre["weight"] = np.asarray(ref["weight"])
+    s1, m1 = hooked(state, distributed.shard_batch(
+        {k: batch[k] for k in keys + pairs.extra_keys}, mesh))
+    s2, m2 = plain(state, distributed.shard_batch(pre, mesh))
+    assert float(m1["synthetic_share"]) == pytest.approx(np.mean(batch["source"] > 0))
+    # uint8 re-quantisation of the pre-transformed images costs at most half a level.
+    assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=2e-2)
+    assert np.any(np.asarray(batch["weight"]) != np.asarray(ref["weight"]))  # Lsf weights
+
+
+@pytest.mark.slow
+def test_semantic_hybrids_with_tiny_clip(run_a, tmp_path):
+    """SHB offline through a tiny random FlaxCLIPModel; the store records which CLIP was used
+    and holds exactly the jitted SHB of each pair."""
+    from augdiff.data.sources import open_real_source
+    from augdiff.methods import semantic
+
+    cfg, _ = run_a
+    edits_dir, _ = DM.store_dirs(cfg)
+    scfg = load_config(f"{CONFIG}:smoke", [
+        f"workdir={tmp_path}", f"data.path={cfg.data.path}", "data.per_class=0",
+        "data.image_size=16", "diffusemix.hybrid.mask=semantic", "diffusemix.hybrid.fractal=False",
+        "diffusemix.hybrid.label_scaling=False", "diffusemix.shb.tiny=True", "progress=False"])
+    real = open_real_source(scfg.data, "train")
+    _, hkey, fkey = DM.run_keys(0)
+    out = tmp_path / "shb"
+    summary = DM._generate_hybrids(scfg, real, edits_dir, str(out), hkey, fkey, False)
+    assert summary == {"written": 2 * N_REAL, "mask": "semantic", "clip": "tiny-random"}
+    store = SyntheticStore(out)
+    assert store.manifest["config"]["clip"] == "tiny-random"
+    model, params, tok, _ = DM.load_clip(scfg.diffusemix.shb, str(tmp_path), 0)
+    text = DM.class_text_embeddings(model, params, tok, real.class_names, "a photo of a {}")
+    assert text.shape == (10, 32)
+    edits = SyntheticStore(edits_dir)
+    r = 4
+    p = edits.provenance(r)
+    o = hybrids.to_float(real[p["parent"]]["image"][None])
+    g = hybrids.to_float(edits[r]["image"][None])
+    patches = semantic.clip_patch_embeddings(model, g, params)
+    assert patches.shape == (1, 16, 32)  # 4x4 patch grid of the tiny CLIP
+    want, mask = semantic.semantic_hybrid(o, g, patches, text, jnp.asarray([edits[r]["label"]]))
+    row = next(i for i in range(len(store)) if store.provenance(i)["pair_id"] == p["example"])
+    diff = np.abs(hybrids.to_uint8(want)[0].astype(int) - store[row]["image"].astype(int))
+    assert diff.max() <= 1
+    assert store.provenance(row)["hybrid"]["clip"] == "tiny-random"
+    assert float(jnp.mean(mask)) == pytest.approx(0.5, abs=0.05)
