@@ -1,0 +1,304 @@
+"""``report.md`` of an experiment run (the ``report`` stage of :mod:`augdiff.runner`).
+
+The report states which generator made the synthetic data and how it was obtained (trained in
+this run, random weights, or user-supplied weights), the classification results (top-1 / top-5
+mean ± standard deviation over the training seeds for real only / synthetic only / mixed), the
+fidelity metrics with the feature extractor named beside each number, per-class sample grids
+(real | synthetic side by side, PNG), the PCA plot when the experiment has one, the stage log
+and the resolved config. Every number is read from the stage outputs recorded in
+``stages.json`` (which hold what each stage's ``metrics.json`` says), so the report and the
+stage outputs agree by construction; figures are written next to it under ``figures/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from augdiff.config import to_dict
+
+ROW_LABELS = {"train_real": "real only", "train_synthetic": "synthetic only",
+              "train_mixed": "real + synthetic"}
+
+
+def fmt_pct(mean: float, std: float) -> str:
+    """``"12.34 ± 0.56"``: a share in [0, 1] as percent with two decimals."""
+    return f"{100.0 * mean:.2f} ± {100.0 * std:.2f}"
+
+
+# --------------------------------------------------------------------------------------------
+# Generator provenance
+
+
+def describe_generator(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]) -> str:
+    """One plain sentence: which generator, and whether it was trained here, has random
+    weights, or uses the user's weights."""
+    gen = config.get("generator", None)
+    if gen is None or "generate" not in outputs:
+        return "No synthetic data in this experiment."
+    kind = str(gen.kind)
+    g = outputs["generate"]
+    if kind == "edm":
+        tg = outputs.get("train_generator")
+        if tg:
+            cond = "class-conditional" if tg.get("class_conditional") else "unconditional"
+            classes = tg.get("classes", "all")
+            data = "the real training subset" + ("" if classes == "all" else
+                                                 f" (classes {classes})")
+            if tg.get("synthetic"):
+                data += f" together with synthetic data: {tg['synthetic']}"
+                if tg["mode"] == "casd":
+                    data += (", each batch labelled with its source (CASD); sampled at source "
+                             f"label y = {tg.get('source_label', 0)} (real)")
+            return (
+                f"**Trained here**: an EDM SongUNet (preset `{tg['preset']}`, "
+                f"{tg['num_params']:,} parameters, {cond}, mode `{tg['mode']}`), trained from "
+                f"random initialisation in this run on {data}, for "
+                f"{tg['steps']:,} steps ({tg['images_seen']:,} images; final loss "
+                f"{_num(tg.get('final_loss'))}), then sampled with the EMA weights "
+                f"({g.get('sampler', '?')}, {g.get('sampler_steps', '?')} steps) into "
+                f"{g['num_images']:,} images. No pretrained weights were used.")
+        return (f"**User weights**: the EDM checkpoint in `{gen.checkpoint}` (step "
+                f"{g.get('checkpoint_step', '?')}), sampled with "
+                f"{g.get('sampler', '?')} into {g['num_images']:,} images; not trained here.")
+    if kind == "method":
+        weights = str(gen.get("weights", "") or "")
+        if weights == "random":
+            how = ("**Random weights**: the diffusion model was built with random parameters "
+                   "(no pretrained weights are available here), so the images test the "
+                   "pipeline, not the method's quality")
+        elif weights:
+            how = f"**User weights** from `{weights}`"
+        else:
+            how = "**User weights** as named in the method config"
+        return (f"{how}; method `{g.get('method')}` (config `{gen.config}`) wrote "
+                f"{g['num_images']:,} images.")
+    return (f"**User data**: an existing synthetic store `{g['store']}` (method "
+            f"`{g.get('method')}`, {g['num_images']:,} images); no generator ran here.")
+
+
+def _num(x: Any, digits: int = 4) -> str:
+    try:
+        return f"{float(x):.{digits}f}"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+def results_table(outputs: Mapping[str, Any]) -> list[str]:
+    """Markdown rows: training data | top-1 (%) | top-5 (%) | seeds | per-seed top-1."""
+    rows = ["| training data | top-1 (%) | top-5 (%) | seeds | top-1 per seed (%) |",
+            "|---|---|---|---|---|"]
+    for stage, label in ROW_LABELS.items():
+        o = outputs.get(stage)
+        if not o:
+            continue
+        per = ", ".join(f"{100.0 * float(u['test_top1']):.2f}" for u in o["seeds"].values())
+        rows.append(f"| {label} | {fmt_pct(o['test_top1_mean'], o['test_top1_std'])} | "
+                    f"{fmt_pct(o['test_top5_mean'], o['test_top5_std'])} | {o['num_seeds']} | "
+                    f"{per} |")
+    return rows
+
+
+def fidelity_table(ev: Mapping[str, Any]) -> list[str]:
+    """Markdown rows: metric | value | extractor (every number tagged with its extractor)."""
+    ex = f"`{ev['extractor']}`"
+    rows = ["| metric | value | feature extractor |", "|---|---|---|",
+            f"| FID | {_num(ev['fid'])} | {ex} |",
+            f"| KID | {ev['kid_mean']:.6f} ± {ev['kid_std']:.6f} | {ex} |"]
+    for m in ("precision", "recall", "density", "coverage"):
+        rows.append(f"| {m} (k = {ev['prdc_k']}) | {_num(ev[m])} | {ex} |")
+    rep = ev.get("replication")
+    if rep:
+        rex = f"`{rep.get('extractor', ev['extractor'])}`"
+        rows += [
+            f"| SSIM to nearest training image, mean | {_num(rep['ssim_mean'])} | "
+            f"nearest by {rex} |",
+            f"| SSIM to nearest training image, max | {_num(rep['ssim_max'])} | "
+            f"nearest by {rex} |",
+            f"| near copies (SSIM > {rep['near_copy_threshold']}) | "
+            f"{100.0 * float(rep['near_copy_share']):.2f}% | nearest by {rex} |",
+            f"| nearest-training-neighbour distance, mean | {_num(rep['nn_distance_mean'])} | "
+            f"{rex} |",
+        ]
+    return rows
+
+
+def parse_results_table(text: str) -> dict[str, dict[str, float]]:
+    """Read the results table back from a report (``label -> {top1_mean, top1_std, ...}`` in
+    percent); used by tests and tools that compare reports."""
+    out: dict[str, dict[str, float]] = {}
+    labels = set(ROW_LABELS.values())
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0] in labels:
+            m1, s1 = (float(v) for v in cells[1].split("±"))
+            m5, s5 = (float(v) for v in cells[2].split("±"))
+            out[cells[0]] = {"top1_mean": m1, "top1_std": s1, "top5_mean": m5, "top5_std": s5}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def _tile(images: Sequence[np.ndarray], cols: int, size: int, pad: int = 1) -> np.ndarray:
+    """``images`` (uint8 HWC) nearest-upscaled to ``size`` on a ``rows x cols`` white grid."""
+    rows = max(1, -(-len(images) // cols))
+    out = np.full((rows * (size + pad) + pad, cols * (size + pad) + pad, 3), 255, np.uint8)
+    for k, img in enumerate(images):
+        img = np.asarray(img)
+        if img.shape[-1] == 1:
+            img = np.repeat(img, 3, axis=-1)
+        up = np.asarray(Image.fromarray(img).resize((size, size), Image.NEAREST))
+        r, c = divmod(k, cols)
+        y, x = pad + r * (size + pad), pad + c * (size + pad)
+        out[y:y + size, x:x + size] = up
+    return out
+
+
+def class_grids(real: Any, synthetic: Any, class_names: Sequence[str], out_dir: str, *,
+                per_class: int = 8, cols: int = 4, size: int = 48) -> dict[str, str]:
+    """One PNG per class: the class's first ``per_class`` real images (left) beside the first
+    ``per_class`` synthetic images of that class (right). Returns class → path."""
+    os.makedirs(out_dir, exist_ok=True)
+    real_labels = np.asarray(real.labels)
+    syn_labels = np.asarray(synthetic.labels)
+    paths: dict[str, str] = {}
+    for c, name in enumerate(class_names):
+        syn_rows = np.flatnonzero(syn_labels == c)[:per_class]
+        if len(syn_rows) == 0:
+            continue
+        real_rows = np.flatnonzero(real_labels == c)[:per_class]
+        left = _tile([real[int(i)]["image"] for i in real_rows], cols, size)
+        right = _tile([synthetic[int(i)]["image"] for i in syn_rows], cols, size)
+        h = max(left.shape[0], right.shape[0])
+        gap = np.full((h, 3 * size // 8, 3), 255, np.uint8)
+        gap[:, gap.shape[1] // 2 - 1:gap.shape[1] // 2 + 1] = 0  # a black divider
+        canvas = np.full((h, left.shape[1] + gap.shape[1] + right.shape[1], 3), 255, np.uint8)
+        canvas[:left.shape[0], :left.shape[1]] = left
+        canvas[:, left.shape[1]:left.shape[1] + gap.shape[1]] = gap
+        canvas[:right.shape[0], left.shape[1] + gap.shape[1]:] = right
+        path = os.path.join(out_dir, f"samples_{c:03d}_{_slug(name)}.png")
+        Image.fromarray(canvas).save(path)
+        paths[name] = path
+    return paths
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:40]
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+
+
+def write_report(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``<workdir>/report.md`` (and ``figures/``) from the stage ``outputs``; returns
+    ``{"report": path, "grids": {class: png}, "pca": png or None}``."""
+    import jax
+
+    workdir = os.path.abspath(str(config.workdir))
+    fig_dir = os.path.join(workdir, "figures")
+    rep_cfg = config.get("report", ml_collections.ConfigDict())
+    title = str(rep_cfg.get("title", "") or config.get("name", "") or "augdiff experiment")
+    lines: list[str] = [f"# {title}", ""]
+    if config.get("description", ""):
+        lines += [str(config.description), ""]
+
+    prep = outputs.get("prepare", {})
+    lines += ["## Data", ""]
+    if prep:
+        counts = prep.get("counts_per_class", {})
+        lo, hi = (min(counts.values()), max(counts.values())) if counts else (0, 0)
+        lines += [f"Real data: `{prep.get('description', '')}` — {prep['num_train']:,} training "
+                  f"images in {prep['num_classes']} classes ({lo}–{hi} per class), evaluated "
+                  f"on {prep['num_test']:,} test images (the full test split). Row list: "
+                  f"`{os.path.relpath(prep['subset_file'], workdir)}`.", ""]
+    lines += ["## Generator", "", describe_generator(config, outputs), ""]
+
+    if any(s in outputs for s in ROW_LABELS):
+        lines += ["## Classification", "",
+                  "Test accuracy on the full test split after the last epoch: mean ± sample "
+                  "standard deviation (ddof = 1) over the training seeds.", ""]
+        lines += results_table(outputs) + [""]
+        for stage in ROW_LABELS:
+            o = outputs.get(stage)
+            if o:
+                links = ", ".join(f"[seed {u['seed']}]({os.path.relpath(u['metrics'], workdir)})"
+                                  for u in o["seeds"].values())
+                lines.append(f"- {ROW_LABELS[stage]}: {links}")
+        lines.append("")
+
+    ev = outputs.get("evaluate")
+    if ev:
+        lines += ["## Fidelity and diversity", "",
+                  f"{ev['num_synthetic']:,} synthetic images against {ev['num_real']:,} real "
+                  f"`{ev['real_split']}` images; features: `{ev['extractor']}` "
+                  f"({ev['feature_dim']}-d). Numbers under different extractors are not "
+                  f"comparable. Source: [{os.path.relpath(ev['metrics'], workdir)}]"
+                  f"({os.path.relpath(ev['metrics'], workdir)}).", ""]
+        lines += fidelity_table(ev) + [""]
+
+    grids: dict[str, str] = {}
+    gen = outputs.get("generate")
+    if gen and prep and jax.process_index() == 0:
+        from augdiff.data.sources import open_real_source
+        from augdiff.data.store import SyntheticStore
+
+        real = open_real_source(config.data, str(config.data.get("train_split", "train")),
+                                subset=True)
+        grids = class_grids(real, SyntheticStore(gen["store"]), prep["class_names"], fig_dir,
+                            per_class=int(rep_cfg.get("samples_per_class", 8)))
+    if grids:
+        lines += ["## Samples", "",
+                  "Per class: real training images (left) | synthetic images (right).", "",
+                  "| class | real &#124; synthetic |", "|---|---|"]
+        for name, path in grids.items():
+            rel = os.path.relpath(path, workdir)
+            lines.append(f"| {name} | ![{name}]({rel}) |")
+        lines.append("")
+
+    pca = outputs.get("pca")
+    if pca:
+        rel = os.path.relpath(pca["plot"], workdir)
+        r = pca["explained_variance_ratio"]
+        lines += ["## PCA", "",
+                  f"2-D PCA of `{pca['extractor']}` features of {pca['num_real']} real and "
+                  f"{pca['num_synthetic']} synthetic images (PC1 {100 * r[0]:.1f}%, PC2 "
+                  f"{100 * r[1]:.1f}% of the variance).", "", f"![PCA]({rel})", ""]
+
+    book_path = os.path.join(workdir, "stages.json")
+    if os.path.exists(book_path):
+        with open(book_path) as f:
+            book = json.load(f)["stages"]
+        lines += ["## Stages", "", "| stage | wall time (s) | attempts | sub-workdir |",
+                  "|---|---|---|---|"]
+        for name, rec in book.items():
+            if name == "report":
+                continue
+            secs = rec.get("seconds")
+            lines.append(f"| {name} | {_num(secs, 1) if secs is not None else 'running'} | "
+                         f"{rec.get('attempts', 1)} | `{name}/` |")
+        lines.append("")
+
+    lines += ["## Resolved config", "",
+              "Each stage's derived config is in `<stage>/stage_config.json` (EDM training: "
+              "`train_generator/config.json`).", "", "```json",
+              json.dumps(to_dict(config), indent=2, sort_keys=True), "```", ""]
+    path = os.path.join(workdir, "report.md")
+    if jax.process_index() == 0:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines))
+        os.replace(tmp, path)
+    return {"report": path, "grids": grids, "pca": pca["plot"] if pca else None}
