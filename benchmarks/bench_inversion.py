@@ -25,7 +25,7 @@ import numpy as np
 
 from augdiff import distributed
 from augdiff.methods import inversion as inv
-from augdiff.sd import loading, tiny
+from augdiff.sd import loading, pipelines, tiny
 
 PAPER = {"stage1_s_per_vector": 18.8, "stage2_s_per_image": 0.20, "device": "A40"}
 
@@ -49,7 +49,7 @@ def main() -> None:
         tiny.make_tiny_sd(path, kind="txt2img", formats=("flax",))
     comps, params = loading.load_sd(path, dtype=args.dtype, kind="txt2img")
     mesh = distributed.make_mesh(devices=jax.local_devices())
-    lat_shape = inv.latent_shape(comps, args.resolution, args.resolution)
+    lat_shape = pipelines.latent_shape(comps, args.resolution, args.resolution)
     rng = np.random.default_rng(0)
     lat = jnp.asarray(rng.standard_normal((args.batch, *lat_shape)), jnp.float32)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(args.batch))

@@ -23,6 +23,8 @@ import os
 
 import ml_collections
 
+from augdiff.config import data_config, mesh_config
+
 VARIANTS = (
     "fewshot",
     "longtail",
@@ -45,15 +47,10 @@ def _classify_base() -> ml_collections.ConfigDict:
 
 
 def _data(c: ml_collections.ConfigDict, regime: str) -> None:
-    c.data = ml_collections.ConfigDict()
-    c.data.path = "../shared/data/cifar10-jpeg.zip"
-    c.data.tfds_name = ""
-    c.data.image_size = 32
-    c.data.channels = 3
-    c.data.skip_corrupt = True
-    c.data.per_class = 10 if regime == "fewshot" else 500
-    c.data.imbalance_factor = 1.0 if regime == "fewshot" else 100.0
-    c.data.subset_seed = 0
+    c.data = data_config(
+        per_class=10 if regime == "fewshot" else 500,
+        imbalance_factor=1.0 if regime == "fewshot" else 100.0,
+    )
 
 
 def generation_config(regime: str, smoke: bool) -> ml_collections.ConfigDict:
@@ -64,9 +61,7 @@ def generation_config(regime: str, smoke: bool) -> ml_collections.ConfigDict:
     c.seed = 0
     _data(c, regime)
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
+    c.mesh = mesh_config()
 
     c.model = ml_collections.ConfigDict()
     c.model.path = "stabilityai/stable-diffusion-2-1-unclip"  # local folder or cached hub id

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from augdiff.config import data_config, mesh_config
+
 
 def _base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -33,18 +35,7 @@ def _base() -> ml_collections.ConfigDict:
     c.mode = "casd"  # dm | sda | casd
     c.num_samples = 50_000
 
-    c.data = ml_collections.ConfigDict()
-    c.data.path = "../shared/data/cifar10-jpeg.zip"
-    c.data.tfds_name = ""
-    c.data.split = "train"
-    c.data.image_size = 32
-    c.data.channels = 3
-    c.data.skip_corrupt = True
-    c.data.per_class = 0
-    c.data.imbalance_factor = 1.0
-    c.data.subset_seed = 0
-    c.data.classes = ""  # comma-separated class names to keep ('' = all)
-    c.data.num_workers = 0
+    c.data = data_config(split="train", classes="", num_workers=0)
 
     # Synthetic data for sda / casd: one or more stores, comma-separated (source ids 1..K in
     # that order). ``shift`` makes a colour-shifted store from the real images instead.
@@ -105,9 +96,7 @@ def _base() -> ml_collections.ConfigDict:
     c.sample.S_noise = 1.0
     c.sample.grid = 64  # images in workdir/samples_grid.png
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
+    c.mesh = mesh_config()
     return c
 
 

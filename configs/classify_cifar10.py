@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from augdiff.config import data_config, mesh_config
+
 
 def base_config(num_classes_hint: int = 10) -> ml_collections.ConfigDict:
     """Fields shared by every classification config (the seed 003 recipe's values)."""
@@ -30,18 +32,7 @@ def base_config(num_classes_hint: int = 10) -> ml_collections.ConfigDict:
     c.workdir = "runs/classify_cifar10"
     c.seed = 0
 
-    c.data = ml_collections.ConfigDict()
-    c.data.path = "../shared/data/cifar10-jpeg.zip"
-    c.data.tfds_name = ""
-    c.data.image_size = 32
-    c.data.channels = 3
-    c.data.skip_corrupt = False
-    c.data.per_class = 0  # 0 = every training image
-    c.data.imbalance_factor = 1.0  # > 1: long-tailed subset
-    c.data.subset_seed = 0
-    c.data.train_split = "train"
-    c.data.test_split = "test"
-    c.data.num_workers = 0
+    c.data = data_config(skip_corrupt=False, num_workers=0)
 
     c.synthetic = ml_collections.ConfigDict()
     c.synthetic.path = ""  # a SyntheticStore directory; '' = real data only
@@ -91,9 +82,7 @@ def base_config(num_classes_hint: int = 10) -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.progress = True
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
+    c.mesh = mesh_config()
     return c
 
 

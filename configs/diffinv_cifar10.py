@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from augdiff.config import data_config, mesh_config
+
 
 def base_config(name: str) -> ml_collections.ConfigDict:
     """Every field of a Diffusion Inversion experiment, at the paper's values (128²)."""
@@ -28,19 +30,9 @@ def base_config(name: str) -> ml_collections.ConfigDict:
     c.seed = 0
     c.stages = "12"  # which stages to run: "1", "2" or "12"
 
-    c.data = ml_collections.ConfigDict()
-    c.data.path = "../shared/data/cifar10-jpeg.zip"
-    c.data.tfds_name = ""
-    c.data.image_size = 32
-    c.data.channels = 3
-    c.data.skip_corrupt = True
-    c.data.per_class = 0
-    c.data.imbalance_factor = 1.0
-    c.data.subset_seed = 0
+    c.data = data_config()
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
+    c.mesh = mesh_config()
 
     c.model = ml_collections.ConfigDict()
     c.model.path = "CompVis/stable-diffusion-v1-4"  # local diffusers folder or cached hub id

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from augdiff.config import data_config, mesh_config
+
 ROWS = ("vanilla", "dc", "linear", "warm", "step", "fractal", "fractal_lsf", "shb", "random")
 
 
@@ -37,21 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.stages = ("prepare", "generate", "train_real", "train_mixed", "evaluate", "pca", "report")
     c.rerun = ""
 
-    c.data = ml_collections.ConfigDict()
-    c.data.path = ""
-    c.data.tfds_name = "cifar100"
-    c.data.image_size = 32
-    c.data.channels = 3
-    c.data.skip_corrupt = True
-    c.data.per_class = 0
-    c.data.imbalance_factor = 1.0
-    c.data.subset_seed = 0
-    c.data.train_split = "train"
-    c.data.test_split = "test"
+    c.data = data_config(path="", tfds_name="cifar100")
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
+    c.mesh = mesh_config()
 
     c.generator = ml_collections.ConfigDict()
     c.generator.kind = "method"
@@ -110,5 +100,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif variant == "step":
         s.kind, s.t1, s.t2 = "step", 100, 200
     elif variant == "fractal_lsf":
+        # BCE on the store's per-record targets 1 − λ (written by the generator), not a
+        # constant weight: equal for λ = 0.2, and still right when λ is drawn from an interval.
         c.classifier.config = "configs/classify_cifar100.py:ls"
+        c.classifier.overrides = ml_collections.ConfigDict({"synthetic": {"label_weight": 1.0}})
     return c

@@ -29,6 +29,8 @@ import re
 
 import ml_collections
 
+from augdiff.config import data_config, mesh_config
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "casd"
@@ -42,21 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.stages = ("prepare", "train_generator", "generate", "evaluate", "report")
     c.rerun = ""
 
-    c.data = ml_collections.ConfigDict()
-    c.data.path = "../shared/data/cifar10-jpeg.zip"
-    c.data.tfds_name = ""
-    c.data.image_size = 32
-    c.data.channels = 3
-    c.data.skip_corrupt = True
-    c.data.per_class = 0
-    c.data.imbalance_factor = 1.0
-    c.data.subset_seed = 0
-    c.data.train_split = "train"
-    c.data.test_split = "test"
+    c.data = data_config()
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
+    c.mesh = mesh_config()
 
     c.generator = ml_collections.ConfigDict()
     c.generator.kind = "edm"

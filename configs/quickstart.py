@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from augdiff.config import data_config, mesh_config
+
 STAGES = ("prepare", "train_generator", "generate", "train_real", "train_synthetic",
           "train_mixed", "evaluate", "report")
 
@@ -42,21 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.stages = STAGES
     c.rerun = ""  # comma-separated stages to start over (with every later stage)
 
-    c.data = ml_collections.ConfigDict()
-    c.data.path = "../shared/data/cifar10-jpeg.zip"
-    c.data.tfds_name = ""
-    c.data.image_size = 16
-    c.data.channels = 3
-    c.data.skip_corrupt = True
-    c.data.per_class = 100
-    c.data.imbalance_factor = 1.0
-    c.data.subset_seed = 0
-    c.data.train_split = "train"
-    c.data.test_split = "test"
+    c.data = data_config(image_size=16, per_class=100)
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
+    c.mesh = mesh_config()
 
     # The generator: configs/casd_cifar10.py:classcond (mode dm, class-conditional), shrunk.
     c.generator = ml_collections.ConfigDict()

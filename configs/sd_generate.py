@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from augdiff.config import data_config, mesh_config
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "text2img"
@@ -20,19 +22,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.store_dir = ""  # default: <workdir>/synthetic
     c.seed = 0
 
-    c.data = ml_collections.ConfigDict()
-    c.data.path = "../shared/data/cifar10-jpeg.zip"
-    c.data.tfds_name = ""
-    c.data.image_size = 32
-    c.data.channels = 3
-    c.data.skip_corrupt = True
-    c.data.per_class = 0
-    c.data.imbalance_factor = 1.0
-    c.data.subset_seed = 0
+    c.data = data_config()
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
+    c.mesh = mesh_config()
 
     c.sd = ml_collections.ConfigDict()
     c.sd.model = "runwayml/stable-diffusion-v1-5"  # local diffusers folder or cached hub id

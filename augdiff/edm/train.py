@@ -46,16 +46,13 @@ from tqdm.auto import tqdm
 
 from augdiff import distributed
 from augdiff.config import ConfigError, config_diff, to_dict
+from augdiff.train.losses import NonFiniteLossError
 
 MODES = ("dm", "sda", "casd")
 
 # Config sections that define the trained function; sampling refuses a checkpoint whose
 # saved config differs from the current one in any of them.
 MODEL_FIELDS = ("mode", "model", "edm", "data.image_size", "data.channels")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN/inf; the message names step, source ids and checkpoint."""
 
 
 @flax.struct.dataclass

@@ -55,7 +55,6 @@ from jax.sharding import PartitionSpec as P
 
 from augdiff import distributed
 from augdiff.methods import augcond
-from augdiff.sd import guidance as sd_guidance
 from augdiff.sd import loading, pipelines, schedulers
 
 Array = jax.Array
@@ -414,18 +413,6 @@ def draw_guidance(keys: Array, scales: Sequence[float]) -> np.ndarray:
     return np.asarray(table[idx])
 
 
-def latent_shape(
-    components: loading.SDComponents, height: int | None = None, width: int | None = None
-) -> tuple[int, int, int]:
-    """(C, H/f, W/f) of the latents of an ``height × width`` image (default: the UNet's size)."""
-    f = components.vae_scale_factor
-    default = int(components.unet.sample_size) * f
-    h, w = height or default, width or default
-    if h % f or w % f:
-        raise ValueError(f"height/width ({h}, {w}) must be multiples of the VAE factor {f}")
-    return (components.latent_channels, h // f, w // f)
-
-
 def sample(
     components: loading.SDComponents,
     params: dict,
@@ -442,73 +429,30 @@ def sample(
     mesh: Mesh | None = None,
     output: str = "images",
 ) -> np.ndarray:
-    """CFG sampling from conditioning tensors with a **per-row** guidance scale, one jit.
+    """Stage-2 CFG sampling from learned vectors with a **per-row** guidance scale.
 
     ε̃_b = ε(x_t, t, u_b) + w_b (ε(x_t, t, c_b) − ε(x_t, t, u_b)) (Ho & Salimans 2022, eq. 6),
-    ``uncond`` one row [tokens, d] (e.g. :func:`unconditional_vector`) or [B, tokens, d].
-    Initial noise of row b from ``fold_in(keys[b], 0)``, like the SD pipelines, so with a
-    constant w this equals :func:`augdiff.sd.pipelines.generate_from_embeddings`.
+    ``uncond`` one row [tokens, d] (e.g. :func:`unconditional_vector`) or [B, tokens, d]; row b's
+    randomness comes from ``keys[b]``. This is the SD core's
+    :func:`augdiff.sd.pipelines.generate_from_embeddings` (one jit) with per-row scales.
     Returns [B, H, W, 3] in [0, 1] (or the final latents with ``output='latents'``).
     """
-    if output not in ("images", "latents"):
-        raise ValueError(f"output must be 'images' or 'latents', got {output!r}")
-    cond = jnp.asarray(cond, jnp.float32)
-    if cond.ndim != 3 or cond.shape[-1] != components.unet.cross_attention_dim:
-        raise ValueError(
-            f"cond must be [N, tokens, {components.unet.cross_attention_dim}], got {cond.shape}"
-        )
-    b = cond.shape[0]
     un = jnp.asarray(uncond, jnp.float32)
-    un = jnp.broadcast_to(un, cond.shape) if un.ndim == 2 else un
-    if un.shape != cond.shape:
-        raise ValueError(f"uncond {un.shape} does not match cond {cond.shape}")
-    w = jnp.broadcast_to(jnp.asarray(guidance_scales, jnp.float32), (b,))
-    keys = pipelines.row_keys(keys, b)
-    smp = pipelines.make_sampler(components, sampler, num_steps, eta)
-    lat_shape = latent_shape(components, height, width)
-    batch = dict(keys=keys, cond=cond, uncond=un, w=w)
-    n = b
-    if mesh is not None:
-        batch, n = distributed.pad_to_multiple(batch, distributed.num_batch_shards(mesh))
-        batch = distributed.shard_batch(batch, mesh)
-        params = pipelines.place_params(params, mesh)
-    out = _sample_loop(
+    return pipelines.generate_from_embeddings(
         components,
-        smp,
-        lat_shape,
-        output == "images",
         params,
-        batch["keys"],
-        batch["cond"],
-        batch["uncond"],
-        batch["w"],
+        cond,
+        keys,
+        uncond=un[None] if un.ndim == 2 else un,
+        guidance_scale=jnp.asarray(guidance_scales, jnp.float32),
+        num_steps=num_steps,
+        sampler=sampler,
+        eta=eta,
+        height=height,
+        width=width,
+        mesh=mesh,
+        output=output,
     )
-    return np.asarray(out)[:n]
-
-
-@functools.partial(jax.jit, static_argnames=("components", "sampler", "lat_shape", "decode"))
-def _sample_loop(components, sampler, lat_shape, decode, params, keys, cond, uncond, w):
-    """Initial noise, the whole denoising loop (``lax.fori_loop``) with per-row CFG, decode."""
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), lat_shape))(keys)
-    x = noise * sampler.init_noise_sigma
-
-    def model_fn(x_in, t, i):
-        del i
-        out = pipelines.unet_output(
-            components,
-            params,
-            jnp.concatenate([x_in, x_in], axis=0),
-            t,
-            jnp.concatenate([uncond, cond], axis=0),
-        )
-        eps_u, eps_c = jnp.split(out, 2, axis=0)
-        return sd_guidance.cfg(eps_u, eps_c, w.reshape(-1, 1, 1, 1))
-
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys) if sampler.stochastic else None
-    x = schedulers.denoise_loop(model_fn, sampler, x, step_keys)
-    if not decode:
-        return x
-    return pipelines.to_unit_range(pipelines.decode_latents(components, params, x))
 
 
 @functools.partial(jax.jit, static_argnames=("components", "sampler", "start"))

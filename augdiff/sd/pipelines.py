@@ -339,8 +339,14 @@ def _sample(
     guidance_scale: Array,
     image_guidance_scale: Array,
 ) -> Array:
-    """One jit: initial latent, the whole ``denoise_loop`` with guidance, then VAE decode."""
+    """One jit: initial latent, the whole ``denoise_loop`` with guidance, then VAE decode.
+
+    ``guidance_scale`` / ``image_guidance_scale`` are per-row [B] (one scale per example).
+    """
     from augdiff.sd import guidance
+
+    w_text = guidance_scale.reshape(-1, 1, 1, 1)
+    w_image = image_guidance_scale.reshape(-1, 1, 1, 1)
 
     if init_latents is None:
         x = noise * sampler.init_noise_sigma
@@ -360,7 +366,7 @@ def _sample(
         if mode == "cfg":
             out = unet(cat(x_in, x_in), t, cat(uncond, cond), cat(class_uncond, class_cond), None)
             eps_u, eps_c = jnp.split(out, 2, axis=0)
-            return guidance.cfg(eps_u, eps_c, guidance_scale)
+            return guidance.cfg(eps_u, eps_c, w_text)
         # InstructPix2Pix: (text+image, image only, neither), as diffusers orders them.
         zeros = jnp.zeros_like(image_latents)
         out = unet(
@@ -371,9 +377,7 @@ def _sample(
             cat(image_latents, image_latents, zeros),
         )
         eps_text, eps_image, eps_uncond = jnp.split(out, 3, axis=0)
-        return guidance.instruct_pix2pix_guidance(
-            eps_text, eps_image, eps_uncond, guidance_scale, image_guidance_scale
-        )
+        return guidance.instruct_pix2pix_guidance(eps_text, eps_image, eps_uncond, w_text, w_image)
 
     step_keys = (
         jax.vmap(lambda k: jax.random.fold_in(k, _STEP))(keys) if sampler.stochastic else None
@@ -428,8 +432,8 @@ def _run(
     class_cond: Array | None = None,
     class_uncond: Array | None = None,
     image_latents: Array | None = None,
-    guidance_scale: float = 1.0,
-    image_guidance_scale: float = 1.0,
+    guidance_scale: float | Array = 1.0,
+    image_guidance_scale: float | Array = 1.0,
     mesh: Mesh | None = None,
     output: str = "images",
 ) -> np.ndarray:
@@ -453,6 +457,8 @@ def _run(
         class_cond=class_cond,
         class_uncond=class_uncond,
         image_latents=image_latents,
+        guidance_scale=_per_row(guidance_scale, n, "guidance_scale"),
+        image_guidance_scale=_per_row(image_guidance_scale, n, "image_guidance_scale"),
     )
     batch = {k: v for k, v in batch.items() if v is not None}
     batch, n = _batched(mesh, batch)
@@ -471,15 +477,31 @@ def _run(
         batch.get("class_cond"),
         batch.get("class_uncond"),
         batch.get("image_latents"),
-        jnp.float32(guidance_scale),
-        jnp.float32(image_guidance_scale),
+        batch["guidance_scale"],
+        batch["image_guidance_scale"],
     )
     return _gather(out, n)
 
 
-def _latent_shape(
-    components: SDComponents, height: int | None, width: int | None
+def _uses_cfg(scale: float | Array) -> bool:
+    """CFG runs when any row's scale exceeds 1 (diffusers: ``guidance_scale > 1``)."""
+    return bool(np.any(np.asarray(scale) > 1.0))
+
+
+def _per_row(scale: float | Array, n: int, name: str) -> Array:
+    """A guidance scale as one value per row: a scalar is broadcast, [n] is kept."""
+    w = jnp.asarray(scale, jnp.float32)
+    if w.ndim == 0:
+        return jnp.broadcast_to(w, (n,))
+    if w.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or have one value per row ({n}), got {w.shape}")
+    return w
+
+
+def latent_shape(
+    components: SDComponents, height: int | None = None, width: int | None = None
 ) -> tuple[int, int, int]:
+    """(C, H/f, W/f) of the latents of a ``height × width`` image (default: the UNet's size)."""
     f = components.vae_scale_factor
     default = int(components.unet.sample_size) * f
     h, w = height or default, width or default
@@ -542,7 +564,7 @@ def generate_from_embeddings(
     key: Array,
     *,
     uncond: Prompts | Array | None = None,
-    guidance_scale: float = 7.5,
+    guidance_scale: float | Array = 7.5,
     num_steps: int = 50,
     sampler: str | schedulers.Sampler = "ddim",
     eta: float = 0.0,
@@ -555,6 +577,8 @@ def generate_from_embeddings(
     """Generate from arbitrary conditioning tensors ``cond`` [N, tokens, dim] (e.g. Diffusion
     Inversion's learnt embeddings) with CFG against ``uncond`` (default: the empty prompt;
     one row is broadcast). Any token count works; ``dim`` must be the UNet's cross-attention width.
+    ``guidance_scale`` is a float or one scale per row [N] (ε̃_b = ε_u + w_b (ε_c − ε_u); e.g.
+    Diffusion Inversion draws w per image).
     """
     cond = jnp.asarray(cond, jnp.float32)
     if cond.ndim != 3 or cond.shape[-1] != components.unet.cross_attention_dim:
@@ -563,7 +587,7 @@ def generate_from_embeddings(
         )
     n = cond.shape[0]
     smp = make_sampler(components, sampler, num_steps, eta)
-    use_cfg = guidance_scale > 1.0
+    use_cfg = _uses_cfg(guidance_scale)
     un = None
     if use_cfg:
         un = _as_embeds(components, params, [""] if uncond is None else uncond, n, "uncond")
@@ -577,7 +601,7 @@ def generate_from_embeddings(
         key=key,
         cond=cond,
         uncond=un,
-        latent_shape=_latent_shape(components, height, width),
+        latent_shape=latent_shape(components, height, width),
         latents=latents,
         guidance_scale=guidance_scale,
         mesh=mesh,
@@ -627,7 +651,7 @@ def img2img(
     if sample_posterior and encoder_noise is None:
         encoder_noise = _normal_rows(keys, _VAE, lat_shape)
     z0 = _vae_encode(components, params, x, encoder_noise if sample_posterior else None, True)
-    use_cfg = guidance_scale > 1.0
+    use_cfg = _uses_cfg(guidance_scale)
     un = (
         _as_embeds(components, params, [""] if negative is None else negative, n, "negative")
         if use_cfg
@@ -736,7 +760,7 @@ def unclip_variation(
         embed_noise = _normal_rows(keys, _EMBED, (e.shape[-1],))
     class_cond = noise_image_embeddings(components, params, e, noise_level, embed_noise)
     cond = _as_embeds(components, params, prompts, n, "prompts")
-    use_cfg = guidance_scale > 1.0
+    use_cfg = _uses_cfg(guidance_scale)
     smp = make_sampler(components, sampler, num_steps, eta)
     return _run(
         components,
@@ -746,7 +770,7 @@ def unclip_variation(
         key=keys,
         cond=cond,
         uncond=_as_embeds(components, params, [""], n, "uncond") if use_cfg else None,
-        latent_shape=_latent_shape(components, height, width),
+        latent_shape=latent_shape(components, height, width),
         latents=latents,
         class_cond=class_cond,
         class_uncond=jnp.zeros_like(class_cond) if use_cfg else None,

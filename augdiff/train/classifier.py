@@ -40,13 +40,10 @@ from augdiff.data import augment as A
 from augdiff.models.classifiers import get_classifier, param_count
 from augdiff.train import losses
 from augdiff.train.checkpoint import Checkpointer
+from augdiff.train.losses import NonFiniteLossError
 
 TRAIN_KEYS = ("image", "label", "weight", "source")
 EVAL_KEYS = ("image", "label", "mask")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN/inf loss; the message names the step and the last checkpoint."""
 
 
 # --------------------------------------------------------------------------------------------

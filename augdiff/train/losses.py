@@ -24,6 +24,11 @@ import jax.numpy as jnp
 LOSSES = ("ce", "bce")
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN/inf. Raised by every trainer in augdiff (classifiers, EDM);
+    the message names the step, what was in the batch and the last good checkpoint."""
+
+
 def softmax_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Per-example ``-sum_c t_c log softmax(z)_c`` (``targets`` may be soft). Shape ``[N]``."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
