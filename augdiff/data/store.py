@@ -141,7 +141,7 @@ def _versions() -> dict[str, str]:
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
-            pass
+            out[pkg] = "not installed"
     return out
 
 
