@@ -39,6 +39,7 @@ import platform
 import re
 import struct
 from collections import Counter
+from collections.abc import Container, Iterable, Iterator, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -143,6 +144,42 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
+
+
+# --------------------------------------------------------------------------- generator helpers
+
+
+def example_keys(base_key: Any, examples: Sequence[int]) -> Any:
+    """Per-example keys ``fold_in(base_key, e)`` [N, ...] for example numbers ``e``.
+
+    The one place generators derive randomness: an example's bytes depend only on its number,
+    never on the batch it was generated in, so a resumed or re-sharded run reproduces them.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    e = jnp.asarray(np.asarray(examples, np.uint32))
+    return jax.vmap(lambda x: jax.random.fold_in(base_key, x))(e)
+
+
+def pending_batches(
+    writer: StoreWriter,
+    plan: Iterable[dict[str, Any]],
+    batch_size: int,
+    *,
+    desc: str,
+    skip: Container[str] = (),
+) -> Iterator[list[dict[str, Any]]]:
+    """The planned examples (dicts with a ``key``) not yet in the store, in batches, with a
+    progress bar on process 0. Resuming a killed generator is calling this again: examples
+    whose key is complete (or in ``skip``, e.g. outputs already filtered) are left out."""
+    from tqdm import tqdm
+
+    todo = [it for it in plan if it["key"] not in writer.completed_keys and it["key"] not in skip]
+    for start in tqdm(
+        range(0, len(todo), batch_size), desc=desc, disable=writer.process_index != 0
+    ):
+        yield todo[start : start + batch_size]
 
 
 # --------------------------------------------------------------------------- writer

@@ -466,10 +466,9 @@ def _json_scalar(v: np.ndarray) -> Any:
 def generate(config: Any) -> dict[str, Any]:
     """``augdiff generate`` with ``method='augcond'``: augmented-conditioning images of the real
     training subset into the synthetic store (resumable; each process its own examples)."""
-    from tqdm import tqdm
 
     from augdiff.data.sources import open_real_source
-    from augdiff.data.store import StoreWriter
+    from augdiff.data.store import StoreWriter, example_keys, pending_batches
 
     ac = config.augcond
     aug = Augmentation.parse(ac.augmentation, alpha=float(ac.alpha), dropout_p=float(ac.dropout_p))
@@ -510,13 +509,8 @@ def generate(config: Any) -> dict[str, Any]:
     prompt_embeds = np.asarray(pipelines.encode_prompts(components, params, prompts))
     written = 0
     with StoreWriter(store_dir, method="augcond", config=manifest_cfg) as store:
-        todo = [it for it in mine if it["key"] not in store.completed_keys]
-        bs = int(ac.batch_size)
-        for start in tqdm(
-            range(0, len(todo), bs), desc="augcond", disable=jax.process_index() != 0
-        ):
-            batch = todo[start : start + bs]
-            keys = jnp.stack([jax.random.fold_in(base, it["example"]) for it in batch])
+        for batch in pending_batches(store, mine, int(ac.batch_size), desc="augcond"):
+            keys = example_keys(base, [it["example"] for it in batch])
             parents = np.array([it["parent"] for it in batch])
             partners = same_class_partners(keys, parents, labels) if aug.needs_partner else parents
             x1 = to_float(np.stack([real[int(r)]["image"] for r in parents]))

@@ -52,6 +52,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from augdiff import distributed
+from augdiff.data.store import example_keys
 from augdiff.methods import hybrids, semantic
 
 DIFFUSEMIX_PROMPTS = (
@@ -112,12 +113,6 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(edit_key, hybrid_key, fractal_key) = split(PRNGKey(seed), 3)`` (see module doc)."""
     k = jax.random.split(jax.random.PRNGKey(int(seed)), 3)
     return k[0], k[1], k[2]
-
-
-def example_keys(edit_key: jax.Array, examples: Sequence[int]) -> jax.Array:
-    """Row keys ``fold_in(edit_key, e)`` [N, 2] of edit numbers ``e``."""
-    e = jnp.asarray(np.asarray(examples, np.uint32))
-    return jax.vmap(lambda x: jax.random.fold_in(edit_key, x))(e)
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,9 +578,8 @@ def _generate_edits(
     config: Any, real: Any, prompts: tuple[str, ...], edits_dir: str, edit_key: jax.Array,
     progress: bool,
 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
 
-    from augdiff.data.store import StoreWriter
+    from augdiff.data.store import StoreWriter, pending_batches
     from augdiff.sd import loading, pipelines
 
     dm = config.diffusemix
@@ -615,10 +609,7 @@ def _generate_edits(
     with StoreWriter(edits_dir, method="diffusemix", config=manifest,
                      shard_size=shard_size) as writer:
         filtered = _FilterLog(edits_dir, writer.process_index)
-        todo = [it for it in mine if it["key"] not in writer.completed_keys
-                and it["key"] not in filtered]
-        for start in tqdm(range(0, len(todo), bs), desc="diffusemix edits", disable=not progress):
-            batch = todo[start : start + bs]
+        for batch in pending_batches(writer, mine, bs, desc="diffusemix edits", skip=filtered):
             parents = np.stack([real[it["parent"]]["image"] for it in batch])
             j = np.asarray([it["prompt_index"] for it in batch])
             keys = example_keys(edit_key, [it["example"] for it in batch])

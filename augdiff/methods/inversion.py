@@ -595,9 +595,8 @@ def run_stage2(
     config: Any, components: loading.SDComponents, params: dict, real: Any, mesh: Mesh
 ) -> dict[str, Any]:
     """K perturbed variants of every learned vector into the store (resumable)."""
-    from tqdm import tqdm
 
-    from augdiff.data.store import StoreWriter
+    from augdiff.data.store import StoreWriter, example_keys, pending_batches
 
     smp_cfg = config.sampling
     ids, labels, vectors = load_vectors(config.workdir)
@@ -637,13 +636,8 @@ def run_stage2(
     store_dir = config.get("store_dir", None) or os.path.join(config.workdir, "synthetic")
     written = 0
     with StoreWriter(store_dir, method="diffinv", config=manifest_cfg) as store:
-        todo = [it for it in mine if it["key"] not in store.completed_keys]
-        bs = int(smp_cfg.batch_size)
-        for start in tqdm(
-            range(0, len(todo), bs), desc="diffinv stage 2", disable=jax.process_index() != 0
-        ):
-            batch = todo[start : start + bs]
-            keys = jnp.stack([jax.random.fold_in(base, it["example"]) for it in batch])
+        for batch in pending_batches(store, mine, int(smp_cfg.batch_size), desc="diffinv stage 2"):
+            keys = example_keys(base, [it["example"] for it in batch])
             rows = np.array([it["row"] for it in batch])
             partners = augcond.same_class_partners(keys, rows, labels) if pert.interpolate else rows
             c_hat, alpha = perturb(keys, vectors[rows], vectors[partners], pert)

@@ -22,7 +22,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from augdiff import distributed
 from augdiff.sd import loading, pipelines
@@ -95,7 +94,7 @@ def _plan(config: Any, class_names: list[str], real: Any) -> list[dict[str, Any]
 def generate(config: Any) -> dict[str, Any]:
     """Run the generation the config describes; returns a summary dict."""
     from augdiff.data.sources import open_real_source
-    from augdiff.data.store import StoreWriter
+    from augdiff.data.store import StoreWriter, example_keys, pending_batches
 
     sd = config.sd
     components, params = _model(config)
@@ -117,22 +116,16 @@ def generate(config: Any) -> dict[str, Any]:
     }
     written = 0
     with StoreWriter(store_dir, method="sd", config=manifest_cfg) as store:
-        todo = [it for it in mine if it["key"] not in store.completed_keys]
         uncond = pipelines.encode_prompts(components, params, [sd.negative_prompt])
         prompt_cache: dict[str, jax.Array] = {}
-        for start in tqdm(
-            range(0, len(todo), int(sd.batch_size)),
-            desc="sd generate",
-            disable=jax.process_index() != 0,
-        ):
-            batch = todo[start : start + int(sd.batch_size)]
+        for batch in pending_batches(store, mine, int(sd.batch_size), desc="sd generate"):
             for it in batch:  # encode each distinct prompt once per run
                 if it["prompt"] not in prompt_cache:
                     prompt_cache[it["prompt"]] = pipelines.encode_prompts(
                         components, params, it["prompt"]
                     )[0]
             cond = jnp.stack([prompt_cache[it["prompt"]] for it in batch])
-            keys = jnp.stack([jax.random.fold_in(base, it["example"]) for it in batch])
+            keys = example_keys(base, [it["example"] for it in batch])
             common = dict(
                 guidance_scale=float(sd.guidance),
                 num_steps=int(sd.steps),
