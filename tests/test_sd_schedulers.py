@@ -71,10 +71,9 @@ TORCH_CLASSES = {
 }
 
 
-def _skip_unsupported_by_reference(kind: str, cfg: dict) -> None:
-    # diffusers' Euler-ancestral raises for prediction_type="sample"; nothing to compare.
-    if kind == "euler_ancestral" and cfg.get("prediction_type") == "sample":
-        pytest.skip("diffusers EulerAncestralDiscreteScheduler has no 'sample' prediction")
+def _rejected_by_both(kind: str, cfg: dict) -> bool:
+    """Euler-ancestral with ``prediction_type='sample'``: diffusers raises, and so must we."""
+    return kind == "euler_ancestral" and cfg.get("prediction_type") == "sample"
 
 
 def _bound(ref: np.ndarray) -> float:
@@ -204,7 +203,14 @@ def test_timesteps_and_init_sigma_match_diffusers(torch_ref, kind):
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_step_parity_with_diffusers(torch_ref, monkeypatch, kind, config):
     cfg, n = CONFIGS[config]
-    _skip_unsupported_by_reference(kind, cfg)
+    if _rejected_by_both(kind, cfg):
+        with pytest.raises(ValueError, match="prediction_type='sample'"):
+            S.make_sampler(kind, cfg, n)
+        ref = _torch_scheduler(torch_ref, kind, cfg, n)
+        x = torch_ref.torch.zeros((1, 4, 2, 2))
+        with pytest.raises((ValueError, NotImplementedError), match="sample"):
+            ref.step(x, ref.timesteps[0], x)  # diffusers refuses at the first step
+        return
     ref = _torch_scheduler(torch_ref, kind, cfg, n)
     sampler = S.make_sampler(kind, cfg, n)
     worst = _run_parity(torch_ref, monkeypatch, sampler, ref, seed=sorted(CONFIGS).index(config))

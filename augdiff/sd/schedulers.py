@@ -702,6 +702,15 @@ class EulerAncestralSampler(_SigmaSampler):
 
     kind: ClassVar[str] = "euler_ancestral"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # As diffusers: the ancestral step is defined for ε- and v-prediction models only.
+        if self.schedule.prediction_type == "sample":
+            raise ValueError(
+                "euler_ancestral does not support prediction_type='sample' "
+                "(use 'epsilon' or 'v_prediction', or another sampler)"
+            )
+
     @property
     def stochastic(self) -> bool:
         return True
