@@ -20,13 +20,26 @@ from augdiff.edm.core import (
 SIGMA_DATA = 0.5
 
 
+def table1_edm(sigma, sigma_data: float = SIGMA_DATA):
+    """EDM preconditioning, Karras et al. 2022 Table 1 ("Ours" column), written out here:
+    c_skip = σ_d²/(σ²+σ_d²), c_out = σ·σ_d/√(σ²+σ_d²), c_in = 1/√(σ²+σ_d²), c_noise = ¼ ln σ."""
+    sigma = np.asarray(sigma, np.float64)
+    total = sigma**2 + sigma_data**2
+    return (sigma_data**2 / total, sigma * sigma_data / np.sqrt(total), 1 / np.sqrt(total),
+            np.log(sigma) / 4)
+
+
 def gaussian_net(mu: float, s: float, sigma_data: float = SIGMA_DATA):
     """Raw network F such that the preconditioned D is the ideal denoiser of N(mu, s^2 I):
-    D(x; σ) = (s²x + σ²μ)/(s²+σ²), so F = (D − c_skip·x)/c_out with σ = exp(4·c_noise)."""
+    D(x; σ) = (s²x + σ²μ)/(s²+σ²), so F = (D − c_skip·x)/c_out with σ = exp(4·c_noise) and the
+    Table 1 coefficients written in the test (not the library's preconditioning)."""
 
     def apply(params, x_in, c_noise, class_labels, *, train=False, rngs=None):
         sigma = jnp.exp(4.0 * c_noise).reshape((-1,) + (1,) * (x_in.ndim - 1))
-        c_skip, c_out, c_in, _ = preconditioning(sigma, sigma_data)
+        total = sigma**2 + sigma_data**2
+        c_skip = sigma_data**2 / total
+        c_out = sigma * sigma_data / jnp.sqrt(total)
+        c_in = 1 / jnp.sqrt(total)
         x = x_in / c_in
         d = (s**2 * x + sigma**2 * mu) / (s**2 + sigma**2)
         return (d - c_skip * x) / c_out
@@ -68,10 +81,11 @@ def test_preconditioning_and_loss_weight_equal_table1_on_random_inputs():
     for sd in (0.5, 1.3):
         c_skip, c_out, c_in, c_noise = (np.asarray(c, np.float64)
                                         for c in preconditioning(sigma, sd))
-        np.testing.assert_allclose(c_skip, sd**2 / (sigma**2 + sd**2), rtol=1e-5)
-        np.testing.assert_allclose(c_out, sigma * sd / np.sqrt(sigma**2 + sd**2), rtol=1e-5)
-        np.testing.assert_allclose(c_in, 1 / np.sqrt(sigma**2 + sd**2), rtol=1e-5)
-        np.testing.assert_allclose(c_noise, np.log(sigma) / 4, rtol=1e-5, atol=1e-6)
+        r_skip, r_out, r_in, r_noise = table1_edm(sigma, sd)
+        np.testing.assert_allclose(c_skip, r_skip, rtol=1e-5)
+        np.testing.assert_allclose(c_out, r_out, rtol=1e-5)
+        np.testing.assert_allclose(c_in, r_in, rtol=1e-5)
+        np.testing.assert_allclose(c_noise, r_noise, rtol=1e-5, atol=1e-6)
         lam = np.asarray(loss_weight(sigma, sd), np.float64)
         np.testing.assert_allclose(lam, (sigma**2 + sd**2) / (sigma * sd) ** 2, rtol=1e-5)
         # Design properties (EDM App. B.6): unit-variance input; λ = 1/c_out² (unit target).
@@ -90,11 +104,14 @@ def test_denoise_is_cskip_x_plus_cout_F_in_float32():
         return (params * x_in).astype(jnp.bfloat16)  # a network running in bf16
 
     d = denoise(net, 2.0, x, sigma, jnp.arange(4), train=True)
-    c_skip, c_out, c_in, c_noise = preconditioning(sigma.reshape(-1, 1, 1, 1))
+    c_skip, c_out, c_in, c_noise = (c.astype(np.float32)
+                                    for c in table1_edm(np.asarray(sigma).reshape(-1, 1, 1, 1)))
     np.testing.assert_allclose(seen["x_in"], c_in * x, rtol=1e-6)
-    np.testing.assert_allclose(seen["c_noise"], jnp.log(sigma) / 4, rtol=1e-6)
+    np.testing.assert_allclose(seen["c_noise"], c_noise.reshape(4), rtol=1e-6)
     assert seen["train"] is True and seen["c_noise"].shape == (4,)
-    want = c_skip * x + c_out * (2.0 * c_in * x).astype(jnp.bfloat16).astype(jnp.float32)
+    np.testing.assert_array_equal(seen["labels"], np.arange(4))
+    f = (2.0 * np.asarray(seen["x_in"])).astype(jnp.bfloat16).astype(np.float32)
+    want = c_skip * np.asarray(x) + c_out * f
     assert d.dtype == jnp.float32
     np.testing.assert_allclose(d, want, rtol=1e-6, atol=1e-6)
     # A scalar σ is broadcast to the batch; a wrong count is a clear error.
@@ -110,6 +127,11 @@ def test_ideal_gaussian_denoiser_through_preconditioning():
         d = denoise(gaussian_net(mu, s), None, x, sigma)
         np.testing.assert_allclose(d, (s**2 * x + sigma**2 * mu) / (s**2 + sigma**2),
                                    rtol=1e-4, atol=1e-5)
+    # one σ per row, and a σ_data other than the default
+    sig = jnp.array([0.05, 0.9, 12.0]).reshape(3, 1)
+    d = denoise(gaussian_net(mu, s, sigma_data=1.3), None, x, sig.reshape(3), sigma_data=1.3)
+    np.testing.assert_allclose(d, (s**2 * x + sig**2 * mu) / (s**2 + sig**2), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_sample_sigma_train_is_lognormal():
