@@ -56,6 +56,8 @@ def _check(flax_out: np.ndarray, pt_out: np.ndarray) -> float:
 
 
 def test_text2img_parity(model_dirs):
+    """CFG with diffusers' ``guidance_rescale`` (φ = 0.7): the pipeline's guided step is
+    ``augdiff.sd.guidance``'s cfg + rescale_noise_cfg, compared image for image."""
     from diffusers import StableDiffusionPipeline
 
     path = model_dirs["txt2img"]
@@ -65,6 +67,7 @@ def test_text2img_parity(model_dirs):
         PROMPTS,
         num_inference_steps=STEPS,
         guidance_scale=7.5,
+        guidance_rescale=0.7,
         latents=lat.clone(),
         height=SIZE,
         width=SIZE,
@@ -77,6 +80,7 @@ def test_text2img_parity(model_dirs):
         PROMPTS,
         jax.random.PRNGKey(0),
         guidance_scale=7.5,
+        guidance_rescale=0.7,
         num_steps=STEPS,
         sampler="ddim",
         latents=lat.numpy(),
@@ -84,6 +88,11 @@ def test_text2img_parity(model_dirs):
         width=SIZE,
     )
     _check(out, ref)
+    # the rescale is not a no-op on this model: plain CFG gives other images
+    plain = pipelines.text2img(comps, params, PROMPTS, jax.random.PRNGKey(0), guidance_scale=7.5,
+                               num_steps=STEPS, sampler="ddim", latents=lat.numpy(),
+                               height=SIZE, width=SIZE)
+    assert float(np.max(np.abs(plain - ref))) > 10 * TOL
 
 
 def test_img2img_parity(model_dirs):

@@ -1,21 +1,17 @@
 """Classifier-free guidance for latent diffusion: plain, rescaled, and InstructPix2Pix's dual form.
 
-All functions are pure and jittable. The guided branches are evaluated in ONE denoiser call on
-a batch that stacks them along axis 0 (``concat_branches`` → UNet → ``split_branches``), in
-diffusers' order: ``[uncond, cond]`` for CFG and ``[text+image, image-only, uncond]`` for
-InstructPix2Pix.
+All functions are pure and jittable; the SD pipelines (``augdiff.sd.pipelines._sample``) use
+them for every guided call. The guided branches are evaluated in ONE denoiser call on a batch
+that stacks them along axis 0 (``concat_branches`` → UNet → ``split_branches``), in diffusers'
+order: ``[uncond, cond]`` for CFG and ``[text+image, image-only, uncond]`` for InstructPix2Pix.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-Denoiser = Callable[[Array, Array, Array], Array]
-"""``denoiser(x_in, t, context) -> model_output`` on a batch (e.g. a bound UNet apply)."""
 
 
 def cfg(eps_uncond: Array, eps_cond: Array, scale: float | Array) -> Array:
@@ -77,56 +73,3 @@ def split_branches(x: Array, n: int) -> tuple[Array, ...]:
 def repeat_branches(x: Array, n: int) -> Array:
     """``n`` copies of ``x`` stacked along the batch axis (the latent of every branch)."""
     return jnp.concatenate([x] * n, axis=0)
-
-
-def cfg_model_fn(
-    denoiser: Denoiser,
-    context_cond: Array,
-    context_uncond: Array,
-    scale: float | Array,
-    guidance_rescale: float | Array = 0.0,
-) -> Callable[[Array, Array, Array], Array]:
-    """A ``model_fn(x_in, t, i)`` for ``denoise_loop`` doing CFG in one batched denoiser call.
-
-    The batch is ``[uncond, cond]`` (diffusers' order); the contexts are stacked once, outside
-    the loop. ``guidance_rescale > 0`` applies ``rescale_noise_cfg``.
-    """
-    context = concat_branches(context_uncond, context_cond)
-
-    def model_fn(x_in: Array, t: Array, i: Array) -> Array:
-        del i
-        out = denoiser(repeat_branches(x_in, 2), t, context)
-        out_uncond, out_cond = split_branches(out, 2)
-        guided = cfg(out_uncond, out_cond, scale)
-        if not (isinstance(guidance_rescale, int | float) and guidance_rescale == 0):
-            guided = rescale_noise_cfg(guided, out_cond, guidance_rescale)
-        return guided
-
-    return model_fn
-
-
-def instruct_pix2pix_model_fn(
-    denoiser: Denoiser,
-    context_text: Array,
-    context_uncond: Array,
-    image_latents: Array,
-    text_scale: float | Array,
-    image_scale: float | Array,
-) -> Callable[[Array, Array, Array], Array]:
-    """A ``model_fn(x_in, t, i)`` for InstructPix2Pix's 8-channel UNet, one batched call.
-
-    Branches (diffusers' order): [text + image, image only, uncond], i.e. contexts
-    ``[c_T, ∅, ∅]`` and image latents ``[z_I, z_I, 0]`` concatenated to the scaled latent
-    along channels (NHWC, last axis), then ``instruct_pix2pix_guidance``.
-    """
-    context = concat_branches(context_text, context_uncond, context_uncond)
-    image = concat_branches(image_latents, image_latents, jnp.zeros_like(image_latents))
-
-    def model_fn(x_in: Array, t: Array, i: Array) -> Array:
-        del i
-        x3 = repeat_branches(x_in, 3)
-        out = denoiser(jnp.concatenate([x3, image.astype(x3.dtype)], axis=-1), t, context)
-        out_full, out_img, out_uncond = split_branches(out, 3)
-        return instruct_pix2pix_guidance(out_full, out_img, out_uncond, text_scale, image_scale)
-
-    return model_fn

@@ -319,7 +319,8 @@ def eps_prediction(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("components", "sampler", "mode", "start_index", "decode")
+    jax.jit,
+    static_argnames=("components", "sampler", "mode", "start_index", "decode", "guidance_rescale"),
 )
 def _sample(
     components: SDComponents,
@@ -327,6 +328,7 @@ def _sample(
     mode: str,
     start_index: int,
     decode: bool,
+    guidance_rescale: float,
     params: dict,
     noise: Array,
     keys: Array,
@@ -341,7 +343,9 @@ def _sample(
 ) -> Array:
     """One jit: initial latent, the whole ``denoise_loop`` with guidance, then VAE decode.
 
-    ``guidance_scale`` / ``image_guidance_scale`` are per-row [B] (one scale per example).
+    ``guidance_scale`` / ``image_guidance_scale`` are per-row [B] (one scale per example);
+    ``guidance_rescale`` φ > 0 rescales the CFG output (``guidance.rescale_noise_cfg``).
+    All guidance arithmetic and branch stacking is ``augdiff.sd.guidance``'s.
     """
     from augdiff.sd import guidance
 
@@ -357,26 +361,31 @@ def _sample(
         return unet_output(components, params, x_in, t, text, cls, img)
 
     def cat(*xs):
-        return None if xs[0] is None else jnp.concatenate(xs, axis=0)
+        return None if xs[0] is None else guidance.concat_branches(*xs)
 
     def model_fn(x_in: Array, t: Array, i: Array) -> Array:
         del i
         if mode == "none":
             return unet(x_in, t, cond, class_cond, image_latents)
         if mode == "cfg":
-            out = unet(cat(x_in, x_in), t, cat(uncond, cond), cat(class_uncond, class_cond), None)
-            eps_u, eps_c = jnp.split(out, 2, axis=0)
-            return guidance.cfg(eps_u, eps_c, w_text)
+            # diffusers' order: [uncond, cond]
+            out = unet(guidance.repeat_branches(x_in, 2), t, cat(uncond, cond),
+                       cat(class_uncond, class_cond), None)
+            eps_u, eps_c = guidance.split_branches(out, 2)
+            guided = guidance.cfg(eps_u, eps_c, w_text)
+            if guidance_rescale > 0:
+                guided = guidance.rescale_noise_cfg(guided, eps_c, guidance_rescale)
+            return guided
         # InstructPix2Pix: (text+image, image only, neither), as diffusers orders them.
         zeros = jnp.zeros_like(image_latents)
         out = unet(
-            cat(x_in, x_in, x_in),
+            guidance.repeat_branches(x_in, 3),
             t,
             cat(cond, uncond, uncond),
             None,
             cat(image_latents, image_latents, zeros),
         )
-        eps_text, eps_image, eps_uncond = jnp.split(out, 3, axis=0)
+        eps_text, eps_image, eps_uncond = guidance.split_branches(out, 3)
         return guidance.instruct_pix2pix_guidance(eps_text, eps_image, eps_uncond, w_text, w_image)
 
     step_keys = (
@@ -434,11 +443,15 @@ def _run(
     image_latents: Array | None = None,
     guidance_scale: float | Array = 1.0,
     image_guidance_scale: float | Array = 1.0,
+    guidance_rescale: float = 0.0,
     mesh: Mesh | None = None,
     output: str = "images",
 ) -> np.ndarray:
     if output not in ("images", "latents"):
         raise ValueError(f"output must be 'images' or 'latents', got {output!r}")
+    guidance_rescale = float(guidance_rescale)
+    if not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
     n = int(cond.shape[0])
     keys = row_keys(key, n)
     noise = (
@@ -468,6 +481,7 @@ def _run(
         mode,
         int(start_index),
         output == "images",
+        guidance_rescale if mode == "cfg" else 0.0,
         _params_on(mesh, params),
         batch["noise"],
         batch["keys"],
@@ -521,6 +535,7 @@ def text2img(
     *,
     negative: Prompts | Array | None = None,
     guidance_scale: float = 7.5,
+    guidance_rescale: float = 0.0,
     num_steps: int = 50,
     sampler: str | schedulers.Sampler = "ddim",
     eta: float = 0.0,
@@ -534,6 +549,8 @@ def text2img(
 
     ``prompts`` may be strings or precomputed :func:`encode_prompts` embeddings; ``negative``
     defaults to the empty prompt; ``guidance_scale <= 1`` disables CFG (as diffusers).
+    ``guidance_rescale`` φ (diffusers' argument; Lin et al. 2024 §3.4) rescales the guided
+    output towards the conditional one's std; 0 is plain CFG.
     ``latents`` (NCHW) overrides the key's initial noise; ``height``/``width`` choose the
     output resolution (latents are ``height / vae_scale_factor``).
     """
@@ -546,6 +563,7 @@ def text2img(
         key,
         uncond=negative,
         guidance_scale=guidance_scale,
+        guidance_rescale=guidance_rescale,
         num_steps=num_steps,
         sampler=sampler,
         eta=eta,
@@ -565,6 +583,7 @@ def generate_from_embeddings(
     *,
     uncond: Prompts | Array | None = None,
     guidance_scale: float | Array = 7.5,
+    guidance_rescale: float = 0.0,
     num_steps: int = 50,
     sampler: str | schedulers.Sampler = "ddim",
     eta: float = 0.0,
@@ -578,7 +597,7 @@ def generate_from_embeddings(
     Inversion's learnt embeddings) with CFG against ``uncond`` (default: the empty prompt;
     one row is broadcast). Any token count works; ``dim`` must be the UNet's cross-attention width.
     ``guidance_scale`` is a float or one scale per row [N] (ε̃_b = ε_u + w_b (ε_c − ε_u); e.g.
-    Diffusion Inversion draws w per image).
+    Diffusion Inversion draws w per image). ``guidance_rescale`` as in :func:`text2img`.
     """
     cond = jnp.asarray(cond, jnp.float32)
     if cond.ndim != 3 or cond.shape[-1] != components.unet.cross_attention_dim:
@@ -604,6 +623,7 @@ def generate_from_embeddings(
         latent_shape=latent_shape(components, height, width),
         latents=latents,
         guidance_scale=guidance_scale,
+        guidance_rescale=guidance_rescale,
         mesh=mesh,
         output=output,
     )
