@@ -95,6 +95,39 @@ def test_text2img_parity(model_dirs):
     assert float(np.max(np.abs(plain - ref))) > 10 * TOL
 
 
+def test_vae_encode_decode_parity(model_dirs):
+    """Posterior mean, posterior sample with given noise, latent scaling and decode (NCHW
+    latents, NHWC images, a non-square size) equal diffusers' PyTorch ``AutoencoderKL``."""
+    from diffusers import AutoencoderKL
+
+    path = model_dirs["txt2img"]
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").eval()
+    comps, params = _flax(path)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2, 24, 32, 3)).astype(np.float32)
+    noise = rng.standard_normal((2, 4, 12, 16)).astype(np.float32)
+    with torch.no_grad():
+        dist = vae.encode(torch.from_numpy(x).permute(0, 3, 1, 2)).latent_dist
+        mean, std = dist.mean.numpy(), dist.std.numpy()
+        z_ref = (mean + std * noise) * vae.config.scaling_factor
+        dec_ref = vae.decode(torch.from_numpy(z_ref) / vae.config.scaling_factor).sample
+    dec_ref = dec_ref.permute(0, 2, 3, 1).numpy()
+    assert comps.vae_scaling_factor == vae.config.scaling_factor
+    mode = np.asarray(pipelines.encode_images_to_latents(comps, params, x, scaled=False))
+    np.testing.assert_allclose(mode, mean, atol=1e-4)
+    z = np.asarray(pipelines.encode_images_to_latents(comps, params, x, noise=noise))
+    assert z.shape == (2, 4, 12, 16) and float(np.abs(std).min()) > 1e-3
+    np.testing.assert_allclose(z, z_ref, atol=1e-4)
+    dec = np.asarray(pipelines.decode_latents(comps, params, z))
+    assert dec.shape == (2, 24, 32, 3)
+    np.testing.assert_allclose(dec, dec_ref, atol=1e-4)
+    # key-drawn posterior noise is per row and reproducible
+    k = jax.random.PRNGKey(0)
+    a = np.asarray(pipelines.encode_images_to_latents(comps, params, x, key=k))
+    np.testing.assert_array_equal(a, pipelines.encode_images_to_latents(comps, params, x, key=k))
+    assert float(np.abs(a - mode * comps.vae_scaling_factor).max()) > 1e-3
+
+
 def test_img2img_parity(model_dirs):
     from diffusers import StableDiffusionImg2ImgPipeline
 

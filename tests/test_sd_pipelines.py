@@ -52,17 +52,10 @@ def test_same_images_on_1_and_8_devices(sd, cond):
     assert np.max(np.abs(eight[0] - eight[4])) > 1e-3  # same prompt, different key
 
 
-def test_vae_round_trip_and_resolution(sd):
+def test_vae_input_errors(sd):
+    """Values of encode/decode are checked against diffusers' PyTorch VAE in test_sd_parity."""
     comps, params = sd
-    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 24, 32, 3)), jnp.float32)
-    z = pipelines.encode_images_to_latents(comps, params, x)
-    assert z.shape == (2, 4, 12, 16)  # NCHW, factor 2 for the tiny VAE
-    mode_unscaled = pipelines.encode_images_to_latents(comps, params, x, scaled=False)
-    np.testing.assert_allclose(z, mode_unscaled * comps.vae_scaling_factor, rtol=1e-6)
-    sampled = pipelines.encode_images_to_latents(comps, params, x, key=jax.random.PRNGKey(0))
-    assert float(jnp.max(jnp.abs(sampled - z))) > 0
-    dec = pipelines.decode_latents(comps, params, z)
-    assert dec.shape == (2, 24, 32, 3)
+    x = jnp.zeros((1, 24, 32, 3), jnp.float32)
     with pytest.raises(ValueError, match="multiples of the VAE factor"):
         pipelines.encode_images_to_latents(comps, params, x[:, :23])
     with pytest.raises(ValueError, match="uint8"):
