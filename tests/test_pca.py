@@ -39,6 +39,24 @@ def test_pca_recovers_known_axes(known_axes):
     np.testing.assert_allclose(y.var(0, ddof=1), r.explained_variance, rtol=1e-3)
 
 
+def test_pca_equals_numpy_svd_of_the_centred_data():
+    """fit_pca against numpy.linalg.svd (float64) on the same rows: mean, the first k axes with
+    the sign rule written here, σ²/(N−1), the variance ratios and the projections."""
+    rng = np.random.default_rng(3)
+    n, d, k = 60, 9, 5
+    x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + rng.normal(size=d) * 4
+    r = P.fit_pca(x, k)
+    mu = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mu, full_matrices=False)
+    sign = np.sign(vt[np.arange(d), np.argmax(np.abs(vt), axis=1)])
+    vt = vt * sign[:, None]
+    np.testing.assert_allclose(r.mean, mu, atol=1e-4)
+    np.testing.assert_allclose(r.components, vt[:k], atol=2e-4)
+    np.testing.assert_allclose(r.explained_variance, s[:k] ** 2 / (n - 1), rtol=1e-4)
+    np.testing.assert_allclose(r.explained_variance_ratio, s[:k] ** 2 / np.sum(s**2), rtol=1e-4)
+    np.testing.assert_allclose(r.transform(x), (x - mu) @ vt[:k].T, atol=2e-3)
+
+
 def test_pca_bad_input():
     with pytest.raises(ValueError, match="2-D"):
         P.fit_pca(np.zeros(5))
