@@ -99,10 +99,14 @@ def test_classifier_training_equals_one_process(classifier_run, processes):
 
 @pytest.fixture(scope="module")
 def edm_workdir(cifar_zip, tmp_path_factory):
-    """A tiny EDM checkpoint (fresh SongUNet parameters, EMA = parameters) saved exactly as
-    ``augdiff train-diffusion`` saves one, so ``augdiff sample`` accepts it; no training step
-    is compiled (the samples only need to be a deterministic function of the weights)."""
+    """A tiny EDM checkpoint saved exactly as ``augdiff train-diffusion`` saves one, so
+    ``augdiff sample`` accepts it; no training step is compiled (the samples only need to be
+    a deterministic function of the weights). A fresh SongUNet's output conv starts at 1e-5
+    scale, so every parameter is perturbed by N(0, 0.1²) from a key (EMA = the perturbed
+    parameters): the network then dominates the denoiser output, and a parameter placed on
+    the wrong device or process would change the images."""
     import jax
+    import jax.numpy as jnp
 
     from augdiff.config import load_config, to_dict
     from augdiff.edm import train as edm_train
@@ -116,6 +120,19 @@ def edm_workdir(cifar_zip, tmp_path_factory):
     size, ch = int(config.data.image_size), int(config.data.channels)
     state = jax.jit(lambda k: edm_train.init_state(k, model, optimizer, (1, size, size, ch),
                                                    cfg))(jax.random.PRNGKey(int(config.seed)))
+    leaves, tree = jax.tree_util.tree_flatten(state.params)
+    keys = jax.random.split(jax.random.PRNGKey(123), len(leaves))
+    noisy = [p + 0.1 * jax.random.normal(k, p.shape, p.dtype)
+             for p, k in zip(leaves, keys, strict=True)]
+    params = jax.tree_util.tree_unflatten(tree, noisy)
+    state = state.replace(params=params, ema=params)
+    # the raw network output F(c_in x; c_noise) now carries signal (fresh: ~1e-5)
+    labels = edm_train.batch_labels({"source": jnp.zeros((2,), jnp.int32),
+                                     "label": jnp.zeros((2,), jnp.int32)}, cfg) or {}
+    x = jax.random.normal(jax.random.PRNGKey(5), (2, size, size, ch))
+    out = model.apply({"params": params}, x, jnp.zeros((2,)), class_labels=labels.get("class"),
+                      source_labels=labels.get("source"), train=False)
+    assert float(jnp.std(out)) > 0.1, "the perturbed network's output is still negligible"
     ckpt = edm_train.checkpointer(config)
     edm_train.save_checkpoint(ckpt, state, None, to_dict(config),
                               {"num_classes": num_classes, "classes": [0, 8]})
