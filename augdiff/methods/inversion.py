@@ -231,6 +231,12 @@ def initial_vectors(
     raise ValueError(f"diffinv: init must be one of {INITS}, got {init!r}")
 
 
+def _to_host(tree: Any) -> Any:
+    """Host (numpy) copies: a group's checkpoint belongs to one process, and orbax does not
+    serialise process-local device arrays in a multi-process run."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
 def _place_rows(x: Any, mesh: Mesh | None) -> Any:
     return x if mesh is None else jax.device_put(x, distributed.batch_sharding(mesh))
 
@@ -309,26 +315,32 @@ def invert(
     saves = sorted({int(s) for s in save_steps if 0 < int(s) <= num_steps} | {int(num_steps)})
     saves = [s for s in saves if s > 0]
     step = 0
-    ckpt = Checkpointer(checkpoint_dir, max_to_keep=None) if checkpoint_dir else None
+    ckpt = (
+        Checkpointer(checkpoint_dir, max_to_keep=None, process_local=True)
+        if checkpoint_dir
+        else None
+    )
     history: list[tuple[int, float]] = []
     try:
         if ckpt is not None:
             done = [s for s in ckpt.all_steps() if s <= num_steps]
             if done:
                 step = max(done)
-                state, extras = ckpt.restore(step, like={"cond": cond, "opt_state": opt_state})
+                host_like = _to_host({"cond": cond, "opt_state": opt_state})
+                state, extras = ckpt.restore(step, like=host_like)
                 if [int(i) for i in extras.get("image_ids", [])] != ids:
                     raise ValueError(
                         f"diffinv: checkpoint {checkpoint_dir} holds other images "
                         f"({extras.get('image_ids', [])[:4]}...) than this group ({ids[:4]}...)"
                     )
-                cond, opt_state = state["cond"], state["opt_state"]
+                cond = _place_rows(jnp.asarray(state["cond"]), mesh)
+                opt_state = jax.tree_util.tree_map(jnp.asarray, state["opt_state"])
+                if mesh is not None:
+                    opt_state = jax.device_put(opt_state, _opt_state_sharding(optimizer, mesh))
                 if snapshots is not None:
                     for s_done in saves:
                         if s_done < step and s_done in done:
-                            old, _ = ckpt.restore(
-                                s_done, like={"cond": cond, "opt_state": opt_state}
-                            )
+                            old, _ = ckpt.restore(s_done, like=host_like)
                             snapshots[s_done] = np.asarray(old["cond"])[:n]
             if snapshots is not None and step in saves:
                 snapshots[step] = np.asarray(cond)[:n]
@@ -348,7 +360,7 @@ def invert(
             if ckpt is not None and step in saves:
                 ckpt.save(
                     step,
-                    {"cond": cond, "opt_state": opt_state},
+                    _to_host({"cond": cond, "opt_state": opt_state}),
                     {"image_ids": ids, "step": step, "loss": float(loss.mean())},
                 )
             if callback is not None:
