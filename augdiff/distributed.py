@@ -198,14 +198,21 @@ def global_to_host_local(tree: Any, mesh: Mesh) -> Any:
 
 
 def gather_to_host(tree: Any) -> Any:
-    """Every row of a global array on every process, as numpy (for small results)."""
+    """Every row of a global array on every process, as numpy (for small results).
+
+    An array that lives on this process's devices only (a process-local mesh, e.g. each
+    process generating its own examples) is returned as it is: gathering it across processes
+    would hand back other processes' rows."""
     if jax.process_count() == 1:
         return jax.tree_util.tree_map(np.asarray, tree)
     from jax.experimental import multihost_utils
 
-    return jax.tree_util.tree_map(
-        np.asarray, multihost_utils.process_allgather(tree, tiled=True)
-    )
+    def leaf(x: Any) -> np.ndarray:
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(x)
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree_util.tree_map(leaf, tree)
 
 
 def process_slice(

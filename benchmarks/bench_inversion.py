@@ -5,8 +5,9 @@
 Stage 1: wall time of ``--stage1-steps`` optimisation steps on ``--batch`` images at once (after
 a compile/warm-up call), reported per step and amortised per vector over the paper's 3K steps:
 ``s/vector = s/step × 3000 / batch``. Stage 2: ``--stage2-batch`` images sampled with per-row
-CFG (mean-vector unconditional input) over ``--stage2-steps`` DDIM steps, images / s after a
-warm-up call. Without ``--model`` a tiny random-weight SD is made (its VAE down-samples by 2,
+CFG (mean-vector unconditional input) over ``--stage2-steps`` PNDM steps (SD-1.4's default;
+N + 1 UNet evaluations), images / s after a warm-up call. Without ``--model`` a tiny
+random-weight SD is made (its VAE down-samples by 2,
 so 128² images are 64² latents, 16x the latent area of SD-1.x at 128²).
 Seed 003 reports 18.8 s per vector (3K steps) and 0.20 s per 128² image (100 steps) on an A40.
 """
@@ -53,7 +54,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     lat = jnp.asarray(rng.standard_normal((args.batch, *lat_shape)), jnp.float32)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(args.batch))
-    init = inv.initial_vectors(comps, params, [0] * args.batch, num_tokens=5)
+    init = inv.initial_vectors(
+        comps, params, [0] * args.batch, num_tokens=5, key=jax.random.PRNGKey(2)
+    )
     kw = dict(mesh=mesh, progress=False)
 
     inv.invert(comps, params, lat, keys, init, num_steps=1, chunk=1, **kw)  # compile
@@ -67,7 +70,7 @@ def main() -> None:
         init[: args.stage2_batch] + 0.1 * rng.standard_normal(init[: args.stage2_batch].shape)
     )
     ubar = inv.unconditional_vector(cond)
-    w = inv.draw_guidance(keys[: args.stage2_batch], (2.0, 3.0, 4.0))
+    w = np.resize(np.array([2.0, 3.0, 4.0], np.float32), args.stage2_batch)
     skw = dict(
         num_steps=args.stage2_steps, height=args.resolution, width=args.resolution, mesh=mesh
     )

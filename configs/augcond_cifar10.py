@@ -72,11 +72,13 @@ def generation_config(regime: str, smoke: bool) -> ml_collections.ConfigDict:
     c.augcond.augmentation = "embed_cutmix+dropout"  # mix (pixel_/embed_ cutmix|mixup) + dropout
     c.augcond.alpha = 1.0  # Beta(alpha, alpha) of the mix coefficient
     c.augcond.dropout_p = 0.4
+    c.augcond.dropout_rescale = True  # inverted dropout e·m/(1−p); False: plain masking e·m
+    c.augcond.embed_cutmix_mode = "block"  # contiguous block of dims; "subset": random dims
     c.augcond.prompt_template = "a photo of a {}"
     c.augcond.guidance = 10.0 if regime == "fewshot" else 2.0
     c.augcond.steps = 30
     c.augcond.sampler = "ddim"
-    c.augcond.noise_level = 0  # unCLIP image-embedding noise augmentation level
+    c.augcond.noise_level = 0  # unCLIP image-embedding noise augmentation level (0 = off)
     c.augcond.resolution = 768
     c.augcond.batch_size = 16
     c.augcond.count_mode = "per_class" if regime == "fewshot" else "balance"

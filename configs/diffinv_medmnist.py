@@ -35,6 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_size = 28
     c.data.channels = 1
     c.inversion.resolution = 128
+    # The code learns 500 vectors per class, one class per group: nn.Linear(500, ·) init
+    # (±1/√500) and the group mean is the class mean.
+    c.inversion.init_fan_in = 500
+    c.sampling.uncond = "global"  # the paper; "class" is the code's per-class mean
     if variant == "default":
         return c
     if variant == "smoke":

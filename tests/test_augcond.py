@@ -159,8 +159,9 @@ def unclip(tmp_path_factory):
 
 @pytest.mark.slow
 def test_dropout_one_equals_text_only_path(unclip):
-    """Must-show 1: with p = 1 the images do not depend on the image at all and equal the
-    text-only path (null image embedding), while p = 0 uses the image."""
+    """Must-show 1: with p = 1 the images do not depend on the conditioning images at all and
+    equal generation from the null image embedding (zeros, built here); with p = 0 the same
+    path gives different images for different conditioning images."""
     _, (comps, params) = unclip
     from augdiff.sd import pipelines
 
@@ -171,22 +172,196 @@ def test_dropout_one_equals_text_only_path(unclip):
     keys = _keys(4, 21)
     prompts = pipelines.encode_prompts(comps, params, ["a photo of a cat"] * 4)
     kw = dict(guidance_scale=10.0, num_steps=2, height=16, width=16, mesh=mesh)
+
+    def through_the_method(aug, x1, x2):
+        e, info = ac.augmented_embeddings(comps, params, aug, keys, x1, x2, mesh=mesh)
+        return ac.generate_images(comps, params, e, prompts, keys, **kw), e, info
+
     drop_all = ac.Augmentation.parse("embed_cutmix+dropout", dropout_p=1.0)
-    e_a, info = ac.augmented_embeddings(comps, params, drop_all, keys, imgs_a, imgs_b, mesh=mesh)
-    e_b, _ = ac.augmented_embeddings(comps, params, drop_all, keys, imgs_b, imgs_a, mesh=mesh)
-    assert not np.any(e_a) and not np.any(e_b) and np.all(info["dropped"] == 1.0)
-    out_a = ac.generate_images(comps, params, e_a, prompts, keys, **kw)
-    text_only = ac.text_only_images(comps, params, prompts, keys, **kw)
-    np.testing.assert_array_equal(out_a, text_only)
+    out_a, e_a, info = through_the_method(drop_all, imgs_a, imgs_b)
+    out_b, _, _ = through_the_method(drop_all, imgs_b, imgs_a)
+    assert not np.any(e_a) and np.all(info["dropped"] == 1.0)
+    null = np.zeros((4, comps.image_embed_dim), np.float32)  # the null image embedding
     np.testing.assert_array_equal(
-        ac.generate_images(comps, params, e_b, prompts, keys, **kw), out_a
+        out_a, ac.generate_images(comps, params, null, prompts, keys, **kw)
     )
-    e_keep, _ = ac.augmented_embeddings(comps, params, ac.Augmentation(), keys, imgs_a, mesh=mesh)
-    np.testing.assert_allclose(
-        e_keep, pipelines.clip_image_embeds(comps, params, imgs_a), atol=1e-5
+    np.testing.assert_array_equal(out_b, out_a)
+    keep = ac.Augmentation()
+    keep_a, e_keep, _ = through_the_method(keep, imgs_a, None)
+    keep_b, _, _ = through_the_method(keep, imgs_b, None)
+    assert np.abs(e_keep).max() > 0
+    assert np.abs(keep_a - keep_b).max() > 1e-3  # the image matters when nothing is dropped
+    assert np.abs(keep_a - out_a).max() > 1e-3
+
+
+@pytest.mark.torch
+def test_clip_preprocessing_matches_transformers_clip_image_processor():
+    """CLIPImageProcessor: shorter side → 224 (bicubic), centre crop 224, normalise; on
+    non-square and non-224 inputs. transformers resizes a uint8 PIL image (rounded to 1/255),
+    so the bound is 1.5/255 in [0, 1] units divided by the smallest CLIP std."""
+    from transformers import CLIPImageProcessor
+
+    from augdiff.sd.unclip import clip_preprocess
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    proc = CLIPImageProcessor(
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        image_mean=mean,
+        image_std=std,
     )
-    out_keep = ac.generate_images(comps, params, e_keep, prompts, keys, **kw)
-    assert np.abs(out_keep - text_only).max() > 1e-3
+    bound = 1.5 / 255 / min(std)
+    for h, w in ((40, 56), (300, 200), (32, 32), (224, 300), (500, 230)):
+        yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+        img = np.stack([np.sin(6 * yy + 3 * xx), np.cos(5 * xx), yy * xx], -1) * 0.5 + 0.5
+        img = np.round(img * 255).astype(np.uint8)
+        ref = proc(images=[img], return_tensors="np").pixel_values[0].transpose(1, 2, 0)
+        ours = np.asarray(
+            clip_preprocess(jnp.asarray(img[None] / 255.0, jnp.float32), 224, mean, std)
+        )
+        assert ours.shape == (1, 224, 224, 3)
+        d = np.abs(ours[0] - ref)
+        assert d.max() <= bound and d.mean() < 0.2 * bound, ((h, w), d.max(), d.mean())
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_clip_image_embeds_use_the_processor_on_non_square_input(unclip):
+    """The image encoder sees what CLIPImageProcessor makes of a non-square image (the crop
+    keeps the centre): our embeddings equal the encoder applied to transformers' pixels."""
+    from transformers import CLIPImageProcessor
+
+    from augdiff.sd import pipelines
+
+    _, (comps, params) = unclip
+    size = comps.clip_image_size
+    proc = CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=comps.clip_image_mean,
+        image_std=comps.clip_image_std,
+    )
+    yy, xx = np.meshgrid(np.linspace(0, 1, 48), np.linspace(0, 1, 80), indexing="ij")
+    img = np.stack([np.sin(6 * yy + 9 * xx), np.cos(11 * xx), yy * xx], -1) * 0.5 + 0.5
+    img = np.round(img * 255).astype(np.uint8)
+    ours = np.asarray(pipelines.clip_image_embeds(comps, params, img[None] / 127.5 - 1.0))
+    pix = proc(images=[img], return_tensors="np").pixel_values.transpose(0, 2, 3, 1)
+    p = params["image_encoder"]
+    pooled = comps.image_encoder.apply(
+        {"params": {"vision_model": p["vision_model"]}}, jnp.asarray(pix), return_dict=False
+    )[1]
+    ref = np.asarray(pooled) @ np.asarray(p["visual_projection"]["kernel"])
+    np.testing.assert_allclose(ours, ref, atol=0.05 * np.abs(ref).max())
+
+
+@pytest.fixture
+def augcond_spy(unclip, cifar_zip, tmp_path, repo_root, monkeypatch):
+    """``ac.generate`` with the CLIP image encoder replaced by ``flatten`` (so the recorded
+    embeddings ARE the encoder's input) and the unCLIP sampler by a recorder of the image
+    embeddings it is handed."""
+    from augdiff.config import load_config
+    from augdiff.data.sources import open_real_source
+    from augdiff.data.store import SyntheticStore
+    from augdiff.sd import pipelines
+
+    path, _ = unclip
+    handed = []
+
+    def flatten_encoder(components, params, images, normalize=False):
+        return jnp.reshape(jnp.asarray(images, jnp.float32), (images.shape[0], -1))
+
+    def recorder(components, params, image_embeds, key, *, height, width, **kw):
+        handed.append(np.asarray(image_embeds))
+        return np.zeros((len(image_embeds), height, width, 3), np.float32)
+
+    ac._conditioning.clear_cache()
+    monkeypatch.setattr(pipelines, "clip_image_embeds", flatten_encoder)
+    monkeypatch.setattr(pipelines, "unclip_variation", recorder)
+
+    def run(name, overrides):
+        handed.clear()
+        cfg = load_config(
+            str(repo_root / "configs/augcond_cifar10.py:fewshot_smoke"),
+            [
+                f"workdir={tmp_path / name}",
+                f"data.path={cifar_zip}",
+                f"model.path={path}",
+                "augcond.batch_size=8",
+                *overrides,
+            ],
+        )
+        ac.generate(cfg)
+        store = SyntheticStore(tmp_path / name / "synthetic")
+        provs = sorted((store.provenance(i) for i in range(len(store))), key=lambda p: p["example"])
+        real = open_real_source(cfg.data, "train")
+
+        def x(i):  # the image as the method hands it to the encoder: uint8 / 127.5 − 1
+            return real[int(i)]["image"].astype(np.float32) / 127.5 - 1.0
+
+        return np.concatenate(handed), provs, x
+
+    yield run
+    ac._conditioning.clear_cache()
+
+
+@pytest.mark.slow
+def test_pixel_cutmix_is_what_the_clip_encoder_sees(augcond_spy):
+    e, provs, x = augcond_spy("pix", ["augcond.augmentation=pixel_cutmix"])
+    assert len(e) == len(provs) == 20
+    mixed = 0
+    for r, p in enumerate(provs):
+        b = p["params"]
+        x1, x2 = x(p["parent"]), x(p["partner"])
+        m = np.zeros(x1.shape[:2], bool)
+        m[b["y0"] : b["y1"], b["x0"] : b["x1"]] = True  # the CutMix box (Yun et al. 2019)
+        np.testing.assert_allclose(e[r], np.where(m[..., None], x2, x1).ravel(), atol=1e-6)
+        mixed += m.any() and np.abs(e[r] - x1.ravel()).max() > 0
+    assert mixed >= 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["block", "subset"])
+def test_embedding_cutmix_is_what_the_unclip_model_gets(augcond_spy, mode):
+    e, provs, x = augcond_spy(
+        f"emb_{mode}", ["augcond.augmentation=embed_cutmix", f"augcond.embed_cutmix_mode={mode}"]
+    )
+    mixed = 0
+    for r, p in enumerate(provs):
+        e1, e2 = x(p["parent"]).ravel(), x(p["partner"]).ravel()
+        length = p["params"]["length"]
+        from2 = (e[r] == e2) & (e1 != e2)
+        if mode == "block":
+            s = p["params"]["start"]
+            want = e1.copy()
+            want[s : s + length] = e2[s : s + length]
+            np.testing.assert_array_equal(e[r], want)
+        else:
+            assert ((e[r] == e2) | (e[r] == e1)).all()
+            ties = int((e1 == e2).sum())
+            assert length - ties <= int(from2.sum()) <= length
+        mixed += length > 0
+        assert p["params"]["lam"] == pytest.approx(1 - length / e1.size, abs=1e-6)
+    assert mixed >= 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rescale", [True, False])
+def test_dropout_rate_in_what_the_unclip_model_gets(augcond_spy, rescale):
+    p_drop = 0.4
+    e, provs, x = augcond_spy(
+        f"drop_{rescale}",
+        [
+            "augcond.augmentation=dropout",
+            f"augcond.dropout_p={p_drop}",
+            f"augcond.dropout_rescale={rescale}",
+        ],
+    )
+    x1 = np.stack([x(p["parent"]).ravel() for p in provs])
+    zero = e == 0
+    n = zero.size  # Bernoulli(p) drop rate, 4σ
+    assert abs(zero.mean() - p_drop) < 4 * np.sqrt(p_drop * (1 - p_drop) / n)
+    scale = 1 / (1 - p_drop) if rescale else 1.0
+    np.testing.assert_allclose(e[~zero], (x1 * scale)[~zero], rtol=1e-6)
 
 
 @pytest.mark.slow

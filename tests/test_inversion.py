@@ -46,7 +46,7 @@ def problem(t2i):
     rng = np.random.default_rng(1)
     lat = 2.0 * HADAMARD[:, :, None, None] + 0.2 * rng.standard_normal((B, 4, 4, 4))
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(B))
-    init = inv.initial_vectors(comps, params, [0] * B, num_tokens=5)
+    init = inv.initial_vectors(comps, params, [0] * B, num_tokens=5, init="empty")
     return jnp.asarray(lat, jnp.float32), keys, init
 
 
@@ -71,7 +71,7 @@ def inverted(t2i, problem, mesh):
 
 def test_initial_vectors(t2i):
     _, (comps, params) = t2i
-    empty = inv.initial_vectors(comps, params, [0, 1, 1], num_tokens=5)
+    empty = inv.initial_vectors(comps, params, [0, 1, 1], num_tokens=5, init="empty")
     assert empty.shape == (3, 5, 32)
     np.testing.assert_allclose(
         empty[2], np.asarray(pipelines.encode_prompts(comps, params, [""]))[0, :5], atol=1e-6
@@ -83,6 +83,37 @@ def test_initial_vectors(t2i):
     assert np.abs(cls[0] - cls[1]).max() > 0
     with pytest.raises(ValueError, match="init must be one of"):
         inv.initial_vectors(comps, params, [0], num_tokens=5, init="zeros")
+    with pytest.raises(ValueError, match="needs a key"):
+        inv.initial_vectors(comps, params, [0], num_tokens=5)
+
+
+def test_default_init_is_torch_nn_linear_default(t2i):
+    """The original code's vectors are the weight of nn.Linear(num_emb=100, tokens·d): its
+    default init. Compare the distribution with torch's own (two-sample KS), the bound ±0.1,
+    and per-image keys (a row depends on its image id only)."""
+    torch = pytest.importorskip("torch")
+    from scipy import stats
+
+    _, (comps, params) = t2i
+    n = 100
+    ours = inv.initial_vectors(
+        comps, params, [0] * n, num_tokens=5, key=jax.random.PRNGKey(0), image_ids=range(n)
+    )
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(n, 5 * 32, bias=False).weight.detach().numpy()
+    assert np.abs(ours).max() <= 0.1 and np.abs(ours).max() > 0.099
+    assert abs(float(np.abs(ref).max()) - 0.1) < 1e-3  # torch: U(±1/√fan_in) = ±0.1
+    assert stats.ks_2samp(ours.ravel(), ref.ravel()).pvalue > 1e-3
+    np.testing.assert_allclose(ours.std(), 0.1 / np.sqrt(3), rtol=0.02)
+    again = inv.initial_vectors(
+        comps, params, [0] * 2, num_tokens=5, key=jax.random.PRNGKey(0), image_ids=[7, 3]
+    )
+    np.testing.assert_array_equal(again[0], ours[7])
+    np.testing.assert_array_equal(again[1], ours[3])
+    wide = inv.initial_vectors(
+        comps, params, [0], num_tokens=5, key=jax.random.PRNGKey(0), init_fan_in=500
+    )
+    assert np.abs(wide).max() <= 1 / np.sqrt(500)
 
 
 @pytest.mark.slow
@@ -163,6 +194,7 @@ def test_killed_stage1_resumes_from_checkpoint(t2i, problem, mesh, tmp_path):
             **kw,
         )
     seen = []
+    snaps = {}
     resumed, history = inv.invert(
         comps,
         params,
@@ -172,8 +204,14 @@ def test_killed_stage1_resumes_from_checkpoint(t2i, problem, mesh, tmp_path):
         checkpoint_dir=ckpt,
         save_steps=[2],
         callback=lambda s, _: seen.append(s),
+        snapshots=snaps,
         **kw,
     )
+    straight_snaps = {}
+    inv.invert(comps, params, lat, keys, init, save_steps=[2], snapshots=straight_snaps, **kw)
+    assert sorted(snaps) == sorted(straight_snaps) == [2, 4]  # step 2 restored from its checkpoint
+    for st in (2, 4):
+        np.testing.assert_allclose(snaps[st], straight_snaps[st], atol=1e-6)
     assert seen == [3, 4] and [h[0] for h in history] == [3, 4]  # restarted at step 2
     np.testing.assert_allclose(resumed, straight, atol=1e-6)
     with pytest.raises(ValueError, match="other images"):
@@ -182,72 +220,268 @@ def test_killed_stage1_resumes_from_checkpoint(t2i, problem, mesh, tmp_path):
         )
 
 
-def test_perturbation_formulas_and_distinct_variants():
-    """Must-show 3: ĉ = c + λε, ĉ = αc₁ + (1−α)c₂, w from the set, K distinct variants."""
+def test_perturbation_is_the_papers_interpolation_then_noise():
+    """Paper §3.2 / App. B.1: ĉ = α c₁ + (1 − α) c₂ with interpolation strength 0.1
+    (α = 0.9 on the vector itself), then ĉ + λ ε with λ = 0.1, ε ~ N(0, I)."""
     rng = np.random.default_rng(0)
-    c = jnp.asarray(rng.standard_normal((6, 5, 32)), jnp.float32)
-    partner = jnp.asarray(rng.standard_normal((6, 5, 32)), jnp.float32)
-    n_vec, k_per = 6, 5
-    keys = jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(1), e))(
-        jnp.arange(n_vec * k_per)
-    )
-    rows = np.repeat(np.arange(n_vec), k_per)  # example e = i·K + k
-    # Gaussian only: ĉ − c = λ ε with ε ~ N(0, I).
-    lam = 0.3
-    out, alpha = inv.perturb(keys, c[rows], partner[rows], inv.Perturbation(noise_scale=lam))
-    np.testing.assert_array_equal(alpha, 1.0)
-    eps = (np.asarray(out) - np.asarray(c)[rows]) / lam
-    n = eps.size  # 4σ bounds for the mean and the standard deviation of N(0, 1) draws
-    assert abs(eps.mean()) < 4 / np.sqrt(n) and abs(eps.std() - 1.0) < 4 / np.sqrt(2 * n)
-    np.testing.assert_allclose(out[0], inv.gaussian_perturbation(keys[0], c[0], lam), atol=1e-6)
-    # Interpolation only: ĉ = α c₁ + (1 − α) c₂ with α ~ U[0.5, 1].
-    pert = inv.Perturbation(interpolate=True, alpha_min=0.5, alpha_max=1.0)
-    out, alpha = inv.perturb(keys, c[rows], partner[rows], pert)
-    alpha = np.asarray(alpha)
-    a = alpha[:, None, None]
-    np.testing.assert_allclose(
-        out, a * np.asarray(c)[rows] + (1 - a) * np.asarray(partner)[rows], atol=1e-5
-    )
-    assert alpha.min() >= 0.5 and alpha.max() <= 1.0 and alpha.std() > 0.05
-    # Both, K variants per vector: all K·N perturbed vectors distinct.
-    both = inv.Perturbation(noise_scale=lam, interpolate=True)
-    out, _ = inv.perturb(keys, c[rows], partner[rows], both)
-    flat = np.asarray(out).reshape(len(rows), -1)
+    n = 30
+    c = rng.standard_normal((n, 5, 32)).astype(np.float32)
+    partner = rng.standard_normal((n, 5, 32)).astype(np.float32)
+    keys = jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(1), e))(jnp.arange(n))
+    default = inv.Perturbation()
+    assert (default.interpolation_strength, default.noise_scale) == (0.1, 0.1)
+    # interpolation only: exactly 0.9 c + 0.1 c_partner
+    out = inv.perturb(keys, c, partner, inv.Perturbation(noise_scale=0.0))
+    np.testing.assert_allclose(out, 0.9 * c + 0.1 * partner, atol=1e-6)
+    # both: the residual after the interpolation is λ ε, ε ~ N(0, I)
+    out = np.asarray(inv.perturb(keys, c, partner, default))
+    eps = (out - (0.9 * c + 0.1 * partner)) / 0.1
+    m = eps.size  # 4σ bounds for the mean and standard deviation of N(0, 1) draws
+    assert abs(eps.mean()) < 4 / np.sqrt(m) and abs(eps.std() - 1.0) < 4 / np.sqrt(2 * m)
+    # all perturbed vectors distinct, and the noise is a function of the row key only
+    flat = out.reshape(n, -1)
     dist = np.linalg.norm(flat[:, None] - flat[None], axis=-1)
-    assert dist[~np.eye(len(rows), dtype=bool)].min() > 1e-2
-    # Guidance drawn uniformly from the set.
-    many = jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(2), e))(jnp.arange(3000))
-    w = inv.draw_guidance(many, (2.0, 3.0, 4.0))
-    assert set(np.unique(w)) == {2.0, 3.0, 4.0}
-    assert np.all(np.abs(np.bincount(w.astype(int))[2:] / 3000 - 1 / 3) < 0.04)
-    with pytest.raises(ValueError, match="alpha_min"):
-        inv.Perturbation(alpha_min=0.8, alpha_max=0.5)
+    assert dist[~np.eye(n, dtype=bool)].min() > 1e-2
+    np.testing.assert_allclose(out[3:5], inv.perturb(keys[3:5], c[3:5], partner[3:5], default))
+    with pytest.raises(ValueError, match="interpolation_strength"):
+        inv.Perturbation(interpolation_strength=1.5)
+
+
+def test_45_variants_are_checkpoints_x_guidance_x_partners():
+    """App. B.2.2: 45 = 3 checkpoints (1K/2K/3K) × w ∈ {2, 3, 4} × 5 partners, each once;
+    the 5 partners of a (vector, checkpoint, w) are distinct members of the same class."""
+    grid = inv.variant_grid((1000, 2000, 3000), (2.0, 3.0, 4.0), 5)
+    assert len(grid) == 45 and len(set(grid)) == 45
+    assert set(grid) == {(c, w, p) for c in range(3) for w in range(3) for p in range(5)}
+    labels = np.repeat(np.arange(4), [9, 5, 3, 1])
+    for row in (0, 9, 14, 17):
+        members = set(np.flatnonzero(labels == labels[row])) - {row}
+        for combo in range(9):
+            ps = inv.partner_set(0, row, combo, row, labels, 5)
+            assert len(ps) == 5 and all(int(p) in members or not members for p in ps)
+            if len(members) >= 5:
+                assert len(set(ps.tolist())) == 5  # without replacement
+            elif members:
+                assert set(ps.tolist()) == members  # every member, cycled
+            else:
+                assert list(ps) == [row] * 5  # alone in its class
+        # different (checkpoint, w) combos draw different partner sets
+        if len(members) >= 5:
+            sets = {tuple(inv.partner_set(0, row, k, row, labels, 5)) for k in range(9)}
+            assert len(sets) > 1
+    np.testing.assert_array_equal(
+        inv.partner_set(3, 1, 2, 1, labels, 5), inv.partner_set(3, 1, 2, 1, labels, 5)
+    )
+
+
+def test_unconditional_modes():
+    rng = np.random.default_rng(2)
+    v = rng.standard_normal((6, 2, 3)).astype(np.float32)
+    groups, labels = np.array([0, 0, 0, 1, 1, 1]), np.array([0, 1, 0, 1, 0, 1])
+    rows = np.array([0, 4, 5])
+    glob = inv.unconditional_rows(v, rows, "global", groups=groups, labels=labels)
+    np.testing.assert_allclose(glob, np.broadcast_to(v.mean(0), (3, 2, 3)), atol=1e-6)
+    grp = inv.unconditional_rows(v, rows, "group", groups=groups, labels=labels)
+    np.testing.assert_allclose(grp[0], v[:3].mean(0), atol=1e-6)
+    np.testing.assert_allclose(grp[1], v[3:].mean(0), atol=1e-6)
+    cls = inv.unconditional_rows(v, rows, "class", groups=groups, labels=labels)
+    np.testing.assert_allclose(cls[1], v[[0, 2, 4]].mean(0), atol=1e-6)
+    np.testing.assert_allclose(cls[2], v[[1, 3, 5]].mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="uncond must be one of"):
+        inv.unconditional_rows(v, rows, "median", groups=groups, labels=labels)
+
+
+def test_guidance_forms():
+    from augdiff.sd import guidance as G
+
+    k = jax.random.split(jax.random.key(0), 2)
+    u, c = (jax.random.normal(kk, (2, 4, 4, 4)) for kk in k)
+    for w in (2.0, 3.0, 4.0):  # paper §3.2: ε̂ = (1 + w) ε_c − w ε_u
+        np.testing.assert_allclose(
+            G.cfg(u, c, G.cfg_scale(w, "paper")), (1 + w) * c - w * u, atol=1e-5
+        )
+        # the original code / diffusers: ε_u + w (ε_c − ε_u)
+        np.testing.assert_allclose(
+            G.cfg(u, c, G.cfg_scale(w, "diffusers")), u + w * (c - u), atol=1e-5
+        )
+    with pytest.raises(ValueError, match="guidance form"):
+        G.cfg_scale(2.0, "imagen")
 
 
 @pytest.mark.slow
-def test_mean_vector_cfg_sampling_matches_sd_pipeline(t2i, mesh):
-    """Must-show 3: the unconditional input is ū = mean of the vectors; with one w for every
-    row the per-row-guidance sampler equals the SD core pipeline given ū as ``uncond``, and a
-    row's image depends on its own w only."""
+def test_mean_vector_cfg_sampling_matches_a_reference_loop(t2i):
+    """``inv.sample`` equals a reference written here from the paper: per step,
+    ε̂ = (1 + w) ε(x, t, ĉ) − w ε(x, t, ū) with the raw UNet, one DDIM step
+    (Song et al. eq. 12, η = 0, from the scheduler tables written out), then the VAE decoder;
+    each row with its own w."""
     _, (comps, params) = t2i
+    from augdiff.sd import schedulers
+
     rng = np.random.default_rng(3)
     vectors = jnp.asarray(rng.standard_normal((6, 5, 32)), jnp.float32)
-    ubar = inv.unconditional_vector(vectors)
-    np.testing.assert_allclose(ubar, np.asarray(vectors).mean(axis=0), atol=1e-6)
-    cond = vectors[:4]
-    keys = jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(4), e))(jnp.arange(4))
-    kw = dict(num_steps=2, height=16, width=16, mesh=mesh)
-    ours = inv.sample(comps, params, cond, ubar, 3.0, keys, **kw)
-    core = pipelines.generate_from_embeddings(
-        comps, params, cond, keys, uncond=ubar[None], guidance_scale=3.0, **kw
+    ubar = np.asarray(vectors).mean(axis=0)
+    cond = vectors[:3]
+    w = np.array([2.0, 3.0, 4.0], np.float32)
+    keys = jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(4), e))(jnp.arange(3))
+    ours = inv.sample(
+        comps, params, cond, ubar, w, keys, num_steps=2, sampler="ddim", height=16, width=16
     )
-    np.testing.assert_allclose(ours, core, atol=1e-5)
-    w = np.array([2.0, 3.0, 4.0, 3.0], np.float32)
-    mixed = inv.sample(comps, params, cond, ubar, w, keys, **kw)
-    np.testing.assert_allclose(mixed[[1, 3]], ours[[1, 3]], atol=1e-5)
-    assert np.abs(mixed[0] - ours[0]).max() > 1e-4
+    # reference
+    sched = schedulers.NoiseSchedule.from_diffusers_config(comps.scheduler_config)
+    ac = np.asarray(sched.alphas_cumprod, np.float64)
+    ts = [501, 1]  # leading spacing, steps_offset 1, 2 steps of 1000
+    final = ac[0]  # set_alpha_to_one False in the model's config
+    shape = pipelines.latent_shape(comps, 16, 16)
+    x = np.asarray(jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape))(keys))
+
+    def eps(x, t, ctx):  # the raw UNet (ε-prediction model)
+        out = pipelines.unet_output(
+            comps, params, jnp.asarray(x, jnp.float32), jnp.full((3,), t), jnp.asarray(ctx)
+        )
+        return np.asarray(out, np.float64)
+
+    for j, t in enumerate(ts):
+        e_c, e_u = eps(x, t, cond), eps(x, t, np.broadcast_to(ubar, cond.shape))
+        e = (1 + w[:, None, None, None]) * e_c - w[:, None, None, None] * e_u
+        a_t = ac[t]
+        a_prev = ac[ts[j + 1]] if j + 1 < len(ts) else final
+        x0 = (x - np.sqrt(1 - a_t) * e) / np.sqrt(a_t)
+        x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * e
+    ref = np.asarray(pipelines.decode_latents(comps, params, jnp.asarray(x, jnp.float32)))
+    ref = np.clip(ref / 2 + 0.5, 0, 1)
+    np.testing.assert_allclose(ours, ref, atol=2e-4)
     with pytest.raises(ValueError, match="uncond"):
-        inv.sample(comps, params, cond, vectors[:3], 3.0, keys, **kw)
+        inv.sample(comps, params, cond, vectors[:2], w, keys, num_steps=2, height=16, width=16)
+
+
+def _fake_stage1(workdir, labels, steps, rng, group_size):
+    """Stage-1 outputs written by hand: known vectors per save step, in group files."""
+    import os
+
+    out = {}
+    n = len(labels)
+    for st in steps:
+        out[st] = rng.standard_normal((n, 5, 32)).astype(np.float32)
+    os.makedirs(f"{workdir}/inversion/vectors", exist_ok=True)
+    for g in range(-(-n // group_size)):
+        ids = np.arange(g * group_size, min((g + 1) * group_size, n))
+        np.savez(
+            f"{workdir}/inversion/vectors/group-{g:05d}.npz",
+            ids=ids,
+            labels=np.asarray(labels)[ids],
+            vectors=out[steps[-1]][ids],
+            step=np.int64(steps[-1]),
+            group=np.int64(g),
+            snapshot_steps=np.asarray(steps, np.int64),
+            snapshots=np.stack([out[st][ids] for st in steps]),
+        )
+    return out
+
+
+@pytest.fixture
+def stage2_spy(t2i, cifar_zip, tmp_path, repo_root, monkeypatch):
+    """Stage 2 on hand-written stage-1 vectors with the SD sampler replaced by a recorder of
+    exactly what the method hands to it (cond, uncond, CFG scale per row)."""
+    from augdiff.config import load_config
+    from augdiff.data.sources import open_real_source
+
+    path, (comps, params) = t2i
+    calls = []
+
+    def spy(components, params, cond, keys, *, uncond, guidance_scale, height, width, **kw):
+        calls.append(
+            dict(cond=np.asarray(cond), uncond=np.asarray(uncond), scale=np.asarray(guidance_scale))
+        )
+        return np.zeros((len(cond), height, width, 3), np.float32)
+
+    monkeypatch.setattr(pipelines, "generate_from_embeddings", spy)
+
+    def run(overrides):
+        cfg = load_config(
+            str(repo_root / "configs/diffinv_cifar10.py:smoke"),
+            [
+                f"workdir={tmp_path}",
+                f"data.path={cifar_zip}",
+                f"model.path={path}",
+                "data.per_class=3",
+                *overrides,
+            ],
+        )
+        real = open_real_source(cfg.data, "train")
+        labels = np.asarray(real.labels)
+        snaps = _fake_stage1(
+            str(tmp_path), labels, list(cfg.sampling.checkpoints), np.random.default_rng(5), 8
+        )
+        summary = inv.run_stage2(cfg, comps, params, real, None)
+        from augdiff.data.store import SyntheticStore
+
+        store = SyntheticStore(tmp_path / "synthetic")
+        provs = {store.provenance(i)["key"]: store.provenance(i) for i in range(len(store))}
+        return cfg, labels, snaps, summary, provs, calls
+
+    return run
+
+
+def test_stage2_hands_the_model_the_papers_conditioning(stage2_spy):
+    """What stage 2 passes to the sampler, row by row: ĉ = 0.9 c_i + 0.1 c_j + 0.1 ε with c at
+    the row's checkpoint and j a same-class partner; uncond = the mean of that checkpoint's
+    loaded vectors; CFG scale 1 + w (paper form); the paper's 45-variant grid, each variant
+    traceable to (checkpoint, w, partner) in the provenance."""
+    cfg, labels, snaps, summary, provs, calls = stage2_spy(
+        [
+            "sampling.checkpoints=(2, 3, 4)",
+            "sampling.guidance_scales=(2.0, 3.0, 4.0)",
+            "sampling.num_partners=5",
+            "sampling.batch_size=64",
+            "inversion.save_steps=(2, 3, 4)",
+        ]
+    )
+    n = len(labels)
+    assert summary["written"] == 45 * n == len(provs)
+    cond = np.concatenate([c["cond"] for c in calls])
+    uncond = np.concatenate([c["uncond"] for c in calls])
+    scale = np.concatenate([c["scale"] for c in calls])
+    # rows come in plan order (vector-major, then variant); batches of 64
+    order = sorted(provs.values(), key=lambda p: p["example"])
+    assert [p["example"] for p in order] == list(range(45 * n))
+    resid = []
+    for r, p in enumerate(order):
+        v, j, ck = p["vector_id"], p["partner_vector_id"], p["checkpoint"]
+        assert labels[j] == labels[v] and j != v
+        np.testing.assert_allclose(uncond[r], snaps[ck].mean(axis=0), atol=1e-5)
+        resid.append((cond[r] - (0.9 * snaps[ck][v] + 0.1 * snaps[ck][j])) / 0.1)
+        assert scale[r] == pytest.approx(1.0 + p["guidance"])
+        assert p["cfg_scale"] == pytest.approx(1.0 + p["guidance"])
+    resid = np.stack(resid)
+    assert abs(resid.std() - 1.0) < 0.01 and abs(resid.mean()) < 0.01
+    for v in range(n):
+        mine = [p for p in order if p["vector_id"] == v]
+        assert {(p["checkpoint"], p["guidance"], p["partner_slot"]) for p in mine} == {
+            (c, w, s) for c in (2, 3, 4) for w in (2.0, 3.0, 4.0) for s in range(5)
+        }
+        for c in (2, 3, 4):
+            for w in (2.0, 3.0, 4.0):
+                ps = [
+                    p["partner_vector_id"]
+                    for p in mine
+                    if (p["checkpoint"], p["guidance"]) == (c, w)
+                ]
+                assert len(ps) == 5  # class of 3: the 2 others, cycled
+                assert set(ps) == set(np.flatnonzero(labels == labels[v])) - {v}
+
+
+def test_stage2_group_uncond_and_diffusers_form(stage2_spy):
+    cfg, labels, snaps, summary, provs, calls = stage2_spy(
+        ["sampling.uncond=group", "sampling.guidance_form=diffusers"]
+    )
+    cond_rows = sorted(provs.values(), key=lambda p: p["example"])
+    uncond = np.concatenate([c["uncond"] for c in calls])
+    scale = np.concatenate([c["scale"] for c in calls])
+    for r, p in enumerate(cond_rows):
+        g = p["vector_id"] // 8  # the hand-written groups of 8
+        ck = p["checkpoint"]
+        np.testing.assert_allclose(uncond[r], snaps[ck][g * 8 : (g + 1) * 8].mean(0), atol=1e-5)
+        assert scale[r] == pytest.approx(p["guidance"])
 
 
 @pytest.mark.slow
@@ -263,18 +497,21 @@ def test_generate_both_stages_into_store_and_resume(t2i, cifar_zip, tmp_path, re
     assert cfg.data.channels == 1 and cfg.data.image_size == 28
     first = inv.generate(cfg)
     assert first["stage1"]["images"] == 10 and first["stage1"]["groups_done_now"] == 2
-    assert first["stage2"]["written"] == 20
+    assert first["stage2"]["written"] == 40  # 2 checkpoints × 2 w × 1 partner per vector
     ids, labels, vectors = inv.load_vectors(str(tmp_path))
     assert vectors.shape == (10, 5, 32) and list(ids) == list(range(10))
+    _, _, at2 = inv.load_vectors(str(tmp_path), step=2)
+    assert np.abs(at2 - vectors).max() > 1e-4  # the 2-step checkpoint differs from the 4-step
     store = SyntheticStore(tmp_path / "synthetic")
-    assert len(store) == 20 and store[0]["image"].shape == (28, 28, 1)
+    assert len(store) == 40 and store[0]["image"].shape == (28, 28, 1)
     provs = [store.provenance(i) for i in range(len(store))]
     for p in provs:
-        assert p["method"] == "diffinv" and p["guidance"] in (2.0, 3.0, 4.0)
-        assert 0.5 <= p["alpha"] <= 1.0 and p["noise_scale"] == 0.1 and p["seed"] == 0
+        assert p["method"] == "diffinv" and p["guidance"] in (2.0, 3.0)
+        assert p["interpolation_strength"] == 0.1 and p["noise_scale"] == 0.1 and p["seed"] == 0
+        assert p["sampler"] == "pndm" and p["checkpoint"] in (2, 4)
         assert labels[p["partner_vector_id"]] == labels[p["vector_id"]]
     assert sorted((p["vector_id"], p["variant"]) for p in provs) == [
-        (i, k) for i in range(10) for k in range(2)
+        (i, k) for i in range(10) for k in range(4)
     ]
     # The two variants of a vector differ.
     by_key = {store.keys[i]: store[i]["image"] for i in range(len(store))}

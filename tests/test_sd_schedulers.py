@@ -61,19 +61,25 @@ CONFIGS = {
         10,
     ),
 }
-KINDS = ("ddim", "ddpm", "euler", "euler_ancestral", "dpmpp_2m")
+KINDS = ("ddim", "ddpm", "euler", "euler_ancestral", "dpmpp_2m", "pndm")
 TORCH_CLASSES = {
     "ddim": "DDIMScheduler",
     "ddpm": "DDPMScheduler",
     "euler": "EulerDiscreteScheduler",
     "euler_ancestral": "EulerAncestralDiscreteScheduler",
     "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
 }
 
 
 def _rejected_by_both(kind: str, cfg: dict) -> bool:
-    """Euler-ancestral with ``prediction_type='sample'``: diffusers raises, and so must we."""
-    return kind == "euler_ancestral" and cfg.get("prediction_type") == "sample"
+    """Euler-ancestral and PNDM with ``prediction_type='sample'``: diffusers raises, so must we."""
+    return kind in ("euler_ancestral", "pndm") and cfg.get("prediction_type") == "sample"
+
+
+def _with_plms(kind: str, cfg: dict) -> dict:
+    """PNDM runs with SD's ``skip_prk_steps=True`` (PLMS warm-up) on both sides."""
+    return dict(cfg, skip_prk_steps=True) if kind == "pndm" else cfg
 
 
 def _bound(ref: np.ndarray) -> float:
@@ -203,8 +209,9 @@ def test_timesteps_and_init_sigma_match_diffusers(torch_ref, kind):
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_step_parity_with_diffusers(torch_ref, monkeypatch, kind, config):
     cfg, n = CONFIGS[config]
+    cfg = _with_plms(kind, cfg)
     if _rejected_by_both(kind, cfg):
-        with pytest.raises(ValueError, match="prediction_type='sample'"):
+        with pytest.raises(ValueError, match="sample"):
             S.make_sampler(kind, cfg, n)
         ref = _torch_scheduler(torch_ref, kind, cfg, n)
         x = torch_ref.torch.zeros((1, 4, 2, 2))
@@ -260,9 +267,52 @@ def test_img2img_start_add_noise_and_steps_match_diffusers(torch_ref, monkeypatc
         )
         start = sampler.img2img_start(strength)
         np.testing.assert_array_equal(sampler.timesteps[start:], ref_ts.numpy())
-        assert sampler.num_steps - start == ref_n
+        # diffusers' count ignores PNDM's repeated warm-up timestep (N + 1 evaluations)
+        assert sampler.num_steps - start == ref_n + (kind == "pndm")
         x0 = np.random.default_rng(7).standard_normal(SHAPE).astype(np.float32)
         _run_parity(torch_ref, monkeypatch, sampler, ref, start=start, x0=x0, seed=3)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction"])
+def test_pndm_sd14_default_100_steps_parity_with_diffusers(torch_ref, monkeypatch, pred):
+    """SD-1.4's own scheduler (PNDMScheduler, skip_prk_steps, 100 steps): 101 evaluations
+    with the repeated second timestep and the PLMS warm-up, step for step."""
+    cfg = dict(SD1, prediction_type=pred)
+    ref = _torch_scheduler(torch_ref, "pndm", cfg, 100)
+    sampler = S.make_sampler("pndm", cfg, 100)
+    assert sampler.num_steps == 101 and list(sampler.timesteps[:3]) == [991, 981, 981]
+    assert sampler.timesteps[-1] == 1
+    assert _run_parity(torch_ref, monkeypatch, sampler, ref, seed=11) <= 1.0
+
+
+def test_pndm_plms_closed_form_on_a_linear_model_output():
+    """PLMS from the paper's equations (PNDM eqs. 9, 12), written here: with e_k ≡ c the
+    multistep combinations all reduce to c, so every step is one eq.-9 transfer with e = c."""
+    sampler = S.make_sampler("pndm", SD1, 10)
+    ac = np.asarray(sampler.schedule.alphas_cumprod, np.float64)
+    final = ac[0]  # set_alpha_to_one = False
+    r = 100
+    c = 0.3
+    x = np.full(SHAPE, 0.7)
+    xj = jnp.asarray(x, jnp.float32)
+    carry = sampler.init_carry(xj)
+
+    def phi(x, e, t, tp):
+        a, ap = ac[t], (ac[tp] if tp >= 0 else final)
+        return np.sqrt(ap / a) * x - (ap - a) * e / (
+            a * np.sqrt(1 - ap) + np.sqrt(a * (1 - a) * ap)
+        )
+
+    x0 = x
+    ts = sampler.timesteps
+    for i in range(sampler.num_steps):
+        xj, carry = sampler.step(i, jnp.full(SHAPE, c, jnp.float32), xj, carry, None)
+        if i == 1:  # warm-up: from x_0 again, t_0 -> t_0 - r
+            x = phi(x0, c, int(ts[0]), int(ts[0]) - r)
+        else:
+            x = phi(x, c, int(ts[i]), int(ts[i]) - r)
+        np.testing.assert_allclose(np.asarray(xj), x, rtol=2e-5, atol=1e-6)
 
 
 @pytest.mark.torch
@@ -446,6 +496,14 @@ def test_from_diffusers_config_reads_file_and_folder(tmp_path):
         (lambda: S.make_sampler("ddim", SD1, 0), "num_inference_steps must be in"),
         (lambda: S.make_sampler("ddim", SD1, 1001), "num_inference_steps must be in"),
         (lambda: S.make_sampler("ddim", SD1, 10, eta=-1.0), "eta must be >= 0"),
+        (
+            lambda: S.make_sampler("pndm", dict(SD1, skip_prk_steps=False), 10),
+            "skip_prk_steps=False",
+        ),
+        (
+            lambda: S.make_sampler("pndm", dict(SD1, prediction_type="sample"), 10),
+            "epsilon or v_prediction",
+        ),
         (lambda: S.NoiseSchedule(beta_schedule="sigmoid"), "beta_schedule 'sigmoid'"),
         (lambda: S.NoiseSchedule(prediction_type="flow"), "prediction_type 'flow'"),
         (lambda: S.NoiseSchedule(timestep_spacing="even"), "timestep_spacing 'even'"),

@@ -15,17 +15,29 @@ Pixel space (mix, then encode):
 
 Embedding space (encode, then mix), with ``e₁ = E(x₁)``, ``e₂ = E(x₂) ∈ ℝ^D``:
 
-- **Embed-CutMix**: ``λ ~ Beta(α, α)``; a contiguous block of ``L = round((1 − λ) D)`` dims
-  starting at ``s ~ U{0, …, D − L}`` is taken from ``e₂``: ``e_d = e₂_d`` for
-  ``s ≤ d < s + L``, else ``e₁_d``; realised ``λ' = 1 − L / D``.
+- **Embed-CutMix**: ``λ ~ Beta(α, α)``; ``L = round((1 − λ) D)`` dims are taken from ``e₂``.
+  *Choice* (``embed_cutmix_mode``; the paper's summary does not say which dims): ``block``
+  (default) — a contiguous block starting at ``s ~ U{0, …, D − L}``: ``e_d = e₂_d`` for
+  ``s ≤ d < s + L``, else ``e₁_d``, the 1-D analogue of the CutMix box; ``subset`` — the
+  alternative, ``L`` dims chosen uniformly at random without replacement. Realised
+  ``λ' = 1 − L / D``.
 - **Embed-Mixup**: ``e = λ e₁ + (1 − λ) e₂``.
 
+*Choice*: ``λ ~ Beta(α, α)`` with ``α = 1`` (uniform) by default, as Yun et al. and Zhang et al.
+use; ``alpha`` is configurable.
+
 **Dropout(p)** on the conditioning embedding (after any mix): ``m_d ~ Bernoulli(1 − p)``
-i.i.d., ``ẽ = m ⊙ e / (1 − p)`` (inverted dropout, ``torch.nn.Dropout``'s convention, so
-``E[ẽ] = e``). ``p = 0`` is the identity; ``p = 1`` drops every dimension, ``ẽ = 0``: the
-image contributes nothing and generation follows the **text-only path**
-(:func:`text_only_images`, the unCLIP model with a null image embedding). Augmentations
-combine, e.g. ``embed_cutmix+dropout`` (Embed-CutMix-Dropout, the paper's best).
+i.i.d. *Choice* (``dropout_rescale``): ``ẽ = m ⊙ e / (1 − p)`` (default: inverted dropout,
+``torch.nn.Dropout``'s convention, so ``E[ẽ] = e``) or the alternative plain masking
+``ẽ = m ⊙ e`` (no rescale; the embedding's norm shrinks by ≈ √(1 − p)). ``p = 0`` is the
+identity; ``p = 1`` drops every dimension, ``ẽ = 0``: the image contributes nothing and
+generation follows the **text-only path** (:func:`text_only_images`, the unCLIP model with a
+null image embedding). Augmentations combine, e.g. ``embed_cutmix+dropout``
+(Embed-CutMix-Dropout, the paper's best).
+
+*Choice*: the unCLIP image-embedding noise augmentation is off (``noise_level = 0``, the
+embedding is used as encoded); ``augcond.noise_level`` sets it (diffusers'
+``StableUnCLIPImg2ImgPipeline`` default is 0 as well).
 
 Generation: classifier-free guidance against the empty prompt and a zero class input
 (:func:`augdiff.sd.pipelines.unclip_variation`), scale 2.0 for large-scale and 10.0 for
@@ -61,6 +73,7 @@ Array = jax.Array
 PIXEL_MIXES = ("pixel_cutmix", "pixel_mixup")
 EMBED_MIXES = ("embed_cutmix", "embed_mixup")
 MIXES = ("none", *PIXEL_MIXES, *EMBED_MIXES)
+EMBED_CUTMIX_MODES = ("block", "subset")
 COUNT_MODES = ("balance", "multiple", "per_class")
 
 # Sub-streams of an example's row key (0-3 are the SD pipelines' own, see pipelines.py).
@@ -113,20 +126,31 @@ def pixel_mixup(key: Array, x1: Array, x2: Array, alpha: float) -> tuple[Array, 
     return lam * x1 + (1.0 - lam) * x2, dict(lam=lam)
 
 
-def embed_cutmix(key: Array, e1: Array, e2: Array, alpha: float) -> tuple[Array, dict[str, Array]]:
+def embed_cutmix(
+    key: Array, e1: Array, e2: Array, alpha: float, mode: str = "block"
+) -> tuple[Array, dict[str, Array]]:
     """Embedding CutMix of one pair of ``[D]`` embeddings (paper §3, "Embed-CutMix").
 
-    ``λ ~ Beta(α, α)``, ``L = round((1 − λ) D)``, start ``s ~ U{0, …, D − L}``; dims
-    ``[s, s + L)`` come from ``e₂``. Returns the realised ``lam = 1 − L / D``, ``start`` and
-    ``length``.
+    ``λ ~ Beta(α, α)``, ``L = round((1 − λ) D)``; ``mode='block'``: start ``s ~ U{0, …, D − L}``,
+    dims ``[s, s + L)`` come from ``e₂``; ``mode='subset'``: ``L`` dims uniformly at random
+    (without replacement). Returns the realised ``lam = 1 − L / D``, ``start`` (block only,
+    -1 for subset) and ``length``.
     """
     _check_alpha(alpha)
+    if mode not in EMBED_CUTMIX_MODES:
+        raise ValueError(f"augcond: embed_cutmix_mode must be one of {EMBED_CUTMIX_MODES}")
     d = e1.shape[-1]
     lam = jax.random.beta(jax.random.fold_in(key, STREAM_LAMBDA), alpha, alpha)
     length = jnp.round((1.0 - lam) * d).astype(jnp.int32)
-    start = jax.random.randint(jax.random.fold_in(key, STREAM_POSITION), (), 0, d - length + 1)
+    k_pos = jax.random.fold_in(key, STREAM_POSITION)
     idx = jnp.arange(d)
-    block = (idx >= start) & (idx < start + length)
+    if mode == "subset":
+        rank = jnp.argsort(jnp.argsort(jax.random.uniform(k_pos, (d,))))
+        block = rank < length
+        start = jnp.int32(-1)
+    else:
+        start = jax.random.randint(k_pos, (), 0, d - length + 1)
+        block = (idx >= start) & (idx < start + length)
     info = dict(lam_sampled=lam, lam=1.0 - length / d, start=start, length=length)
     return jnp.where(block, e2, e1), info
 
@@ -138,8 +162,11 @@ def embed_mixup(key: Array, e1: Array, e2: Array, alpha: float) -> tuple[Array, 
     return lam * e1 + (1.0 - lam) * e2, dict(lam=lam)
 
 
-def embed_dropout(key: Array, e: Array, p: float | Array) -> tuple[Array, Array]:
-    """Dropout(p) of one embedding: ``ẽ = m ⊙ e / (1 − p)``, ``m_d ~ Bernoulli(1 − p)``.
+def embed_dropout(
+    key: Array, e: Array, p: float | Array, rescale: bool = True
+) -> tuple[Array, Array]:
+    """Dropout(p) of one embedding: ``ẽ = m ⊙ e / (1 − p)`` (``rescale``, inverted dropout) or
+    ``ẽ = m ⊙ e`` (plain masking), ``m_d ~ Bernoulli(1 − p)``.
 
     ``p = 1`` gives ``ẽ = 0`` exactly (every dim dropped, no division). Returns ``ẽ`` and the
     fraction of dims dropped.
@@ -147,7 +174,7 @@ def embed_dropout(key: Array, e: Array, p: float | Array) -> tuple[Array, Array]
     p = jnp.asarray(p, jnp.float32)
     u = jax.random.uniform(jax.random.fold_in(key, STREAM_DROPOUT), e.shape)
     keep = u >= p  # P(keep) = 1 - p; never when p = 1 since u < 1
-    scale = 1.0 / jnp.maximum(1.0 - p, jnp.finfo(jnp.float32).tiny)
+    scale = 1.0 / jnp.maximum(1.0 - p, jnp.finfo(jnp.float32).tiny) if rescale else 1.0
     out = jnp.where(keep, e * scale, jnp.zeros_like(e))
     return out, 1.0 - jnp.mean(keep.astype(jnp.float32))
 
@@ -162,17 +189,32 @@ class Augmentation:
     mix: str = "none"
     alpha: float = 1.0
     dropout: float = 0.0
+    dropout_rescale: bool = True  # inverted dropout (default) or plain masking
+    embed_cutmix_mode: str = "block"  # contiguous block (default) or random subset
 
     def __post_init__(self) -> None:
         if self.mix not in MIXES:
             raise ValueError(f"augcond: mix must be one of {MIXES}, got {self.mix!r}")
+        if self.embed_cutmix_mode not in EMBED_CUTMIX_MODES:
+            raise ValueError(
+                f"augcond: embed_cutmix_mode must be one of {EMBED_CUTMIX_MODES}, "
+                f"got {self.embed_cutmix_mode!r}"
+            )
         if self.mix != "none":
             _check_alpha(self.alpha)
         if not 0.0 <= self.dropout <= 1.0:
             raise ValueError(f"augcond: dropout p must be in [0, 1], got {self.dropout}")
 
     @classmethod
-    def parse(cls, spec: str, *, alpha: float = 1.0, dropout_p: float = 0.4) -> Augmentation:
+    def parse(
+        cls,
+        spec: str,
+        *,
+        alpha: float = 1.0,
+        dropout_p: float = 0.4,
+        dropout_rescale: bool = True,
+        embed_cutmix_mode: str = "block",
+    ) -> Augmentation:
         """``'embed_cutmix+dropout'``, ``'pixel_mixup'``, ``'dropout'``, ``'none'``, ...
 
         ``dropout`` in the spec switches on Dropout(``dropout_p``); ``none`` is no augmentation.
@@ -191,6 +233,8 @@ class Augmentation:
             mix=mixes[0] if mixes else "none",
             alpha=float(alpha),
             dropout=float(dropout_p) if "dropout" in parts else 0.0,
+            dropout_rescale=bool(dropout_rescale),
+            embed_cutmix_mode=str(embed_cutmix_mode),
         )
 
     @property
@@ -223,10 +267,20 @@ def _conditioning(
         e = pipelines.clip_image_embeds(components, params, x1)
         if aug.mix in EMBED_MIXES:
             e2 = pipelines.clip_image_embeds(components, params, x2)
-            fn = embed_cutmix if aug.mix == "embed_cutmix" else embed_mixup
-            e, info = jax.vmap(lambda k, a, b: fn(k, a, b, aug.alpha))(keys, e, e2)
+            if aug.mix == "embed_cutmix":
+
+                def fn(k, a, b):
+                    return embed_cutmix(k, a, b, aug.alpha, aug.embed_cutmix_mode)
+            else:
+
+                def fn(k, a, b):
+                    return embed_mixup(k, a, b, aug.alpha)
+
+            e, info = jax.vmap(fn)(keys, e, e2)
     if aug.dropout > 0:
-        e, dropped = jax.vmap(lambda k, v: embed_dropout(k, v, aug.dropout))(keys, e)
+        e, dropped = jax.vmap(lambda k, v: embed_dropout(k, v, aug.dropout, aug.dropout_rescale))(
+            keys, e
+        )
         info = {**info, "dropped": dropped}
     return e, info
 
@@ -471,7 +525,13 @@ def generate(config: Any) -> dict[str, Any]:
     from augdiff.data.store import StoreWriter, example_keys, pending_batches
 
     ac = config.augcond
-    aug = Augmentation.parse(ac.augmentation, alpha=float(ac.alpha), dropout_p=float(ac.dropout_p))
+    aug = Augmentation.parse(
+        ac.augmentation,
+        alpha=float(ac.alpha),
+        dropout_p=float(ac.dropout_p),
+        dropout_rescale=bool(ac.get("dropout_rescale", True)),
+        embed_cutmix_mode=str(ac.get("embed_cutmix_mode", "block")),
+    )
     components, params = load_model(config.model, config.workdir, int(config.seed), "unclip")
     real = open_real_source(config.data, "train")
     labels = np.asarray(real.labels)
@@ -495,6 +555,8 @@ def generate(config: Any) -> dict[str, Any]:
         augmentation=aug.name,
         alpha=aug.alpha,
         dropout_p=aug.dropout,
+        dropout_rescale=aug.dropout_rescale,
+        embed_cutmix_mode=aug.embed_cutmix_mode,
         guidance=float(ac.guidance),
         steps=int(ac.steps),
         sampler=ac.sampler,

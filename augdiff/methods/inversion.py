@@ -17,23 +17,45 @@ is the **sum** of the per-image losses, so each vector's gradient, AdamW state a
 B separate inversions. The batch of vectors is sharded over the mesh, the UNet replicated; each
 process inverts its own groups of images; groups are checkpointed with orbax and resumed.
 
-**Stage 2 — sample from perturbed vectors.** Classifier-free guidance whose unconditional input
-is the mean of all learned vectors, ``ū = (1/N) Σ_i c_i``::
+**Initialisation.** ``torch_linear`` (default, the original code): the code holds a group's
+vectors as the weight of a bias-free ``nn.Linear(num_emb, tokens·d)`` fed one-hot ids, so they
+start from PyTorch's default init ``U(−1/√num_emb, 1/√num_emb)`` (kaiming-uniform with a = √5),
+±0.1 for its groups of 100 (``init_fan_in``). ``empty`` (the first rows of the encoded empty
+prompt), ``class_prompt`` and ``random`` (N(0, 1)) are options. The scale matters: it sets the
+vectors' size relative to λ = 0.1 and to the mean unconditional.
 
-    ε̃ = ε_θ(x_t, t, ū) + w (ε_θ(x_t, t, ĉ) − ε_θ(x_t, t, ū)),   w ~ U{guidance set, e.g. 2, 3, 4}
+**Stage 2 — sample from perturbed vectors** (paper §3.2, App. B.2.2). Classifier-free guidance
+whose unconditional input ``ū`` is the mean of the learned vectors:
 
-with the perturbed conditioning (paper §3.2)
+- ``uncond='global'`` (paper): ``ū = (1/N) Σ_i c_i`` over every vector;
+- ``uncond='group'`` (code: ``emb.weight.mean(dim=1)``, the mean of one stage-1 group);
+- ``uncond='class'`` (code for MedMNIST, where a group is one class).
 
-- interpolation with a same-class partner: ``ĉ = α c₁ + (1 − α) c₂``, ``α ~ U[α_min, α_max]``;
-- Gaussian noise: ``ĉ = c + λ ε``, ``ε ~ N(0, I)``;
+Guidance weight ``w`` in the form of ``guidance_form`` (:func:`augdiff.sd.guidance.cfg_scale`):
+``paper`` ε̂ = (1 + w) ε(ĉ) − w ε(ū) (the paper's equation, the default) or ``diffusers``
+ε̂ = ε(ū) + w (ε(ĉ) − ε(ū)) (the original code's ``guidance_scale``). The configs' w ∈ {2, 3, 4}
+therefore mean UNet scales 3, 4, 5 under ``paper`` and 2, 3, 4 under ``diffusers``.
 
-applied in that order when both are on. K variants per vector (45 in the paper), 100 DDIM steps
-by default; every image's provenance records the vector id, partner, λ, α, w and the seed.
+Perturbation of vector ``c_i`` with partner ``c_j`` (another vector of the same class):
+
+    ĉ = (1 − s) c_i + s c_j        (interpolation, strength s = 0.1: ĉ = 0.9 c_i + 0.1 c_j)
+    ĉ ← ĉ + λ ε,  ε ~ N(0, I)     (Gaussian noise λ = 0.1, applied after the interpolation)
+
+(the paper's ĉ = α c₁ + (1 − α) c₂ with α = 1 − s; the code builds the one-hot mix
+``e_i + s (e_j − e_i)`` and adds the noise to the embedded result).
+
+**The 45 variants** of a vector are the grid checkpoints × guidance weights × partners:
+1K/2K/3K stage-1 steps × w ∈ {2, 3, 4} × 5 partners; variant ``k`` is
+``(checkpoint, w, partner slot) = unravel(k, (C, W, P))``. For each (vector, checkpoint, w) the P
+partners are distinct same-class vectors drawn without replacement (cycling when the class has
+fewer; the vector itself only when it is alone in its class). Sampling uses SD-1.4's default
+PNDM scheduler (PLMS with ``skip_prk_steps``) with 100 steps. Each image's provenance records
+the vector, partner, checkpoint, w, the guidance form and scale, s, λ and the seed.
 
 Keys: vector ``i``'s variant ``k`` is example ``e = i·K + k`` with row key
 ``r = fold_in(PRNGKey(seed + 1), e)``: latent noise ``fold_in(r, 0)`` (as the SD pipelines),
-partner ``fold_in(r, 19)``, α ``fold_in(r, 20)``, ε of the perturbation ``fold_in(r, 21)``,
-guidance ``fold_in(r, 22)``.
+ε of the perturbation ``fold_in(r, 21)``. Partners come from a numpy ``SeedSequence`` of
+``(seed, vector id, checkpoint index, w index)``, so they do not depend on batching either.
 """
 
 from __future__ import annotations
@@ -55,12 +77,13 @@ from jax.sharding import PartitionSpec as P
 
 from augdiff import distributed
 from augdiff.methods import augcond
-from augdiff.sd import loading, pipelines, schedulers
+from augdiff.sd import guidance, loading, pipelines, schedulers
 
 Array = jax.Array
 
-STREAM_ALPHA, STREAM_NOISE, STREAM_GUIDANCE = 20, 21, 22
-INITS = ("empty", "class_prompt", "random")
+STREAM_NOISE = 21
+INITS = ("torch_linear", "empty", "class_prompt", "random")
+UNCOND_MODES = ("global", "group", "class")
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -163,18 +186,40 @@ def initial_vectors(
     labels: Sequence[int],
     *,
     num_tokens: int,
-    init: str = "empty",
+    init: str = "torch_linear",
     class_prompts: Sequence[str] | None = None,
     key: Array | None = None,
+    image_ids: Sequence[int] | None = None,
+    init_fan_in: int = 100,
 ) -> np.ndarray:
     """Starting conditioning ``[B, num_tokens, d]`` of every image.
 
-    ``empty``: the first ``num_tokens`` rows of the encoded empty prompt (same for all);
-    ``class_prompt``: those of the image's class prompt; ``random``: N(0, 1) from ``key``.
+    ``torch_linear`` (the original code): ``U(−b, b)`` with ``b = 1/√init_fan_in``, PyTorch's
+    default ``nn.Linear(init_fan_in, ·)`` weight init (the code's group size, 100 → ±0.1); row
+    ``r`` drawn from ``fold_in(key, image_ids[r])``. ``empty``: the first ``num_tokens`` rows of
+    the encoded empty prompt (same for all); ``class_prompt``: those of the image's class
+    prompt; ``random``: N(0, 1), also from ``fold_in(key, image_id)``.
     """
     n, d = len(labels), int(components.unet.cross_attention_dim)
     if not 1 <= num_tokens <= components.max_length:
         raise ValueError(f"diffinv: num_tokens must be in [1, {components.max_length}]")
+    if init in ("torch_linear", "random"):
+        if key is None:
+            raise ValueError(f"diffinv: init={init!r} needs a key")
+        if init == "torch_linear" and int(init_fan_in) < 1:
+            raise ValueError(f"diffinv: init_fan_in must be >= 1, got {init_fan_in}")
+        ids = np.arange(n) if image_ids is None else np.asarray(image_ids, np.int64)
+        if len(ids) != n:
+            raise ValueError(f"diffinv: {len(ids)} image ids for {n} labels")
+        bound = 1.0 / np.sqrt(float(init_fan_in))
+
+        def one(i: Array) -> Array:
+            k = jax.random.fold_in(key, i)
+            if init == "random":
+                return jax.random.normal(k, (num_tokens, d))
+            return jax.random.uniform(k, (num_tokens, d), minval=-bound, maxval=bound)
+
+        return np.asarray(jax.vmap(one)(jnp.asarray(ids, jnp.uint32)), np.float32)
     if init == "empty":
         e = np.asarray(pipelines.encode_prompts(components, params, [""]))[0, :num_tokens]
         return np.broadcast_to(e, (n, num_tokens, d)).astype(np.float32).copy()
@@ -183,11 +228,13 @@ def initial_vectors(
             raise ValueError("diffinv: init='class_prompt' needs class_prompts")
         e = np.asarray(pipelines.encode_prompts(components, params, list(class_prompts)))
         return e[np.asarray(labels, np.int64), :num_tokens].astype(np.float32)
-    if init == "random":
-        if key is None:
-            raise ValueError("diffinv: init='random' needs a key")
-        return np.asarray(jax.random.normal(key, (n, num_tokens, d)), np.float32)
     raise ValueError(f"diffinv: init must be one of {INITS}, got {init!r}")
+
+
+def _to_host(tree: Any) -> Any:
+    """Host (numpy) copies: a group's checkpoint belongs to one process, and orbax does not
+    serialise process-local device arrays in a multi-process run."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
 def _place_rows(x: Any, mesh: Mesh | None) -> Any:
@@ -211,6 +258,7 @@ def invert(
     image_ids: Sequence[int] | None = None,
     callback: Callable[[int, np.ndarray], None] | None = None,
     progress: bool = True,
+    snapshots: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, float]]]:
     """Stage 1 on one batch of images: learn ``cond`` [B, tokens, d] from ``init_cond``.
 
@@ -224,6 +272,9 @@ def invert(
         checkpoint is resumed from (its image ids must match ``image_ids``).
       chunk: steps per jitted call (progress / callback granularity).
       callback: ``callback(step, per_image_loss)`` after every chunk (may raise to stop).
+      snapshots: if given, filled with ``{save step: vectors [B, tokens, d]}`` for every save
+        step (those of earlier runs restored from their checkpoints): stage 2 samples from
+        several checkpoints (1K/2K/3K).
 
     Returns:
       (learned vectors [B, tokens, d] as numpy, [(step, mean loss of that step)] of this run).
@@ -264,20 +315,35 @@ def invert(
     saves = sorted({int(s) for s in save_steps if 0 < int(s) <= num_steps} | {int(num_steps)})
     saves = [s for s in saves if s > 0]
     step = 0
-    ckpt = Checkpointer(checkpoint_dir, max_to_keep=None) if checkpoint_dir else None
+    ckpt = (
+        Checkpointer(checkpoint_dir, max_to_keep=None, process_local=True)
+        if checkpoint_dir
+        else None
+    )
     history: list[tuple[int, float]] = []
     try:
         if ckpt is not None:
             done = [s for s in ckpt.all_steps() if s <= num_steps]
             if done:
                 step = max(done)
-                state, extras = ckpt.restore(step, like={"cond": cond, "opt_state": opt_state})
+                host_like = _to_host({"cond": cond, "opt_state": opt_state})
+                state, extras = ckpt.restore(step, like=host_like)
                 if [int(i) for i in extras.get("image_ids", [])] != ids:
                     raise ValueError(
                         f"diffinv: checkpoint {checkpoint_dir} holds other images "
                         f"({extras.get('image_ids', [])[:4]}...) than this group ({ids[:4]}...)"
                     )
-                cond, opt_state = state["cond"], state["opt_state"]
+                cond = _place_rows(jnp.asarray(state["cond"]), mesh)
+                opt_state = jax.tree_util.tree_map(jnp.asarray, state["opt_state"])
+                if mesh is not None:
+                    opt_state = jax.device_put(opt_state, _opt_state_sharding(optimizer, mesh))
+                if snapshots is not None:
+                    for s_done in saves:
+                        if s_done < step and s_done in done:
+                            old, _ = ckpt.restore(s_done, like=host_like)
+                            snapshots[s_done] = np.asarray(old["cond"])[:n]
+            if snapshots is not None and step in saves:
+                snapshots[step] = np.asarray(cond)[:n]
         bar = tqdm(total=num_steps, initial=step, desc="diffinv stage 1", disable=not progress)
         while step < num_steps:
             stop = min(step + max(int(chunk), 1), min(s for s in saves if s > step))
@@ -289,10 +355,12 @@ def invert(
             history.append((step, float(loss.mean())))
             bar.update(stop - bar.n)
             bar.set_postfix(loss=f"{loss.mean():.4f}")
+            if snapshots is not None and step in saves:
+                snapshots[step] = np.asarray(cond)[:n]
             if ckpt is not None and step in saves:
                 ckpt.save(
                     step,
-                    {"cond": cond, "opt_state": opt_state},
+                    _to_host({"cond": cond, "opt_state": opt_state}),
                     {"image_ids": ids, "step": step, "loss": float(loss.mean())},
                 )
             if callback is not None:
@@ -347,6 +415,25 @@ def unconditional_vector(vectors: Array) -> Array:
     return jnp.mean(v, axis=0)
 
 
+def unconditional_rows(
+    vectors: np.ndarray, rows: np.ndarray, mode: str, *, groups: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """The unconditional input of each row ``[len(rows), tokens, d]``.
+
+    ``global`` (paper): the mean of all ``vectors``; ``group`` (the original code): the mean of
+    the vectors of the row's stage-1 group; ``class``: the mean of the row's class.
+    """
+    v = np.asarray(vectors, np.float32)
+    rows = np.asarray(rows, np.int64)
+    if mode == "global":
+        return np.broadcast_to(np.asarray(unconditional_vector(v)), (len(rows), *v.shape[1:]))
+    if mode not in UNCOND_MODES:
+        raise ValueError(f"diffinv: uncond must be one of {UNCOND_MODES}, got {mode!r}")
+    by = np.asarray(groups if mode == "group" else labels)
+    means = {int(g): v[by == g].mean(axis=0) for g in np.unique(by[rows])}
+    return np.stack([means[int(by[r])] for r in rows]) if len(rows) else v[:0]
+
+
 def gaussian_perturbation(key: Array, c: Array, noise_scale: float | Array) -> Array:
     """ĉ = c + λ ε, ε ~ N(0, I) drawn from ``fold_in(key, 21)``."""
     eps = jax.random.normal(jax.random.fold_in(key, STREAM_NOISE), c.shape, jnp.float32)
@@ -354,63 +441,78 @@ def gaussian_perturbation(key: Array, c: Array, noise_scale: float | Array) -> A
 
 
 def interpolate(c1: Array, c2: Array, alpha: float | Array) -> Array:
-    """ĉ = α c₁ + (1 − α) c₂."""
+    """ĉ = α c₁ + (1 − α) c₂ (paper §3.2); strength s = 1 − α is the partner's share."""
     return alpha * c1 + (1.0 - alpha) * c2
 
 
 @dataclasses.dataclass(frozen=True)
 class Perturbation:
-    """Stage-2 perturbation: interpolation (α ~ U[alpha_min, alpha_max]) then Gaussian noise λ."""
+    """Stage-2 perturbation: interpolation with strength ``s`` (ĉ = (1−s) c + s c_partner),
+    then Gaussian noise ``λ`` (paper defaults s = λ = 0.1)."""
 
-    noise_scale: float = 0.0
-    interpolate: bool = False
-    alpha_min: float = 0.5
-    alpha_max: float = 1.0
+    noise_scale: float = 0.1
+    interpolation_strength: float = 0.1
 
     def __post_init__(self) -> None:
         if self.noise_scale < 0:
             raise ValueError(f"diffinv: noise_scale must be >= 0, got {self.noise_scale}")
-        if not 0.0 <= self.alpha_min <= self.alpha_max <= 1.0:
+        if not 0.0 <= self.interpolation_strength <= 1.0:
             raise ValueError(
-                f"diffinv: need 0 <= alpha_min <= alpha_max <= 1, got "
-                f"[{self.alpha_min}, {self.alpha_max}]"
+                "diffinv: interpolation_strength must be in [0, 1], got "
+                f"{self.interpolation_strength}"
             )
 
 
 @jax.jit
-def _perturb_rows(keys, c, partner, noise_scale, interp, alpha_min, alpha_max):
+def _perturb_rows(keys, c, partner, noise_scale, strength):
     def one(k, ci, pi):
-        u = jax.random.uniform(jax.random.fold_in(k, STREAM_ALPHA))
-        alpha = jnp.where(interp, alpha_min + (alpha_max - alpha_min) * u, 1.0)
-        return gaussian_perturbation(k, interpolate(ci, pi, alpha), noise_scale), alpha
+        return gaussian_perturbation(k, interpolate(ci, pi, 1.0 - strength), noise_scale)
 
     return jax.vmap(one)(keys, c, partner)
 
 
-def perturb(
-    keys: Array, c: Array, partner: Array, perturbation: Perturbation
-) -> tuple[Array, Array]:
-    """Perturbed vectors ``ĉ`` [B, tokens, d] and the α of each row (1 when not interpolating)."""
+def perturb(keys: Array, c: Array, partner: Array, perturbation: Perturbation) -> Array:
+    """Perturbed vectors ``ĉ = (1 − s) c + s c_partner + λ ε`` [B, tokens, d]."""
     return _perturb_rows(
         jnp.asarray(keys),
         jnp.asarray(c, jnp.float32),
         jnp.asarray(partner, jnp.float32),
         jnp.float32(perturbation.noise_scale),
-        jnp.bool_(perturbation.interpolate),
-        jnp.float32(perturbation.alpha_min),
-        jnp.float32(perturbation.alpha_max),
+        jnp.float32(perturbation.interpolation_strength),
     )
 
 
-def draw_guidance(keys: Array, scales: Sequence[float]) -> np.ndarray:
-    """w of every row, uniform over the set ``scales`` (from ``fold_in(key, 22)``)."""
-    table = jnp.asarray(list(scales), jnp.float32)
-    if table.ndim != 1 or table.shape[0] == 0:
-        raise ValueError(f"diffinv: guidance scales must be a non-empty list, got {scales}")
-    idx = jax.vmap(
-        lambda k: jax.random.randint(jax.random.fold_in(k, STREAM_GUIDANCE), (), 0, len(table))
-    )(jnp.asarray(keys))
-    return np.asarray(table[idx])
+def variant_grid(
+    checkpoints: Sequence[int], guidance: Sequence[float], num_partners: int
+) -> list[tuple[int, int, int]]:
+    """Variant k ↦ (checkpoint index, guidance index, partner slot), k = 0..C·W·P−1 (C-order):
+    the paper's 45 = 3 checkpoints × 3 guidance weights × 5 partners."""
+    c, w, p = len(checkpoints), len(guidance), int(num_partners)
+    if c == 0 or w == 0 or p < 1:
+        raise ValueError(
+            f"diffinv: need >= 1 checkpoint, guidance weight and partner, got {c}, {w}, {p}"
+        )
+    return [tuple(int(x) for x in np.unravel_index(k, (c, w, p))) for k in range(c * w * p)]
+
+
+def partner_set(
+    seed: int, vector: int, combo: int, row: int, labels: np.ndarray, num: int
+) -> np.ndarray:
+    """``num`` partner rows of the same class as ``row`` for one (vector, checkpoint, w) combo.
+
+    Distinct, drawn without replacement from the class's other rows (numpy ``SeedSequence``
+    of ``(seed, vector, combo)``); cycled when the class has fewer than ``num`` others; the row
+    itself when it is alone. (The original code draws from the whole class including the row
+    itself and tops up from other classes when the class is too small.)
+    """
+    labels = np.asarray(labels)
+    others = np.flatnonzero(labels == labels[row])
+    others = others[others != row]
+    if len(others) == 0:
+        return np.full(num, row, np.int64)
+    rng = np.random.default_rng([int(seed), int(vector), int(combo)])
+    pick = rng.permutation(others)
+    return np.resize(pick, num).astype(np.int64)
 
 
 def sample(
@@ -418,33 +520,37 @@ def sample(
     params: dict,
     cond: Array,
     uncond: Array,
-    guidance_scales: Array,
+    guidance_weights: Array,
     keys: Array,
     *,
+    guidance_form: str = "paper",
     num_steps: int = 100,
-    sampler: str = "ddim",
+    sampler: str = "pndm",
     eta: float = 0.0,
     height: int | None = None,
     width: int | None = None,
     mesh: Mesh | None = None,
     output: str = "images",
 ) -> np.ndarray:
-    """Stage-2 CFG sampling from learned vectors with a **per-row** guidance scale.
+    """Stage-2 CFG sampling from learned vectors with a **per-row** guidance weight.
 
-    ε̃_b = ε(x_t, t, u_b) + w_b (ε(x_t, t, c_b) − ε(x_t, t, u_b)) (Ho & Salimans 2022, eq. 6),
-    ``uncond`` one row [tokens, d] (e.g. :func:`unconditional_vector`) or [B, tokens, d]; row b's
-    randomness comes from ``keys[b]``. This is the SD core's
-    :func:`augdiff.sd.pipelines.generate_from_embeddings` (one jit) with per-row scales.
-    Returns [B, H, W, 3] in [0, 1] (or the final latents with ``output='latents'``).
+    ``guidance_form='paper'``: ε̂_b = (1 + w_b) ε(x_t, t, c_b) − w_b ε(x_t, t, u_b) (paper
+    §3.2); ``'diffusers'``: ε̂_b = ε(u_b) + w_b (ε(c_b) − ε(u_b)) (the original code).
+    ``uncond`` is one row [tokens, d] (e.g. :func:`unconditional_vector`) or [B, tokens, d];
+    row b's randomness comes from ``keys[b]``. This is the SD core's
+    :func:`augdiff.sd.pipelines.generate_from_embeddings` (one jit) with per-row scales
+    ``guidance.cfg_scale(w, form)``. Returns [B, H, W, 3] in [0, 1] (or the final latents
+    with ``output='latents'``).
     """
     un = jnp.asarray(uncond, jnp.float32)
+    w = np.asarray(guidance_weights, np.float32)
     return pipelines.generate_from_embeddings(
         components,
         params,
         cond,
         keys,
         uncond=un[None] if un.ndim == 2 else un,
-        guidance_scale=jnp.asarray(guidance_scales, jnp.float32),
+        guidance_scale=jnp.asarray(guidance.cfg_scale(w, guidance_form), jnp.float32),
         num_steps=num_steps,
         sampler=sampler,
         eta=eta,
@@ -519,7 +625,8 @@ def run_stage1(
 
     Group ``g`` holds images ``[g·B, (g+1)·B)`` and belongs to process ``g mod P``; it is
     checkpointed in ``<workdir>/inversion/group-g`` and, when finished, its vectors are written
-    to ``<workdir>/inversion/vectors/group-g.npz`` (ids, labels, vectors at ``use_step``).
+    to ``<workdir>/inversion/vectors/group-g.npz`` (ids, labels, vectors at ``use_step`` and
+    the vectors at every save step, ``snapshot_steps`` / ``snapshots``, for stage 2).
     """
     inv = config.inversion
     n_total = len(real) if not inv.max_images else min(len(real), int(inv.max_images))
@@ -546,9 +653,12 @@ def run_stage1(
             num_tokens=int(inv.num_tokens),
             init=inv.init,
             class_prompts=prompts,
-            key=jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + 2), g),
+            key=jax.random.PRNGKey(int(config.seed) + 2),
+            image_ids=ids.tolist(),
+            init_fan_in=int(inv.get("init_fan_in", 100)),
         )
         saves = [int(s) for s in inv.save_steps]
+        snaps: dict[int, np.ndarray] = {}
         vectors, history = invert(
             components,
             params,
@@ -564,13 +674,18 @@ def run_stage1(
             chunk=int(inv.chunk),
             image_ids=ids.tolist(),
             progress=jax.process_index() == 0,
+            snapshots=snaps,
         )
+        snap_steps = sorted(snaps)
         _save_npz_atomic(
             out_file,
             ids=ids,
             labels=labels,
             vectors=vectors,
             step=np.int64(use_step),
+            group=np.int64(g),
+            snapshot_steps=np.asarray(snap_steps, np.int64),
+            snapshots=np.stack([snaps[k] for k in snap_steps]) if snap_steps else vectors[None],
             loss=np.float64(history[-1][1] if history else np.nan),
         )
         done += 1
@@ -578,37 +693,82 @@ def run_stage1(
     return {"groups": -(-n_total // bs), "groups_done_now": done, "images": n_total}
 
 
-def load_vectors(workdir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, labels, vectors) of every finished group, sorted by image id."""
+def load_vectors(
+    workdir: str, step: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, labels, vectors) of every finished group, sorted by image id; the final vectors,
+    or those of save step ``step``."""
+    ids, labels, _, snaps = load_inversion(workdir)
+    if step is None:
+        return ids, labels, snaps["final"]
+    if int(step) not in snaps:
+        have = sorted(k for k in snaps if k != "final")
+        raise ValueError(f"diffinv: no stage-1 vectors at step {step} (saved: {have})")
+    return ids, labels, snaps[int(step)]
+
+
+def load_inversion(
+    workdir: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[Any, np.ndarray]]:
+    """(ids, labels, groups, {save step: vectors, 'final': vectors}) of every finished group,
+    sorted by image id; a step is listed only when every group saved it."""
     files = sorted(glob.glob(os.path.join(workdir, "inversion", "vectors", "group-*.npz")))
     if not files:
         raise FileNotFoundError(f"diffinv: no learned vectors under {workdir}/inversion/vectors")
-    parts = [np.load(f) for f in files]
+    parts = [dict(np.load(f)) for f in files]
     ids = np.concatenate([p["ids"] for p in parts])
     order = np.argsort(ids)
     labels = np.concatenate([p["labels"] for p in parts])[order]
-    vectors = np.concatenate([p["vectors"] for p in parts])[order]
-    return ids[order], labels, vectors
+    groups = np.concatenate(
+        [np.full(len(p["ids"]), int(p.get("group", gi))) for gi, p in enumerate(parts)]
+    )[order]
+    snaps: dict[Any, np.ndarray] = {"final": np.concatenate([p["vectors"] for p in parts])[order]}
+    common = set.intersection(
+        *[set(int(x) for x in p.get("snapshot_steps", np.zeros(0, np.int64))) for p in parts]
+    )
+    for st in sorted(common):
+        rows = [p["snapshots"][list(p["snapshot_steps"]).index(st)] for p in parts]
+        snaps[st] = np.concatenate(rows)[order]
+    return ids[order], labels, groups, snaps
 
 
 def run_stage2(
     config: Any, components: loading.SDComponents, params: dict, real: Any, mesh: Mesh
 ) -> dict[str, Any]:
-    """K perturbed variants of every learned vector into the store (resumable)."""
+    """The C·W·P variants of every learned vector into the store (resumable).
+
+    Variant ``k`` of vector ``i`` is (checkpoint, w, partner slot) = :func:`variant_grid` [k]:
+    the vector at that stage-1 checkpoint interpolated with that partner (strength s), plus
+    λ-noise, sampled with weight w against the unconditional of that checkpoint's vectors.
+    """
 
     from augdiff.data.store import StoreWriter, example_keys, pending_batches
 
     smp_cfg = config.sampling
-    ids, labels, vectors = load_vectors(config.workdir)
-    uncond = np.asarray(unconditional_vector(vectors))
-    k_per = int(smp_cfg.num_variants)
+    ids, labels, groups, snaps = load_inversion(config.workdir)
+    ckpts = [int(c) for c in smp_cfg.checkpoints] or ["final"]
+    missing = [c for c in ckpts if c not in snaps]
+    if missing:
+        have = sorted(k for k in snaps if k != "final")
+        raise ValueError(
+            f"diffinv: sampling.checkpoints {missing} were not saved by stage 1 (saved: {have}); "
+            "add them to inversion.save_steps"
+        )
+    scales = [float(w) for w in smp_cfg.guidance_scales]
+    form = str(smp_cfg.guidance_form)
+    guidance.cfg_scale(1.0, form)  # validates the form
+    uncond_mode = str(smp_cfg.uncond)
+    if uncond_mode not in UNCOND_MODES:
+        raise ValueError(
+            f"diffinv: sampling.uncond must be one of {UNCOND_MODES}, got {uncond_mode!r}"
+        )
+    n_part = int(smp_cfg.num_partners)
+    grid = variant_grid(ckpts, scales, n_part)
+    k_per = len(grid)
     pert = Perturbation(
         noise_scale=float(smp_cfg.noise_scale),
-        interpolate=bool(smp_cfg.interpolate),
-        alpha_min=float(smp_cfg.alpha_min),
-        alpha_max=float(smp_cfg.alpha_max),
+        interpolation_strength=float(smp_cfg.interpolation_strength),
     )
-    scales = [float(w) for w in smp_cfg.guidance_scales]
     plan = [
         dict(key=f"di-r{int(ids[i]):07d}-v{k:03d}", row=i, variant=k, example=i * k_per + k)
         for i in range(len(ids))
@@ -622,33 +782,64 @@ def run_stage2(
         model=model_label,
         num_vectors=len(ids),
         num_variants=k_per,
+        checkpoints=ckpts,
         guidance_scales=scales,
+        guidance_form=form,
+        num_partners=n_part,
         noise_scale=pert.noise_scale,
-        interpolate=pert.interpolate,
-        alpha_range=[pert.alpha_min, pert.alpha_max],
+        interpolation_strength=pert.interpolation_strength,
+        uncond=uncond_mode,
         steps=int(smp_cfg.steps),
         sampler=smp_cfg.sampler,
         resolution=res,
-        num_tokens=int(vectors.shape[1]),
+        num_tokens=int(snaps["final"].shape[1]),
         num_classes=real.num_classes,
         class_names=list(real.class_names),
     )
     store_dir = config.get("store_dir", None) or os.path.join(config.workdir, "synthetic")
+    uncond_cache: dict[tuple[Any, int], np.ndarray] = {}
+
+    def uncond_of(ck: Any, row: int) -> np.ndarray:
+        tag = {"global": 0, "group": int(groups[row]), "class": int(labels[row])}[uncond_mode]
+        if (ck, tag) not in uncond_cache:
+            uncond_cache[(ck, tag)] = unconditional_rows(
+                snaps[ck], np.array([row]), uncond_mode, groups=groups, labels=labels
+            )[0]
+        return uncond_cache[(ck, tag)]
+
     written = 0
     with StoreWriter(store_dir, method="diffinv", config=manifest_cfg) as store:
         for batch in pending_batches(store, mine, int(smp_cfg.batch_size), desc="diffinv stage 2"):
             keys = example_keys(base, [it["example"] for it in batch])
             rows = np.array([it["row"] for it in batch])
-            partners = augcond.same_class_partners(keys, rows, labels) if pert.interpolate else rows
-            c_hat, alpha = perturb(keys, vectors[rows], vectors[partners], pert)
-            w = draw_guidance(keys, scales)
+            combos = [grid[it["variant"]] for it in batch]
+            partners = np.array(
+                [
+                    partner_set(
+                        int(config.seed), int(ids[r]), ci * len(scales) + wi, int(r), labels, n_part
+                    )[pi]
+                    for r, (ci, wi, pi) in zip(rows, combos, strict=True)
+                ]
+            )
+            c_i = np.stack(
+                [snaps[ckpts[ci]][r] for r, (ci, _, _) in zip(rows, combos, strict=True)]
+            )
+            c_j = np.stack(
+                [snaps[ckpts[ci]][j] for j, (ci, _, _) in zip(partners, combos, strict=True)]
+            )
+            c_hat = perturb(keys, c_i, c_j, pert)
+            un = np.stack(
+                [uncond_of(ckpts[ci], int(r)) for r, (ci, _, _) in zip(rows, combos, strict=True)]
+            )
+            w = np.array([scales[wi] for (_, wi, _) in combos], np.float32)
             images = sample(
                 components,
                 params,
                 c_hat,
-                uncond,
+                un,
                 w,
                 keys,
+                guidance_form=form,
                 num_steps=int(smp_cfg.steps),
                 sampler=smp_cfg.sampler,
                 height=res,
@@ -656,17 +847,22 @@ def run_stage2(
                 mesh=mesh,
             )
             out = augcond.to_store(images, int(config.data.image_size), int(config.data.channels))
-            alpha = np.asarray(alpha)
             for i, (it, img) in enumerate(zip(batch, out, strict=True)):
+                ci, wi, pi = combos[i]
                 prov = dict(
                     vector_id=int(ids[rows[i]]),
                     parent=int(ids[rows[i]]),
                     parent_name=real.name_of(int(ids[rows[i]])),
-                    partner_vector_id=int(ids[partners[i]]) if pert.interpolate else None,
+                    partner_vector_id=int(ids[partners[i]]),
+                    partner_slot=pi,
                     variant=it["variant"],
+                    checkpoint=ckpts[ci],
+                    guidance=scales[wi],
+                    guidance_form=form,
+                    cfg_scale=float(guidance.cfg_scale(scales[wi], form)),
+                    interpolation_strength=pert.interpolation_strength,
                     noise_scale=pert.noise_scale,
-                    alpha=round(float(alpha[i]), 6),
-                    guidance=float(w[i]),
+                    uncond=uncond_mode,
                     steps=int(smp_cfg.steps),
                     sampler=smp_cfg.sampler,
                     seed=int(config.seed),

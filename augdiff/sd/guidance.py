@@ -73,3 +73,21 @@ def split_branches(x: Array, n: int) -> tuple[Array, ...]:
 def repeat_branches(x: Array, n: int) -> Array:
     """``n`` copies of ``x`` stacked along the batch axis (the latent of every branch)."""
     return jnp.concatenate([x] * n, axis=0)
+
+
+GUIDANCE_FORMS = ("paper", "diffusers")
+
+
+def cfg_scale(w: float | Array, form: str = "paper") -> float | Array:
+    """The scale ``s`` of :func:`cfg` (ε̃ = ε_u + s (ε_c − ε_u)) that a guidance weight ``w`` means.
+
+    - ``paper``: ε̂ = (1 + w) ε_c − w ε_u (Ho & Salimans 2022, eq. 6; Diffusion Inversion §3.2),
+      i.e. ``s = 1 + w``; ``w = 0`` is the conditional model.
+    - ``diffusers``: ε̂ = ε_u + w (ε_c − ε_u) (diffusers' ``guidance_scale``, the Diffusion
+      Inversion code), i.e. ``s = w``; ``w = 1`` is the conditional model.
+    """
+    if form == "paper":
+        return 1.0 + w
+    if form == "diffusers":
+        return w
+    raise ValueError(f"guidance form must be one of {GUIDANCE_FORMS}, got {form!r}")

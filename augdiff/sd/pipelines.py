@@ -42,7 +42,7 @@ from jax.sharding import PartitionSpec as P
 from augdiff import distributed
 from augdiff.sd import schedulers
 from augdiff.sd.loading import SDComponents
-from augdiff.sd.unclip import apply_unet, noise_image_embeddings
+from augdiff.sd.unclip import apply_unet, clip_preprocess, noise_image_embeddings
 
 Array = jax.Array
 Prompts = Sequence[str] | str
@@ -227,13 +227,12 @@ def to_uint8(images: Any) -> np.ndarray:
 def _clip_image(
     components: SDComponents, params: dict, images: Array, normalize: bool
 ) -> tuple[Array, Array]:
-    size = components.clip_image_size
-    x = (images + 1.0) / 2.0  # [0, 1]
-    if x.shape[1:3] != (size, size):
-        x = jax.image.resize(x, (x.shape[0], size, size, 3), method="bicubic", antialias=True)
-    mean = jnp.asarray(components.clip_image_mean, jnp.float32)
-    std = jnp.asarray(components.clip_image_std, jnp.float32)
-    x = ((x - mean) / std).astype(components.dtype)
+    x = clip_preprocess(  # CLIPImageProcessor: short side resize, centre crop, normalise
+        (images + 1.0) / 2.0,
+        components.clip_image_size,
+        components.clip_image_mean,
+        components.clip_image_std,
+    ).astype(components.dtype)
     p = params["image_encoder"]
     last, pooled = components.image_encoder.apply(
         {"params": {"vision_model": p["vision_model"]}}, x, return_dict=False
@@ -249,9 +248,10 @@ def clip_image_embeds(
 ) -> Array:
     """Projected CLIP image embeddings [N, projection_dim] of NHWC images in [-1, 1].
 
-    As ``CLIPVisionModelWithProjection(...).image_embeds``: images are mapped to [0, 1],
-    resized (bicubic, antialiased) to the encoder's size when they differ, normalised with
-    the CLIP mean/std, and the pooled (post-layer-norm CLS) output is projected. unCLIP uses
+    As ``CLIPVisionModelWithProjection(...).image_embeds``: images are mapped to [0, 1] and
+    pre-processed as ``CLIPImageProcessor`` (:func:`augdiff.sd.unclip.clip_preprocess`: shorter
+    side resized to the encoder's size, centre crop, CLIP mean/std), and the pooled
+    (post-layer-norm CLS) output is projected. unCLIP uses
     them unnormalised; ``normalize=True`` L2-normalises them for CLIP cosine similarity.
     """
     if components.image_encoder is None:

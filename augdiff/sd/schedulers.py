@@ -28,6 +28,8 @@ Samplers (``make_sampler(kind, ...)``):
 - ``dpmpp_2m``: DPM-Solver++(2M), Lu et al. 2022 ("DPM-Solver++"), Algorithm 2 with the
   midpoint form; first order on the first step and on the last step (σ = 0), as diffusers'
   ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)``.
+- ``pndm``: PLMS, the pseudo linear multi-step method of Liu et al. 2022 (PNDM, eqs. 9, 12)
+  with the ``skip_prk_steps`` warm-up SD-1.x ships; diffusers ``PNDMScheduler``.
 
 Precision: schedule tables are derived in float64 and stored in float32 (diffusers keeps them in
 float32); the update itself runs in float32 (or the input's wider dtype) and the result is cast
@@ -62,7 +64,7 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
-SAMPLER_KINDS = ("ddim", "ddpm", "euler", "euler_ancestral", "dpmpp_2m")
+SAMPLER_KINDS = ("ddim", "ddpm", "euler", "euler_ancestral", "dpmpp_2m", "pndm")
 
 # diffusers' class defaults for ``timestep_spacing`` when a scheduler config leaves it out
 # (SD-1.x's PNDM config does): DDIM/DDPM "leading", the sigma-space samplers "linspace".
@@ -72,6 +74,7 @@ _DEFAULT_SPACING = {
     "euler": "linspace",
     "euler_ancestral": "linspace",
     "dpmpp_2m": "linspace",
+    "pndm": "leading",
 }
 
 # Scheduler-config options that change the sampling maths in ways these samplers do not
@@ -131,10 +134,11 @@ class NoiseSchedule:
     prediction_type: str = "epsilon"
     timestep_spacing: str | None = None
     steps_offset: int = 0
-    set_alpha_to_one: bool = True
+    set_alpha_to_one: bool | None = None
     clip_sample: bool = True
     clip_sample_range: float = 1.0
     variance_type: str = "fixed_small"
+    skip_prk_steps: bool | None = None
 
     def __post_init__(self) -> None:
         if self.num_train_timesteps < 1:
@@ -228,6 +232,13 @@ class NoiseSchedule:
         """σ_t = √((1 - ᾱ_t) / ᾱ_t) for t = 0..T-1 (float32): the VE noise level of step t."""
         ac = self.alphas_cumprod.astype(np.float64)
         return np.sqrt((1.0 - ac) / ac).astype(np.float32)
+
+    def alpha_to_one_for(self, kind: str) -> bool:
+        """``set_alpha_to_one`` for sampler ``kind``: the config value, else the class default
+        (``PNDMScheduler`` False, ``DDIMScheduler`` True)."""
+        if self.set_alpha_to_one is None:
+            return kind != "pndm"
+        return bool(self.set_alpha_to_one)
 
     def spacing_for(self, kind: str) -> str:
         """The timestep spacing sampler ``kind`` uses (config value or the class default)."""
@@ -513,7 +524,7 @@ class DDIMSampler(Sampler):
         ac = s.alphas_cumprod.astype(np.float64)
         t = self.timesteps.astype(np.int64)
         prev = t - s.num_train_timesteps // self.num_inference_steps
-        final = 1.0 if s.set_alpha_to_one else ac[0]
+        final = 1.0 if s.alpha_to_one_for(self.kind) else ac[0]
         a_t = ac[t]
         a_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], final)
         variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
@@ -827,9 +838,139 @@ class DPMSolverPP2MSampler(Sampler):
         return out.astype(x0.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class PNDMSampler(Sampler):
+    """PLMS (Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models", eqs. 9 and 12)
+    with the ``skip_prk_steps`` warm-up, diffusers ``PNDMScheduler`` (SD-1.x's default).
+
+    Transfer (eq. 9) from t to t' with ᾱ = ᾱ_t, ᾱ' = ᾱ_{t'} (ᾱ_{t'} = ᾱ_final when t' < 0) and
+    an ε estimate e:
+
+        φ(x, e, t, t') = √(ᾱ'/ᾱ) x − (ᾱ' − ᾱ) e / (ᾱ √(1 − ᾱ') + √(ᾱ (1 − ᾱ) ᾱ'))
+
+    (a v-output is turned into ε = √ᾱ v + √(1 − ᾱ) x first). Timesteps are the ``leading``
+    grid t_0 > ... > t_{N−1} with the second one repeated (N + 1 evaluations, r = ⌊T/N⌋).
+    With e_k the model output at evaluation k and x_k the sample:
+
+    - k = 0: x_1 = φ(x_0, e_0, t_0, t_0 − r)   (Euler step; x_0 is kept)
+    - k = 1: x_2 = φ(x_0, (e_0 + e_1)/2, t_0, t_0 − r)   (a 2nd-order, Heun-like warm-up)
+    - then Adams–Bashforth on the stored e's (e_1 is not stored): with the stored history
+      h = [e_0, e_2, e_3, ...], e' = (3h₋₁ − h₋₂)/2, (23h₋₁ − 16h₋₂ + 5h₋₃)/12, then
+      (55h₋₁ − 59h₋₂ + 37h₋₃ − 9h₋₄)/24 (eq. 12), x_{k+1} = φ(x_k, e', t_k, t_k − r).
+
+    The carry holds the last three stored outputs, x_0 and the number of steps taken; img2img
+    starts mid-schedule with an empty history, as diffusers does. The original PRK warm-up
+    (``skip_prk_steps=False``) is not implemented.
+    """
+
+    kind: ClassVar[str] = "pndm"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.schedule.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(
+                f"pndm sampler supports prediction_type epsilon or v_prediction, got "
+                f"{self.schedule.prediction_type!r}"
+            )
+        if self.schedule.skip_prk_steps is False:
+            raise ValueError(
+                "pndm sampler: skip_prk_steps=False (the Runge-Kutta warm-up) is not supported; "
+                "SD checkpoints ship skip_prk_steps=True"
+            )
+
+    @functools.cached_property
+    def _ratio(self) -> int:
+        return self.schedule.num_train_timesteps // self.num_inference_steps
+
+    @functools.cached_property
+    def timesteps(self) -> np.ndarray:
+        s = self.schedule
+        base = spaced_timesteps(
+            s.num_train_timesteps,
+            self.num_inference_steps,
+            s.spacing_for(self.kind),
+            s.steps_offset,
+        )[::-1]  # ascending, as diffusers' _timesteps
+        ts = np.concatenate([base[:-1], base[-2:-1], base[-1:]])[::-1]
+        return np.ascontiguousarray(ts).astype(np.int64)
+
+    @functools.cached_property
+    def _tables(self) -> dict[str, np.ndarray]:
+        """φ's coefficients at every evaluation i for (t_i, t_i − r) and, for the warm-up's
+        second evaluation, (t_i + r, t_i)."""
+        ac = self.schedule.alphas_cumprod.astype(np.float32)
+        final = np.float32(1.0) if self.schedule.alpha_to_one_for(self.kind) else ac[0]
+        t = self.timesteps.astype(np.int64)
+
+        def coefs(cur: np.ndarray, prev: np.ndarray) -> dict[str, np.ndarray]:
+            # float32, in diffusers' order of operations
+            a = ac[np.clip(cur, 0, len(ac) - 1)]
+            ap = np.where(prev >= 0, ac[np.clip(prev, 0, len(ac) - 1)], final).astype(np.float32)
+            b, bp = np.float32(1) - a, np.float32(1) - ap
+            denom = a * bp**0.5 + (a * b * ap) ** 0.5
+            return {
+                "sample": ((ap / a) ** 0.5).astype(np.float32),
+                "out": ((ap - a) / denom).astype(np.float32),
+                "sqrt_a": (a**0.5).astype(np.float32),
+                "sqrt_b": (b**0.5).astype(np.float32),
+            }
+
+        main = coefs(t, t - self._ratio)
+        warm = coefs(t + self._ratio, t)
+        out = {f"main_{k}": v for k, v in main.items()}
+        out.update({f"warm_{k}": v for k, v in warm.items()})
+        return out
+
+    def init_carry(self, x: Array) -> tuple[Array, Array, Array]:
+        """(last three stored outputs [3, ...] newest first, x at the first step, steps taken)."""
+        dt = _compute_dtype(x)
+        return (
+            jnp.zeros((3, *x.shape), dt),
+            jnp.zeros(x.shape, dt),
+            jnp.zeros((), jnp.int32),
+        )
+
+    def step(
+        self, i: int | Array, model_output: Array, x: Array, carry: Any, key: Array | None
+    ) -> tuple[Array, Any]:
+        del key
+        dt = _compute_dtype(x)
+        xc, e = x.astype(dt), model_output.astype(dt)
+        hist, first_x, count = carry
+        h1, h2, h3 = hist[0], hist[1], hist[2]
+        # Number of stored outputs after this step (the warm-up's second output is not stored).
+        stored = jnp.where(count == 0, 1, jnp.minimum(count, 4))
+        combo = jnp.select(
+            [count == 0, count == 1, stored == 2, stored == 3],
+            [e, (e + h1) / 2, (3 * e - h1) / 2, (23 * e - 16 * h1 + 5 * h2) / 12],
+            (55 * e - 59 * h1 + 37 * h2 - 9 * h3) / 24,
+        )
+        warm = count == 1
+        sample = jnp.where(warm, first_x, xc)
+        tb = self._tables
+
+        def pick(name: str) -> Array:
+            return jnp.where(warm, _at(tb[f"warm_{name}"], i, dt), _at(tb[f"main_{name}"], i, dt))
+
+        if self.schedule.prediction_type == "v_prediction":
+            combo = pick("sqrt_a") * combo + pick("sqrt_b") * sample
+        x_next = pick("sample") * sample - pick("out") * combo
+        new_hist = jnp.where(warm, hist, jnp.stack([e, h1, h2]))
+        new_first = jnp.where(count == 0, xc, first_x)
+        carry = (new_hist, new_first, jnp.minimum(count + 1, 5).astype(jnp.int32))
+        return x_next.astype(x.dtype), carry
+
+
 _SAMPLERS: dict[str, type[Sampler]] = {
     cls.kind: cls
-    for cls in (DDIMSampler, DDPMSampler, EulerSampler, EulerAncestralSampler, DPMSolverPP2MSampler)
+    for cls in (
+        DDIMSampler,
+        DDPMSampler,
+        EulerSampler,
+        EulerAncestralSampler,
+        DPMSolverPP2MSampler,
+        PNDMSampler,
+    )
 }
 
 

@@ -141,3 +141,40 @@ def apply_unet(
     with nn.intercept_methods(add_class_embedding):
         out = unet.apply({"params": params["unet"]}, x, t, ctx).sample
     return out.astype(jnp.float32)
+
+
+def clip_preprocess_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) after resizing the shorter side to ``size`` (transformers'
+    ``get_resize_output_image_size`` with ``shortest_edge``: the long side is ⌊size·long/short⌋)."""
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def clip_preprocess(
+    images01: Array,
+    size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    crop: int | None = None,
+) -> Array:
+    """CLIP image pre-processing of NHWC images in [0, 1], as ``CLIPImageProcessor`` does it:
+
+    1. resize the shorter side to ``size`` keeping the aspect ratio (bicubic, antialiased;
+       transformers resizes a uint8 PIL image, so its output is also rounded to 1/255),
+    2. centre-crop ``crop × crop`` (default ``size``; offsets ⌊(H − crop)/2⌋, ⌊(W − crop)/2⌋),
+    3. normalise: (x − mean) / std per channel.
+    """
+    crop = int(size if crop is None else crop)
+    n, h, w, c = images01.shape
+    nh, nw = clip_preprocess_size(int(h), int(w), int(size))
+    x = images01
+    if (nh, nw) != (h, w):
+        x = jax.image.resize(x, (n, nh, nw, c), method="bicubic", antialias=True)
+    if nh < crop or nw < crop:
+        raise ValueError(f"clip_preprocess: resized image {nh}x{nw} is smaller than crop {crop}")
+    top, left = (nh - crop) // 2, (nw - crop) // 2
+    x = x[:, top : top + crop, left : left + crop, :]
+    m = jnp.asarray(mean, jnp.float32)
+    s = jnp.asarray(std, jnp.float32)
+    return (x - m) / s

@@ -60,12 +60,24 @@ class Checkpointer:
         *,
         max_to_keep: int | None = 2,
         async_save: bool = False,
+        process_local: bool = False,
     ) -> None:
+        """``process_local``: the checkpoint belongs to this process alone (e.g. one group of
+        Diffusion Inversion's stage 1): it is written and read by this process, with no
+        cross-process barrier, so other processes may save other checkpoints meanwhile."""
         self.directory = os.path.abspath(os.fspath(directory))
+        extra: dict[str, Any] = {}
+        if process_local and jax.process_count() > 1:
+            pid = jax.process_index()
+            os.makedirs(self.directory, exist_ok=True)  # orbax: no create=True with a subset
+            extra["create"] = False
+            extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+                primary_host=pid, active_processes={pid}, barrier_sync_key_prefix=f"local{pid}"
+            )
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            create=True,
             enable_async_checkpointing=async_save,
+            **{"create": True, **extra},
         )
         self._mngr = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "extras")
@@ -78,8 +90,9 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._mngr.all_steps())
 
-    def save(self, step: int, state: Any, extras: dict[str, Any] | None = None,
-             *, force: bool = True) -> bool:
+    def save(
+        self, step: int, state: Any, extras: dict[str, Any] | None = None, *, force: bool = True
+    ) -> bool:
         """Save ``state`` (a pytree of arrays) and JSON ``extras`` under ``step``.
 
         Returns whether a checkpoint was written; a step that already exists is skipped.
