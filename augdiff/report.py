@@ -23,6 +23,8 @@ from PIL import Image
 
 from augdiff.config import to_dict
 
+NO_DISCRIMINATION_TEXT = ("this extractor does not discriminate; the numbers below say nothing "
+                          "about quality")
 ROW_LABELS = {"train_real": "real only", "train_synthetic": "synthetic only",
               "train_mixed": "real + synthetic"}
 
@@ -110,13 +112,57 @@ def results_table(outputs: Mapping[str, Any]) -> list[str]:
 
 
 def fidelity_table(ev: Mapping[str, Any]) -> list[str]:
-    """Markdown rows: metric | value | extractor (every number tagged with its extractor)."""
+    """Markdown rows, every number tagged with its extractor.
+
+    With control rows (``ev["controls"]``, :mod:`augdiff.metrics.evaluate`): one row per
+    image set (the real floor, the generator, the noise / blur / shuffle ceilings) with FID,
+    KID, precision, recall, density, coverage and the extractor, preceded by the warning when
+    the extractor does not separate the noise ceiling from the floor; then the replication
+    rows. Without controls: metric | value | extractor.
+    """
     ex = f"`{ev['extractor']}`"
-    rows = ["| metric | value | feature extractor |", "|---|---|---|",
-            f"| FID | {_num(ev['fid'])} | {ex} |",
-            f"| KID | {ev['kid_mean']:.6f} ± {ev['kid_std']:.6f} | {ex} |"]
-    for m in ("precision", "recall", "density", "coverage"):
-        rows.append(f"| {m} (k = {ev['prdc_k']}) | {_num(ev[m])} | {ex} |")
+    controls = ev.get("controls") or {}
+    rows: list[str] = []
+    if controls:
+        if ev.get("warning"):
+            rows += [f"> **Warning: {ev['warning']}.**", ""]
+        k = ev.get("prdc_k", 5)
+        rows += [f"| images | FID | KID | precision (k = {k}) | recall | density | coverage | "
+                 "feature extractor |", "|---|---|---|---|---|---|---|---|"]
+
+        def row(label: str, m: Mapping[str, Any]) -> str:
+            def v(name: str) -> Any:
+                x = m[name]
+                return x["value"] if isinstance(x, Mapping) else x
+
+            kid_m = m["kid"]["mean"] if "kid" in m else m["kid_mean"]
+            kid_s = m["kid"]["std"] if "kid" in m else m["kid_std"]
+            return (f"| {label} | {_num(v('fid'))} | {kid_m:.6f} ± {kid_s:.6f} | "
+                    f"{_num(v('precision'))} | {_num(v('recall'))} | {_num(v('density'))} | "
+                    f"{_num(v('coverage'))} | {ex} |")
+
+        labels = {"floor": "floor: held-out real", "noise": "ceiling: Gaussian noise",
+                  "blur": "ceiling: real, blurred", "shuffle": "ceiling: real, patches shuffled"}
+        if "floor" in controls:
+            rows.append(row(labels["floor"], controls["floor"]))
+        rows.append(row("**generator (synthetic store)**", ev))
+        for kind in ("noise", "blur", "shuffle"):
+            if kind in controls:
+                rows.append(row(labels[kind], controls[kind]))
+        rows.append("")
+        rows += ["| metric | value | feature extractor |", "|---|---|---|"]
+    else:
+        rows = ["| metric | value | feature extractor |", "|---|---|---|",
+                f"| FID | {_num(ev['fid'])} | {ex} |",
+                f"| KID | {ev['kid_mean']:.6f} ± {ev['kid_std']:.6f} | {ex} |"]
+        for m in ("precision", "recall", "density", "coverage"):
+            rows.append(f"| {m} (k = {ev['prdc_k']}) | {_num(ev[m])} | {ex} |")
+    acc = ev.get("accuracy")
+    if acc:
+        real = f"{100.0 * float(acc['real']):.2f}%" if acc.get("real") is not None else "n/a"
+        rows.append(f"| classifier accuracy on generated samples (chance "
+                    f"{100.0 * float(acc['chance']):.1f}%; on held-out real: {real}) | "
+                    f"{100.0 * float(acc['synthetic']):.2f}% | `{acc['classifier']}` |")
     rep = ev.get("replication")
     if rep:
         rex = f"`{rep.get('extractor', ev['extractor'])}`"
@@ -247,6 +293,14 @@ def write_report(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]) 
                   f"({ev['feature_dim']}-d). Numbers under different extractors are not "
                   f"comparable. Source: [{os.path.relpath(ev['metrics'], workdir)}]"
                   f"({os.path.relpath(ev['metrics'], workdir)}).", ""]
+        if ev.get("controls"):
+            verdict = ("the extractor separates the noise ceiling from the real floor, so the "
+                       "generator's row can be read between them" if ev.get("discriminates")
+                       else NO_DISCRIMINATION_TEXT)
+            lines += ["Control rows, same extractor and image counts: the *floor* is held-out "
+                      "real images against the same reference (what a perfect generator "
+                      "scores), the *ceilings* are Gaussian noise and real images blurred or "
+                      f"shuffled into patches. Here {verdict}.", ""]
         lines += fidelity_table(ev) + [""]
 
     grids: dict[str, str] = {}
