@@ -144,7 +144,7 @@ def ensure_reference(cfg: Any, data: Any, *, log: Any = print) -> dict[str, Any]
            "stem": str(sub.model.get("stem", "") or ""),
            "image_size": int(sub.data.image_size), "num_classes": int(result.get(
                "num_classes", 0) or 0),
-           "num_train": int(result.get("num_train", 0) or 0),
+           "num_train": int(result.get("train_examples", 0) or 0),
            "test_top1": float(result["test_top1"]), "epochs": int(sub.epochs),
            "data": data_identity(sub.data)}
     import jax
