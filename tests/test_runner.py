@@ -294,8 +294,12 @@ def test_report_numbers_come_from_the_run(finished_run):
     ev = json.loads((finished_run / "evaluate" / "metrics.json").read_text())
     ex = ev["extractor"]
     assert ex.startswith("classifier:") and ex in report
-    assert f"| FID | {ev['fid']['value']:.4f} | `{ex}` |" in report
-    assert f"| coverage (k = 5) | {ev['coverage']['value']:.4f} | `{ex}` |" in report
+    gen_row = next(ln for ln in report.splitlines() if ln.startswith("| **generator"))
+    assert f"| {ev['fid']['value']:.4f} | " in gen_row
+    assert f"| {ev['coverage']['value']:.4f} | `{ex}` |" in gen_row
+    floor = ev["controls"]["floor"]
+    assert f"| floor: held-out real | {floor['fid']['value']:.4f} | " in report
+    assert "ceiling: Gaussian noise" in report
     assert "**Trained here**" in report and "No pretrained weights" in report
     # Sample grids exist and are linked; the resolved config is embedded.
     links = [ln.split("](")[1].rstrip(") |") for ln in report.splitlines() if "![" in ln]
