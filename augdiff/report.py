@@ -66,6 +66,19 @@ def describe_generator(config: ml_collections.ConfigDict, outputs: Mapping[str, 
                 f"{_num(tg.get('final_loss'))}), then sampled with the EMA weights "
                 f"({g.get('sampler', '?')}, {g.get('sampler_steps', '?')} steps) into "
                 f"{g['num_images']:,} images. No pretrained weights were used.")
+        shipped = _shipped_generator_info(str(gen.checkpoint))
+        if shipped:
+            return (
+                f"**Shipped with augdiff**: the EDM checkpoint `{gen.checkpoint}` (step "
+                f"{g.get('checkpoint_step', '?')}; {shipped.get('num_params', 0):,} parameters, "
+                f"class-conditional), trained by augdiff itself with "
+                f"`{shipped.get('command', 'augdiff train-diffusion')}` on "
+                f"{shipped.get('data', 'the real training data')} for "
+                f"{int(shipped.get('images_seen', 0)):,} images "
+                f"({shipped.get('duration', '?')}); not trained in this run, and trained on "
+                f"the full training split, not only this run's subset. Sampled with "
+                f"{g.get('sampler', '?')} ({g.get('sampler_steps', '?')} steps) into "
+                f"{g['num_images']:,} images.")
         return (f"**User weights**: the EDM checkpoint in `{gen.checkpoint}` (step "
                 f"{g.get('checkpoint_step', '?')}), sampled with "
                 f"{g.get('sampler', '?')} into {g['num_images']:,} images; not trained here.")
@@ -83,6 +96,30 @@ def describe_generator(config: ml_collections.ConfigDict, outputs: Mapping[str, 
                 f"{g['num_images']:,} images.")
     return (f"**User data**: an existing synthetic store `{g['store']}` (method "
             f"`{g.get('method')}`, {g['num_images']:,} images); no generator ran here.")
+
+
+def _shipped_generator_info(checkpoint: str) -> dict[str, Any] | None:
+    """``generator.json`` of a shipped / exported generator directory, if it is one."""
+    from augdiff.edm.assets import generator_info
+    from augdiff.runner import resolve_path
+
+    return generator_info(resolve_path(checkpoint)) if checkpoint else None
+
+
+def generated_accuracy_sentence(outputs: Mapping[str, Any]) -> str:
+    """"Classifier accuracy on generated samples" in words (EDM reports), or ``''``."""
+    acc = (outputs.get("evaluate") or {}).get("accuracy")
+    if not acc:
+        if "evaluate" in outputs:
+            return ("Classifier accuracy on generated samples: not measured (the evaluation "
+                    "extractor is not a trained classifier).")
+        return ""
+    real = acc.get("real")
+    real_txt = f"; on held-out real images it scores {100 * float(real):.2f}%" if real else ""
+    return (f"**Classifier accuracy on generated samples: {100 * float(acc['synthetic']):.2f}%** "
+            f"of {acc['num_synthetic']:,} class-conditional samples are classified as their "
+            f"conditioning class by `{acc['classifier']}`, a classifier trained on real data "
+            f"only (chance: {100 * float(acc['chance']):.1f}%{real_txt}).")
 
 
 def _num(x: Any, digits: int = 4) -> str:
@@ -271,6 +308,11 @@ def write_report(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]) 
                   f"on {prep['num_test']:,} test images (the full test split). Row list: "
                   f"`{os.path.relpath(prep['subset_file'], workdir)}`.", ""]
     lines += ["## Generator", "", describe_generator(config, outputs), ""]
+    gen_cfg = config.get("generator", None)
+    if gen_cfg is not None and str(gen_cfg.get("kind", "")) == "edm":
+        sentence = generated_accuracy_sentence(outputs)
+        if sentence:
+            lines += [sentence, ""]
 
     if any(s in outputs for s in ROW_LABELS):
         lines += ["## Classification", "",

@@ -67,9 +67,20 @@ def export_generator(workdir: str, out_dir: str, *, step: int | None = None,
         np_dtype = jnp.bfloat16
     ema = jax.tree_util.tree_map(lambda a: np.asarray(a).astype(np_dtype), raw["ema"])
     keep = {k: extras[k] for k in ("config", "num_classes", "classes") if k in extras}
+    cfg = dict(keep.get("config", {}))
+    # Where the training run lay is not part of the generator (MODEL_FIELDS do not read it).
+    cfg["workdir"] = "."
+    if isinstance(cfg.get("sample"), dict):
+        cfg["sample"] = {**cfg["sample"], "store": ""}
+    keep["config"] = cfg
     os.makedirs(out_dir, exist_ok=True)
     with Checkpointer(os.path.join(out_dir, "checkpoints"), max_to_keep=None) as dst:
         dst.save(step, {"step": np.asarray(step, np.int32), "ema": ema}, keep)
+    # orbax's commit markers name the absolute directory; only their presence is read.
+    for root, _, files in os.walk(out_dir):
+        if "commit_success.txt" in files:
+            with open(os.path.join(root, "commit_success.txt"), "w") as f:
+                f.write("Checkpoint commit was successful.")
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(keep.get("config", {}), f, indent=2, sort_keys=True)
     n_params = int(sum(np.size(a) for a in jax.tree_util.tree_leaves(ema)))
