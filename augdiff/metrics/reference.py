@@ -36,7 +36,7 @@ from augdiff.config import to_dict
 
 DEFAULT_SPEC = "configs/classify_cifar10.py:reference"
 # Data fields copied from the experiment into the reference run (the subset fields are not).
-DATA_FIELDS = ("path", "tfds_name", "image_size", "channels", "skip_corrupt", "train_split",
+DATA_FIELDS = ("path", "tfds_name", "image_size", "channels", "train_split",
                "test_split")
 # Reference classifiers shipped inside the package (found before the cache, same layout).
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
