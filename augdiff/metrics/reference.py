@@ -18,9 +18,10 @@ on the *full* training split of the experiment's data (``data.per_class`` and
 path, size and modification time of the zip or folder, or the TFDS name), the image size and
 channels, the splits and the training config; ``<cache>`` is ``extractor.cache_dir``, else
 ``$AUGDIFF_CACHE``, else ``~/.cache/augdiff``. A finished run writes ``reference.json`` and is
-reused by every later run; a killed one resumes from its checkpoint. ``augdiff/assets`` ships
-the reference classifier of CIFAR-10 at 16² in the same layout (found first, so the
-quickstart needs no training for it); its key matches the CIFAR-10 zip wherever it lies.
+reused by every later run; a killed one resumes from its checkpoint. Reference classifiers
+placed in ``augdiff/assets/reference_classifiers/<key>/`` (the same layout) are found before
+the cache, so one can be shipped with the package; the key of a zip does not depend on where
+it lies.
 """
 
 from __future__ import annotations
