@@ -20,7 +20,11 @@ COMMANDS = {
     "generate": "augdiff.commands.generate",
     "evaluate": "augdiff.commands.evaluate",
     "run": "augdiff.commands.run",
+    "export": "augdiff.commands.export",
+    "inspect": "augdiff.commands.inspect",
 }
+# Commands that take their own arguments instead of a config.
+PLAIN_COMMANDS = ("env", "export", "inspect")
 
 USAGE = """usage: augdiff <command> --config configs/<experiment>.py[:variant] [--config.k=v ...]
 
@@ -33,6 +37,10 @@ commands:
                    conditioning, Diffusion Inversion) into a synthetic store
   evaluate         fidelity/diversity metrics of a store against a real split
   run              every stage of an experiment, resumable, ending in report.md
+  export           a synthetic store as <class>/<key>.png + provenance table
+                   (augdiff export --store S --out DIR [--data PATH])
+  inspect          counts, methods, models, filtered images and resume state of a store
+                   (augdiff inspect --store S)
 """
 
 
@@ -50,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     rest = argv[2:]
     module = importlib.import_module(COMMANDS[name])
-    if name == "env":
+    if name in PLAIN_COMMANDS:
         return int(module.main(rest) or 0)
     spec = None
     overrides: list[str] = []

@@ -41,7 +41,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
         )
         fv(argv)
     except flags.Error as e:  # unknown key, wrong type, bad file
-        raise ConfigError(str(e)) from e
+        raise ConfigError(_flag_error_message(spec, e)) from None
     except (KeyError, AttributeError) as e:
         raise ConfigError(_unknown_key_message(spec, argv[2:]) or f"config {spec!r}: {e}") from e
     except (TypeError, ValueError) as e:
@@ -50,6 +50,17 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     if cfg is None:
         raise ConfigError(f"config {spec!r} gave no ConfigDict")
     return cfg
+
+
+def _flag_error_message(spec: str, e: Exception) -> str:
+    """One line for a flag error. ml_collections embeds the traceback of an exception raised
+    inside ``get_config`` (e.g. an unknown ``:variant``) in its message: keep only the final
+    ``Type: message`` line of it."""
+    text = str(e)
+    if "Traceback (most recent call last)" in text:
+        last = [ln.strip() for ln in text.splitlines() if ln.strip()][-1]
+        return f"config {spec!r}: {last}"
+    return " ".join(text.split()) if "\n" in text else text
 
 
 def _unknown_key_message(spec: str, override_args: Sequence[str]) -> str | None:

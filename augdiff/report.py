@@ -23,6 +23,8 @@ from PIL import Image
 
 from augdiff.config import to_dict
 
+NO_DISCRIMINATION_TEXT = ("this extractor does not discriminate; the numbers below say nothing "
+                          "about quality")
 ROW_LABELS = {"train_real": "real only", "train_synthetic": "synthetic only",
               "train_mixed": "real + synthetic"}
 
@@ -64,6 +66,19 @@ def describe_generator(config: ml_collections.ConfigDict, outputs: Mapping[str, 
                 f"{_num(tg.get('final_loss'))}), then sampled with the EMA weights "
                 f"({g.get('sampler', '?')}, {g.get('sampler_steps', '?')} steps) into "
                 f"{g['num_images']:,} images. No pretrained weights were used.")
+        shipped = _shipped_generator_info(str(gen.checkpoint))
+        if shipped:
+            return (
+                f"**Shipped with augdiff**: the EDM checkpoint `{gen.checkpoint}` (step "
+                f"{g.get('checkpoint_step', '?')}; {shipped.get('num_params', 0):,} parameters, "
+                f"class-conditional), trained by augdiff itself with "
+                f"`{shipped.get('command', 'augdiff train-diffusion')}` on "
+                f"{shipped.get('data', 'the real training data')} for "
+                f"{int(shipped.get('images_seen', 0)):,} images "
+                f"({shipped.get('duration', '?')}); not trained in this run, and trained on "
+                f"the full training split, not only this run's subset. Sampled with "
+                f"{g.get('sampler', '?')} ({g.get('sampler_steps', '?')} steps) into "
+                f"{g['num_images']:,} images.")
         return (f"**User weights**: the EDM checkpoint in `{gen.checkpoint}` (step "
                 f"{g.get('checkpoint_step', '?')}), sampled with "
                 f"{g.get('sampler', '?')} into {g['num_images']:,} images; not trained here.")
@@ -81,6 +96,30 @@ def describe_generator(config: ml_collections.ConfigDict, outputs: Mapping[str, 
                 f"{g['num_images']:,} images.")
     return (f"**User data**: an existing synthetic store `{g['store']}` (method "
             f"`{g.get('method')}`, {g['num_images']:,} images); no generator ran here.")
+
+
+def _shipped_generator_info(checkpoint: str) -> dict[str, Any] | None:
+    """``generator.json`` of a shipped / exported generator directory, if it is one."""
+    from augdiff.edm.assets import generator_info
+    from augdiff.runner import resolve_path
+
+    return generator_info(resolve_path(checkpoint)) if checkpoint else None
+
+
+def generated_accuracy_sentence(outputs: Mapping[str, Any]) -> str:
+    """"Classifier accuracy on generated samples" in words (EDM reports), or ``''``."""
+    acc = (outputs.get("evaluate") or {}).get("accuracy")
+    if not acc:
+        if "evaluate" in outputs:
+            return ("Classifier accuracy on generated samples: not measured (the evaluation "
+                    "extractor is not a trained classifier).")
+        return ""
+    real = acc.get("real")
+    real_txt = f"; on held-out real images it scores {100 * float(real):.2f}%" if real else ""
+    return (f"**Classifier accuracy on generated samples: {100 * float(acc['synthetic']):.2f}%** "
+            f"of {acc['num_synthetic']:,} class-conditional samples are classified as their "
+            f"conditioning class by `{acc['classifier']}`, a classifier trained on real data "
+            f"only (chance: {100 * float(acc['chance']):.1f}%{real_txt}).")
 
 
 def _num(x: Any, digits: int = 4) -> str:
@@ -110,13 +149,57 @@ def results_table(outputs: Mapping[str, Any]) -> list[str]:
 
 
 def fidelity_table(ev: Mapping[str, Any]) -> list[str]:
-    """Markdown rows: metric | value | extractor (every number tagged with its extractor)."""
+    """Markdown rows, every number tagged with its extractor.
+
+    With control rows (``ev["controls"]``, :mod:`augdiff.metrics.evaluate`): one row per
+    image set (the real floor, the generator, the noise / blur / shuffle ceilings) with FID,
+    KID, precision, recall, density, coverage and the extractor, preceded by the warning when
+    the extractor does not separate the noise ceiling from the floor; then the replication
+    rows. Without controls: metric | value | extractor.
+    """
     ex = f"`{ev['extractor']}`"
-    rows = ["| metric | value | feature extractor |", "|---|---|---|",
-            f"| FID | {_num(ev['fid'])} | {ex} |",
-            f"| KID | {ev['kid_mean']:.6f} ± {ev['kid_std']:.6f} | {ex} |"]
-    for m in ("precision", "recall", "density", "coverage"):
-        rows.append(f"| {m} (k = {ev['prdc_k']}) | {_num(ev[m])} | {ex} |")
+    controls = ev.get("controls") or {}
+    rows: list[str] = []
+    if controls:
+        if ev.get("warning"):
+            rows += [f"> **Warning: {ev['warning']}.**", ""]
+        k = ev.get("prdc_k", 5)
+        rows += [f"| images | FID | KID | precision (k = {k}) | recall | density | coverage | "
+                 "feature extractor |", "|---|---|---|---|---|---|---|---|"]
+
+        def row(label: str, m: Mapping[str, Any]) -> str:
+            def v(name: str) -> Any:
+                x = m[name]
+                return x["value"] if isinstance(x, Mapping) else x
+
+            kid_m = m["kid"]["mean"] if "kid" in m else m["kid_mean"]
+            kid_s = m["kid"]["std"] if "kid" in m else m["kid_std"]
+            return (f"| {label} | {_num(v('fid'))} | {kid_m:.6f} ± {kid_s:.6f} | "
+                    f"{_num(v('precision'))} | {_num(v('recall'))} | {_num(v('density'))} | "
+                    f"{_num(v('coverage'))} | {ex} |")
+
+        labels = {"floor": "floor: held-out real", "noise": "ceiling: Gaussian noise",
+                  "blur": "ceiling: real, blurred", "shuffle": "ceiling: real, patches shuffled"}
+        if "floor" in controls:
+            rows.append(row(labels["floor"], controls["floor"]))
+        rows.append(row("**generator (synthetic store)**", ev))
+        for kind in ("noise", "blur", "shuffle"):
+            if kind in controls:
+                rows.append(row(labels[kind], controls[kind]))
+        rows.append("")
+        rows += ["| metric | value | feature extractor |", "|---|---|---|"]
+    else:
+        rows = ["| metric | value | feature extractor |", "|---|---|---|",
+                f"| FID | {_num(ev['fid'])} | {ex} |",
+                f"| KID | {ev['kid_mean']:.6f} ± {ev['kid_std']:.6f} | {ex} |"]
+        for m in ("precision", "recall", "density", "coverage"):
+            rows.append(f"| {m} (k = {ev['prdc_k']}) | {_num(ev[m])} | {ex} |")
+    acc = ev.get("accuracy")
+    if acc:
+        real = f"{100.0 * float(acc['real']):.2f}%" if acc.get("real") is not None else "n/a"
+        rows.append(f"| classifier accuracy on generated samples (chance "
+                    f"{100.0 * float(acc['chance']):.1f}%; on held-out real: {real}) | "
+                    f"{100.0 * float(acc['synthetic']):.2f}% | `{acc['classifier']}` |")
     rep = ev.get("replication")
     if rep:
         rex = f"`{rep.get('extractor', ev['extractor'])}`"
@@ -225,6 +308,11 @@ def write_report(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]) 
                   f"on {prep['num_test']:,} test images (the full test split). Row list: "
                   f"`{os.path.relpath(prep['subset_file'], workdir)}`.", ""]
     lines += ["## Generator", "", describe_generator(config, outputs), ""]
+    gen_cfg = config.get("generator", None)
+    if gen_cfg is not None and str(gen_cfg.get("kind", "")) == "edm":
+        sentence = generated_accuracy_sentence(outputs)
+        if sentence:
+            lines += [sentence, ""]
 
     if any(s in outputs for s in ROW_LABELS):
         lines += ["## Classification", "",
@@ -247,6 +335,14 @@ def write_report(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]) 
                   f"({ev['feature_dim']}-d). Numbers under different extractors are not "
                   f"comparable. Source: [{os.path.relpath(ev['metrics'], workdir)}]"
                   f"({os.path.relpath(ev['metrics'], workdir)}).", ""]
+        if ev.get("controls"):
+            verdict = ("the extractor separates the noise ceiling from the real floor, so the "
+                       "generator's row can be read between them" if ev.get("discriminates")
+                       else NO_DISCRIMINATION_TEXT)
+            lines += ["Control rows, same extractor and image counts: the *floor* is held-out "
+                      "real images against the same reference (what a perfect generator "
+                      "scores), the *ceilings* are Gaussian noise and real images blurred or "
+                      f"shuffled into patches. Here {verdict}.", ""]
         lines += fidelity_table(ev) + [""]
 
     grids: dict[str, str] = {}

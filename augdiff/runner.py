@@ -690,6 +690,9 @@ def stage_evaluate(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]
         out["prdc_k"] = r[m]["k"]
     if r.get("replication"):
         out["replication"] = dict(r["replication"])
+    for k in ("controls", "discriminates", "warning", "accuracy"):  # self-calibration
+        if k in r:
+            out[k] = r[k]
     return out
 
 

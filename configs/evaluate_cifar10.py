@@ -17,6 +17,15 @@ Variants
   ``classify_cifar10.py:smoke`` run, or ``--config.extractor.random_init=True`` for an
   explicitly random network, named as such in the report).
 
+- ``reference``: the extractor that needs no pretrained weights: a PreActResNet trained by
+  augdiff on the *full* real training split (``configs/classify_cifar10.py:reference``),
+  cached across runs (:mod:`augdiff.metrics.reference`); 1,000 real against up to 1,000
+  synthetic images. The quickstart's default.
+
+Every variant adds control rows under the same extractor (``evaluate.controls``): held-out
+real images (the floor) and Gaussian noise / blurred / patch-shuffled real images (the
+ceilings), with a warning when the extractor cannot tell the noise from real images.
+
 Restrict to some classes with ``--config.evaluate.classes=cat,dog`` (names or ids).
 """
 
@@ -51,6 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evaluate.replication = True
     c.evaluate.nn_by = "feature"  # feature | pixel: how the nearest training image is found
     c.evaluate.ssim_threshold = 0.5  # near copy: SSIM to the nearest training image above this
+    # Control rows under the same extractor: held-out real (floor), Gaussian noise, blurred and
+    # patch-shuffled real images (ceilings); a warning when noise is not told from real.
+    c.evaluate.controls = True
 
     c.extractor = ml_collections.ConfigDict()
     c.extractor.name = "classifier"  # classifier | inception_v3 | clip
@@ -65,6 +77,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.extractor.seed = 0
     c.extractor.weights = ""  # inception_v3: pt_inception-2015-12-05-*.pth or .npz
     c.extractor.clip_path = ""  # clip: transformers CLIPVisionModelWithProjection folder
+    # reference: a classifier trained on the full real training split, cached across runs
+    c.extractor.reference = "configs/classify_cifar10.py:reference"
+    c.extractor.reference_epochs = 0  # 0 = the reference recipe's
+    c.extractor.cache_dir = ""  # '' = $AUGDIFF_CACHE or ~/.cache/augdiff
 
     if variant == "default":
         pass
@@ -87,7 +103,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.extractor.width = 16
         c.extractor.stem = ""
         c.extractor.batch_size = 128
+    elif variant == "reference":
+        c.workdir = "runs/evaluate_cifar10_reference"
+        c.extractor.name = "reference"
+        c.evaluate.max_real = 1000
+        c.evaluate.max_synthetic = 1000
+        c.evaluate.max_train = 500
+        c.evaluate.kid_subsets = 20
+        c.evaluate.kid_subset_size = 100
     else:
         raise ValueError(f"evaluate_cifar10: unknown variant {variant!r} "
-                         "(default, inception, clip, smoke)")
+                         "(default, inception, clip, smoke, reference)")
     return c

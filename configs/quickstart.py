@@ -1,25 +1,30 @@
-"""Quickstart: real CIFAR-10 → a small EDM trained here → synthetic store → classifiers → report.
+"""Quickstart: real CIFAR-10 → the shipped EDM → synthetic store → classifiers → report.
 
     augdiff run --config configs/quickstart.py --config.workdir=runs/quickstart
 
-About ten minutes end to end on a 2-core CPU, on the shared CIFAR-10 zip
-(``data.path`` defaults to ``../shared/data/cifar10-jpeg.zip`` beside the repository):
+Under ten minutes end to end on a 2-core CPU, on the shared CIFAR-10 zip (``data.path``
+defaults to ``../shared/data/cifar10-jpeg.zip`` beside the repository; elsewhere point
+``--config.data.path`` at an image folder ``root/<split>/<class>/*`` or a zip of one):
 
 1. ``prepare``: 100 training images per class at 16² (1,000 images), the full test split.
-2. ``train_generator``: a class-conditional EDM SongUNet (preset ``tiny``) trained from random
-   initialisation on those 1,000 images for a few minutes (no pretrained weights anywhere).
-3. ``generate``: Heun sampling of the EMA weights into ``generate/store``, classes spread
-   evenly.
-4. ``train_real`` / ``train_synthetic`` / ``train_mixed``: a tiny PreActResNet on real only,
+2. ``generate``: Heun sampling (12 steps) of the class-conditional EDM shipped in
+   ``augdiff/assets/generator_cifar10`` (trained by augdiff with
+   ``configs/generator_cifar10.py`` on the full training split; see its ``generator.json``),
+   loaded like a user's ``generator.checkpoint``; classes spread evenly.
+3. ``train_real`` / ``train_synthetic`` / ``train_mixed``: a tiny PreActResNet on real only,
    synthetic only and real + synthetic (the union), once per seed in ``seeds``.
-5. ``evaluate``: FID / KID / PRDC / replication with the ``classifier`` extractor (the
-   ``train_real`` network of the first seed: no Inception weights exist here).
-6. ``report``: ``report.md`` with the results table, fidelity metrics and sample grids.
+4. ``evaluate``: FID / KID / PRDC / replication with the ``reference`` extractor (a classifier
+   trained on the full real training split on the first run, then cached), with the
+   control rows (held-out real floor; noise, blur and patch-shuffle ceilings) and
+   "classifier accuracy on generated samples".
+5. ``report``: ``report.md`` with the results table, fidelity metrics and sample grids.
 
 Started again it redoes nothing; killed midway it resumes (see :mod:`augdiff.runner`).
 
-Variants: default (the ~10-minute job), ``test`` (a ~1-2 minute version for the test suite:
-two seeds, a few dozen EDM steps, 64 synthetic images).
+Variants: default; ``train_generator`` (train a tiny EDM on the run's 1,000 real images
+instead of the shipped one: a few minutes, and its samples are still noise-like); ``test``
+(a ~1-2 minute version of ``train_generator`` for the test suite: two seeds, a few dozen EDM
+steps, 40 synthetic images, the ``train_real`` network as extractor).
 """
 
 from __future__ import annotations
@@ -28,16 +33,37 @@ import ml_collections
 
 from augdiff.config import data_config, mesh_config
 
-STAGES = ("prepare", "train_generator", "generate", "train_real", "train_synthetic",
-          "train_mixed", "evaluate", "report")
+STAGES = ("prepare", "generate", "train_real", "train_synthetic", "train_mixed", "evaluate",
+          "report")
+SHIPPED_GENERATOR = "augdiff/assets/generator_cifar10"
+
+
+def train_generator_section(c: ml_collections.ConfigDict) -> None:
+    """Train the generator here instead (variant ``train_generator``): a tiny class-conditional
+    EDM (configs/casd_cifar10.py:classcond, mode dm, shrunk) on the run's real subset."""
+    c.stages = ("prepare", "train_generator") + STAGES[1:]
+    c.generator.config = "configs/casd_cifar10.py:classcond"
+    c.generator.checkpoint = ""
+    c.generator.overrides = ml_collections.ConfigDict({
+        "data": {"split": "train", "classes": ""},
+        "model": {"preset": "tiny", "model_channels": 32, "dropout": 0.0},
+        "train": {"batch_size": 64, "lr": 2e-3, "lr_rampup_images": 3200,
+                  "ema_halflife_images": 3000, "ema_rampup_ratio": 0.05,
+                  "total_images": 64 * 200, "checkpoint_every_steps": 50,
+                  "keep_checkpoints": 2, "log_every_steps": 25},
+        "sample": {"sampler": "heun", "num_steps": 10, "batch_size": 100, "grid": 64},
+    })
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "default"
     c = ml_collections.ConfigDict()
     c.name = "quickstart"
-    c.description = ("CIFAR-10 at 16², 100 real images per class; a tiny class-conditional EDM "
-                     "trained here; classifiers on real / synthetic / mixed data.")
+    c.description = ("CIFAR-10 at 16², 100 real images per class; synthetic images from the "
+                     "class-conditional EDM shipped with augdiff (trained on the full CIFAR-10 "
+                     "training split, so its samples carry information from all 50,000 real "
+                     "images, not only the run's subset); classifiers on real / synthetic / "
+                     "mixed data.")
     c.workdir = "runs/quickstart"
     c.seed = 0
     c.seeds = (0, 1)
@@ -48,22 +74,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.mesh = mesh_config()
 
-    # The generator: configs/casd_cifar10.py:classcond (mode dm, class-conditional), shrunk.
+    # The generator shipped with augdiff (augdiff/assets/generator_cifar10, trained by
+    # configs/generator_cifar10.py on the full CIFAR-10 training split at 16²), loaded exactly
+    # like a user's train-diffusion workdir.
     c.generator = ml_collections.ConfigDict()
     c.generator.kind = "edm"  # edm | method | store
-    c.generator.config = "configs/casd_cifar10.py:classcond"
-    c.generator.checkpoint = ""  # a train-diffusion workdir = user weights (drop train_generator)
+    c.generator.config = "configs/generator_cifar10.py"
+    c.generator.checkpoint = SHIPPED_GENERATOR  # a train-diffusion workdir = user weights
     c.generator.store = ""  # kind=store: an existing synthetic store
     c.generator.weights = ""
     c.generator.num_samples = 500
     c.generator.overrides = ml_collections.ConfigDict({
-        "data": {"split": "train", "classes": ""},
-        "model": {"preset": "tiny", "model_channels": 32, "dropout": 0.0},
-        "train": {"batch_size": 64, "lr": 2e-3, "lr_rampup_images": 3200,
-                  "ema_halflife_images": 3000, "ema_rampup_ratio": 0.05,
-                  "total_images": 64 * 200, "checkpoint_every_steps": 50,
-                  "keep_checkpoints": 2, "log_every_steps": 25},
-        "sample": {"sampler": "heun", "num_steps": 10, "batch_size": 100, "grid": 64},
+        "sample": {"sampler": "heun", "num_steps": 12, "batch_size": 100, "grid": 64},
     })
 
     c.classifier = ml_collections.ConfigDict()
@@ -81,19 +103,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                   "warmup": 0, "t1": 0, "t2": 0})
 
     c.evaluate = ml_collections.ConfigDict()
-    c.evaluate.config = "configs/evaluate_cifar10.py:smoke"
+    # Features (and "classifier accuracy on generated samples") from the reference
+    # classifier: trained on the full real training split on the first run, cached across
+    # runs; control rows (held-out real floor, noise / blur / shuffle ceilings).
+    c.evaluate.config = "configs/evaluate_cifar10.py:reference"
     c.evaluate.overrides = ml_collections.ConfigDict({
         "evaluate": {"max_real": 1000, "max_synthetic": 1000, "max_train": 500,
                      "kid_subsets": 20, "kid_subset_size": 100, "ssim_threshold": 0.5},
     })
 
     c.report = ml_collections.ConfigDict()
-    c.report.title = "augdiff quickstart: CIFAR-10, a tiny EDM trained here"
+    c.report.title = "augdiff quickstart: CIFAR-10 with the EDM generator shipped with augdiff"
     c.report.samples_per_class = 8
 
     if variant == "default":
         pass
+    elif variant == "train_generator":
+        c.workdir = "runs/quickstart_train_generator"
+        train_generator_section(c)
     elif variant == "test":
+        train_generator_section(c)
+        c.evaluate.config = "configs/evaluate_cifar10.py:smoke"
         c.workdir = "runs/quickstart_test"
         c.description = ("The test-suite version: 20 real images per class at 16², an EDM "
                          "trained for 24 steps (its samples are noise-like), one epoch each.")
@@ -118,5 +148,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.evaluate.overrides.evaluate.kid_subset_size = 20
         c.report.samples_per_class = 4
     else:
-        raise ValueError(f"quickstart: unknown variant {variant!r} (default | test)")
+        raise ValueError(f"quickstart: unknown variant {variant!r} "
+                         "(default | train_generator | test)")
     return c

@@ -25,7 +25,7 @@ from augdiff.report import fmt_pct, parse_results_table
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 EXPERIMENTS = {
-    "quickstart.py": ["default", "test"],
+    "quickstart.py": ["default", "train_generator", "test"],
     "exp_seed000_diffusemix.py": ["smoke", "vanilla", "dc", "linear", "warm", "step", "fractal",
                                   "fractal_lsf", "shb", "random"],
     "exp_seed001_augcond.py": ["smoke", "fewshot", "longtail", "fewshot_smoke",
@@ -68,7 +68,11 @@ def test_experiment_config_loads_and_stages_are_valid(name, variant):
         if os.path.isfile(REPO / spec.partition(":")[0]):
             sub = (runner.generator_config(c) if c.generator.kind == "edm"
                    else runner.method_config(c))
-            assert sub.workdir.startswith("/tmp/augdiff-test-derive")
+            if c.generator.get("checkpoint", ""):  # user / shipped weights are read in place
+                assert sub.workdir == runner.resolve_path(str(c.generator.checkpoint))
+                assert os.path.isdir(os.path.join(sub.workdir, "checkpoints"))
+            else:
+                assert sub.workdir.startswith("/tmp/augdiff-test-derive")
         else:  # a method config that does not exist yet: a clear error naming it
             with pytest.raises(ConfigError, match=spec.partition(":")[0]):
                 runner.method_config(c)
@@ -294,8 +298,12 @@ def test_report_numbers_come_from_the_run(finished_run):
     ev = json.loads((finished_run / "evaluate" / "metrics.json").read_text())
     ex = ev["extractor"]
     assert ex.startswith("classifier:") and ex in report
-    assert f"| FID | {ev['fid']['value']:.4f} | `{ex}` |" in report
-    assert f"| coverage (k = 5) | {ev['coverage']['value']:.4f} | `{ex}` |" in report
+    gen_row = next(ln for ln in report.splitlines() if ln.startswith("| **generator"))
+    assert f"| {ev['fid']['value']:.4f} | " in gen_row
+    assert f"| {ev['coverage']['value']:.4f} | `{ex}` |" in gen_row
+    floor = ev["controls"]["floor"]
+    assert f"| floor: held-out real | {floor['fid']['value']:.4f} | " in report
+    assert "ceiling: Gaussian noise" in report
     assert "**Trained here**" in report and "No pretrained weights" in report
     # Sample grids exist and are linked; the resolved config is embedded.
     links = [ln.split("](")[1].rstrip(") |") for ln in report.splitlines() if "![" in ln]

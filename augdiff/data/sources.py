@@ -437,7 +437,10 @@ def open_real_source(data_cfg: Any, split: str, *, subset: bool | None = None) -
         elif os.path.exists(path):
             raise DataSourceError(f"data.path {path!r} is a file but not a zip archive")
         else:
-            raise FileNotFoundError(f"data.path {path!r} does not exist")
+            raise FileNotFoundError(
+                f"data.path {path!r} does not exist: point --config.data.path at an image "
+                "folder (root/<split>/<class>/*.png|jpg) or a zip of one, or set "
+                "--config.data.tfds_name to a prepared TFDS dataset")
         description = f"{path}/{split}"
     rows = None
     if subset if subset is not None else split == "train":

@@ -459,3 +459,185 @@ class SyntheticStore:
         """The provenance of row ``i`` (with its ``key`` and ``method``)."""
         header = decode_header(self._record(self._check(i)))
         return {"key": header["key"], **header.get("provenance", {})}
+
+
+# --------------------------------------------------------------------------- export / inspect
+
+PROVENANCE_COLUMNS = ("key", "label", "class", "source", "path", "method", "model", "parent",
+                      "parent_name", "prompt", "seed", "example", "guidance", "lambda", "mask",
+                      "provenance")
+_LAMBDA_KEYS = ("lam", "lambda", "alpha")
+_MASK_KEYS = ("mask", "mask_kind", "hybrid")
+
+
+def store_header(store: SyntheticStore, i: int) -> dict[str, Any]:
+    """The JSON header of row ``i`` (``key``, ``label``, ``source``, ``provenance``) without
+    decoding its image."""
+    return decode_header(store._record(store._check(i)))
+
+
+def provenance_row(header: dict[str, Any], method: Any, class_names: Sequence[str] | None,
+                   path: str = "") -> dict[str, Any]:
+    """One row of the provenance table (:data:`PROVENANCE_COLUMNS`) from a record header:
+    the fields every method shares pulled out of its free-form provenance (parent image,
+    prompt, seed, guidance, λ / mask fields), the whole provenance as JSON in the last column.
+    """
+    prov = dict(header.get("provenance", {}) or {})
+    label = int(header["label"])
+
+    def first(keys: Sequence[str]) -> Any:
+        for k in keys:
+            if prov.get(k) is not None:
+                return prov[k]
+        return None
+
+    return {
+        "key": header["key"], "label": label,
+        "class": class_names[label] if class_names and 0 <= label < len(class_names) else "",
+        "source": int(header.get("source", 1)), "path": path,
+        "method": prov.get("method", method if isinstance(method, str) else ""),
+        "model": prov.get("model", ""), "parent": prov.get("parent"),
+        "parent_name": prov.get("parent_name"), "prompt": prov.get("prompt"),
+        "seed": prov.get("seed"), "example": prov.get("example"),
+        "guidance": prov.get("guidance"), "lambda": first(_LAMBDA_KEYS),
+        "mask": first(_MASK_KEYS),
+        "provenance": json.dumps(prov, sort_keys=True, default=str),
+    }
+
+
+def _class_dir(label: int, class_names: Sequence[str] | None) -> str:
+    if class_names and 0 <= label < len(class_names):
+        name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in class_names[label])
+        return name or f"class_{label:03d}"
+    return f"class_{label:03d}"
+
+
+def export_store(root: str, out_dir: str, *, class_names: Sequence[str] | None = None,
+                 table: str = "csv") -> dict[str, Any]:
+    """Write the store at ``root`` as an image folder ``out_dir/<class>/<key>.png`` (pixels as
+    stored) plus a provenance table ``out_dir/provenance.csv`` (or ``.jsonl``), one row per key
+    with the columns :data:`PROVENANCE_COLUMNS` (``path`` relative to ``out_dir``).
+
+    Only complete shards are exported (what :class:`SyntheticStore` reads). Returns
+    ``{"num_images", "table", "out_dir", "counts_per_class"}``.
+    """
+    import csv
+
+    if table not in ("csv", "jsonl"):
+        raise ValueError(f"export: table must be csv or jsonl, got {table!r}")
+    store = SyntheticStore(root)
+    method = store.manifest.get("method")
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    counts: Counter[str] = Counter()
+    for i in range(len(store)):
+        header, image = decode_example(store._record(i))
+        sub = _class_dir(int(header["label"]), class_names)
+        rel = os.path.join(sub, f"{header['key']}.png")
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+        img = image[..., 0] if image.shape[-1] == 1 else image
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        _atomic_write_bytes(os.path.join(out_dir, rel), buf.getvalue())
+        rows.append(provenance_row(header, method, class_names, rel))
+        counts[sub] += 1
+    path = os.path.join(out_dir, f"provenance.{table}")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        if table == "csv":
+            w = csv.DictWriter(f, fieldnames=list(PROVENANCE_COLUMNS))
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: "" if v is None else v for k, v in r.items()})
+        else:
+            for r in rows:
+                f.write(json.dumps(r, default=str) + "\n")
+    os.replace(tmp, path)
+    return {"num_images": len(rows), "table": path, "out_dir": out_dir,
+            "counts_per_class": dict(sorted(counts.items()))}
+
+
+def inspect_store(root: str) -> dict[str, Any]:
+    """What a store holds and where a writer stands: counts per class and per source,
+    methods, models (``tiny-random`` test models flagged), the filter counters of the
+    manifests (images a generator dropped, e.g. ``black_images``), and the resume state
+    (complete shards, shards without a key index, unfinished temporary files a killed
+    writer left, which a resumed run discards and rewrites)."""
+    entries = sorted(os.listdir(root)) if os.path.isdir(root) else None
+    if entries is None:
+        raise StoreError(f"synthetic store {root!r} does not exist")
+    tmp_files = [e for e in entries if ".tmp-" in e]
+    shards = _shard_files(root)
+    no_index = [s for s in shards if not os.path.exists(os.path.join(root, s + ".idx.json"))]
+    manifests = [e for e in entries if e.startswith("manifest-p") and ".tmp-" not in e]
+    info: dict[str, Any] = {
+        "root": os.path.abspath(root), "num_examples": 0, "num_shards": len(shards),
+        "shards_without_index": no_index, "unfinished_files": tmp_files,
+        "manifests": manifests, "counts_per_class": {}, "counts_per_source": {},
+        "methods": {}, "models": {}, "tiny_random": False, "counters": {},
+        "complete": not tmp_files,
+    }
+    if not shards:
+        return info
+    store = SyntheticStore(root)
+    sources: Counter[int] = Counter()
+    methods: Counter[str] = Counter()
+    models: Counter[str] = Counter()
+    manifest_method = store.manifest.get("method")
+    for i in range(len(store)):
+        h = store_header(store, i)
+        prov = h.get("provenance", {}) or {}
+        sources[int(h.get("source", 1))] += 1
+        methods[str(prov.get("method", manifest_method if isinstance(manifest_method, str)
+                                 else "?"))] += 1
+        if prov.get("model") is not None:
+            models[str(prov["model"])] += 1
+    cfg_model = (store.manifest.get("config") or {}).get("model")
+    if isinstance(cfg_model, str) and cfg_model not in models:
+        models[cfg_model] += 0
+    info.update({
+        "num_examples": len(store),
+        "counts_per_class": {int(k): int(v) for k, v in
+                             store.manifest.get("counts_per_class", {}).items()},
+        "counts_per_source": dict(sorted(sources.items())),
+        "methods": dict(methods), "models": dict(models),
+        "tiny_random": any("tiny-random" in m for m in models),
+        "counters": store.manifest.get("counters", {}),
+        "config": store.manifest.get("config", {}),
+    })
+    return info
+
+
+def format_inspection(info: dict[str, Any], class_names: Sequence[str] | None = None) -> list[str]:
+    """Human-readable lines of :func:`inspect_store`'s result."""
+    lines = [f"store {info['root']}: {info['num_examples']:,} images in {info['num_shards']} "
+             f"complete shard(s)"]
+    if info["num_shards"] == 0:
+        lines.append("  no complete shard yet (the generator has not finished its first shard)")
+    per_class = info.get("counts_per_class", {})
+    if per_class:
+        def name(c: int) -> str:
+            return class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
+
+        lines.append("  per class: " + ", ".join(f"{name(c)} {n}" for c, n in per_class.items()))
+    if info.get("counts_per_source"):
+        lines.append("  per source: " + ", ".join(
+            f"{s} {n}" for s, n in info["counts_per_source"].items()))
+    if info.get("methods"):
+        lines.append("  methods: " + ", ".join(f"{m} ({n})" for m, n in info["methods"].items()))
+    if info.get("models"):
+        lines.append("  models: " + ", ".join(
+            f"{m}{' [TINY-RANDOM: test weights, not a real model]' if 'tiny-random' in m else ''}"
+            f" ({n})" for m, n in info["models"].items()))
+    counters = info.get("counters", {})
+    lines.append("  filtered / noted: " + (", ".join(f"{k} {v}" for k, v in counters.items())
+                                           if counters else "none"))
+    if info["unfinished_files"] or info["shards_without_index"]:
+        lines.append(f"  resume state: INCOMPLETE — {len(info['unfinished_files'])} unfinished "
+                     f"temporary file(s) of a killed writer ({', '.join(info['unfinished_files'])})"
+                     f"; {len(info['shards_without_index'])} shard(s) without key index. A "
+                     "resumed run keeps every complete shard and rewrites the rest.")
+    else:
+        lines.append("  resume state: every shard complete; a resumed run skips the "
+                     f"{info['num_examples']:,} keys already written")
+    return lines

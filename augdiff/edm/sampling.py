@@ -197,9 +197,9 @@ def sample_to_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
         jax.random.PRNGKey(0))
     abstract = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
-    state, _, ckpt_path = edm_train.restore_checkpoint(ckpt, abstract, step)
+    params = edm_train.restore_ema(ckpt, step, abstract.ema)
+    ckpt_path = os.path.join(ckpt.directory, str(step))
     ckpt.close()
-    params = state.ema
 
     sample_fn = make_sample_fn(
         edm_train.make_net_apply(model), edm_train.edm_config(config), mode=str(config.mode),
@@ -266,6 +266,7 @@ def sample_to_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
         k = min(int(s.grid), len(syn))
         if k:
             save_grid(np.stack([np.asarray(syn[i]["image"]) for i in range(k)]),
-                      os.path.join(workdir, "samples_grid.png"))
+                      os.path.join(os.path.dirname(os.path.abspath(store)),
+                                   "samples_grid.png"))
     return {"store": store, "checkpoint_step": int(step), "written": written,
             "skipped": int(skipped)}

@@ -495,6 +495,41 @@ def restore_checkpoint(ckpt: Any, like: TrainState,
     return TrainState(**tree), extras, os.path.join(ckpt.directory, str(step))
 
 
+def restore_ema(ckpt: Any, step: int, like: Any) -> Any:
+    """The EMA parameters of checkpoint ``step`` cast to the dtypes of ``like`` (an abstract
+    parameter tree) and placed on its shardings.
+
+    Reads the ``ema`` entry of the saved tree alone, without a target for the rest, so a full
+    training checkpoint (params, EMA, optimiser state) and an exported generator (EMA only,
+    possibly stored in float16, :func:`augdiff.edm.assets.export_generator`) load through
+    this one function.
+    """
+    import orbax.checkpoint as ocp
+
+    item = os.path.join(ckpt.directory, str(int(step)), "state")
+    if not os.path.isdir(item):
+        raise FileNotFoundError(f"no 'state' item in checkpoint {item!r}")
+    ckptr = ocp.PyTreeCheckpointer()
+    meta = ckptr.metadata(item).item_metadata.tree
+    if "ema" not in meta:
+        raise ValueError(f"checkpoint {item!r} holds no EMA parameters (keys: {sorted(meta)})")
+    args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta,
+                                  is_leaf=lambda x: not isinstance(x, dict | list | tuple))
+    raw = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=args))["ema"]
+    got = jax.tree_util.tree_structure(raw)
+    want = jax.tree_util.tree_structure(like)
+    shapes_ok = got == want and all(
+        tuple(a.shape) == tuple(b.shape)
+        for a, b in zip(jax.tree_util.tree_leaves(raw), jax.tree_util.tree_leaves(like),
+                        strict=True))
+    if not shapes_ok:
+        raise ValueError(f"checkpoint {item!r}: its EMA parameters do not match the configured "
+                         "model (model.* / data.image_size fields)")
+    return jax.tree_util.tree_map(
+        lambda a, b: jax.device_put(np.asarray(a).astype(b.dtype),
+                                    getattr(b, "sharding", None)), raw, like)
+
+
 def config_field(d: dict[str, Any], dotted: str) -> Any:
     """The value of dotted field ``dotted`` in a nested dict (``"<missing>"`` when absent)."""
     node: Any = d

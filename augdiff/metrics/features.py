@@ -10,6 +10,11 @@ FID under another).
 - ``clip``: image embeddings (vision tower + visual projection) of a CLIP vision model in
   a transformers folder at ``cfg.clip_path`` (``config.json`` plus ``model.safetensors`` or
   ``flax_model.msgpack``), loaded through :mod:`augdiff.sd.loading` (imported only here).
+- ``reference`` (the default where no Inception/CLIP weights exist): the penultimate layer of
+  the *reference classifier*, a small PreActResNet trained by augdiff on the full real
+  training split and cached across runs (:mod:`augdiff.metrics.reference`, keyed by the data
+  and the training config). It also classifies, which gives "classifier accuracy on
+  generated samples".
 - ``classifier``: the penultimate layer of an augdiff classifier trained on the real data,
   restored from its orbax checkpoint directory ``cfg.checkpoint`` (the extractor that works
   with no pretrained weights at all). ``cfg.random_init=True`` instead uses an *explicitly*
@@ -38,16 +43,20 @@ from tqdm.auto import tqdm
 
 from augdiff import distributed
 
-EXTRACTORS = ("inception_v3", "clip", "classifier")
+EXTRACTORS = ("inception_v3", "clip", "classifier", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
 class Extractor:
-    """``fn(images uint8 [B, H, W, C]) -> float32 [B, D]`` for any B, and its report name."""
+    """``fn(images uint8 [B, H, W, C]) -> float32 [B, D]`` for any B, and its report name.
+
+    ``classify`` (classifier extractors only) maps images to predicted class ids ``[B]``.
+    """
 
     name: str
     fn: Callable[[np.ndarray], np.ndarray]
     dim: int
+    classify: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.fn(images)
@@ -134,10 +143,18 @@ def classifier_extractor(
             x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "linear")
         return model.apply(variables, x, train=False, method="features").astype(jnp.float32)
 
+    def predict(images):
+        x = images.astype(jnp.float32) / 127.5 - 1.0
+        if image_size is not None and x.shape[1:3] != (image_size, image_size):
+            x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "linear")
+        return jnp.argmax(model.apply(variables, x, train=False), axis=-1).astype(jnp.int32)
+
     size = image_size or 32
     probe = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8))
     fn = batched_apply(forward, batch_size, mesh, desc=name)
-    return Extractor(name, fn, int(probe.shape[-1]))
+    classify = batched_apply(predict, batch_size, mesh)
+    return Extractor(name, fn, int(probe.shape[-1]),
+                     classify=lambda im: classify(im).astype(np.int64))
 
 
 def restore_classifier_variables(
@@ -263,9 +280,20 @@ def get_extractor(
     *,
     num_classes: int | None = None,
     mesh: Mesh | None = None,
+    data: ml_collections.ConfigDict | None = None,
 ) -> Extractor:
-    """Build the extractor ``cfg.name`` (one of :data:`EXTRACTORS`) from its config block."""
+    """Build the extractor ``cfg.name`` (one of :data:`EXTRACTORS`) from its config block.
+
+    ``data`` (the experiment's ``data`` block) names the real data the ``reference``
+    classifier is trained on."""
     name = cfg.get("name", "")
+    if name == "reference":
+        from augdiff.metrics.reference import reference_extractor
+
+        if data is None:
+            raise ValueError("reference extractor: needs the data config (get_extractor(..., "
+                             "data=config.data))")
+        return reference_extractor(cfg, data, mesh=mesh)
     if name == "inception_v3":
         return inception_extractor(cfg.get("weights", ""), int(cfg.get("batch_size", 64)), mesh)
     if name == "classifier":

@@ -1,0 +1,179 @@
+"""The reference classifier: a real-data classifier trained once per dataset and cached.
+
+It serves two measurements that need a network which has *learned* the real data:
+
+- the default feature extractor of the fidelity metrics when no Inception / CLIP weights are
+  available (``extractor.name = "reference"``; its penultimate layer, as the ``classifier``
+  extractor); a network trained on a 1,000-image subset for a few epochs maps Gaussian noise
+  and CIFAR-10 to overlapping features, one trained on the full split does not (see the noise
+  control rows of :func:`augdiff.metrics.evaluate.evaluate_store`);
+- "classifier accuracy on generated samples": the share of class-conditional samples that
+  this classifier assigns to their conditioning class (10 % is chance on CIFAR-10).
+
+It is trained with ``augdiff train``'s loop (:func:`augdiff.train.classifier.train_and_evaluate`)
+on the *full* training split of the experiment's data (``data.per_class`` and
+``data.imbalance_factor`` are ignored) with the recipe of ``extractor.reference``
+(``configs/classify_cifar10.py:reference`` by default). The run lives in
+``<cache>/reference_classifiers/<key>/`` where ``key`` hashes the data's identity (resolved
+path, size and modification time of the zip or folder, or the TFDS name), the image size and
+channels, the splits and the training config; ``<cache>`` is ``extractor.cache_dir``, else
+``$AUGDIFF_CACHE``, else ``~/.cache/augdiff``. A finished run writes ``reference.json`` and is
+reused by every later run; a killed one resumes from its checkpoint. Reference classifiers
+placed in ``augdiff/assets/reference_classifiers/<key>/`` (the same layout) are found before
+the cache, so one can be shipped with the package; the key of a zip does not depend on where
+it lies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from augdiff.config import to_dict
+
+DEFAULT_SPEC = "configs/classify_cifar10.py:reference"
+# Data fields copied from the experiment into the reference run (the subset fields are not).
+DATA_FIELDS = ("path", "tfds_name", "image_size", "channels", "train_split",
+               "test_split")
+# Reference classifiers shipped inside the package (found before the cache, same layout).
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+_VOLATILE = ("workdir", "progress", "log_every_steps", "num_workers", "eval_cache")
+
+
+def cache_root(cfg: Any = None) -> str:
+    """``extractor.cache_dir`` or ``$AUGDIFF_CACHE`` or ``~/.cache/augdiff``."""
+    given = str(cfg.get("cache_dir", "") or "") if cfg is not None else ""
+    return os.path.abspath(os.path.expanduser(
+        given or os.environ.get("AUGDIFF_CACHE", "") or "~/.cache/augdiff"))
+
+
+def data_identity(data: Any) -> dict[str, Any]:
+    """What identifies the real data, independent of where it lies: for a zip, sha256 of its
+    member list (names, sizes and CRC-32s, read from the central directory); for a folder,
+    of its relative file names and sizes; for TFDS, the dataset name."""
+    import zipfile
+
+    path = str(data.get("path", "") or "")
+    if not path:
+        return {"tfds_name": str(data.get("tfds_name", ""))}
+    full = os.path.realpath(os.path.expanduser(path))
+    h = hashlib.sha256()
+    if os.path.isfile(full) and zipfile.is_zipfile(full):
+        with zipfile.ZipFile(full) as zf:
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                h.update(f"{info.filename}\0{info.file_size}\0{info.CRC}\n".encode())
+        kind = "zip"
+    elif os.path.isdir(full):
+        for root, dirs, files in os.walk(full):
+            dirs.sort()
+            for name in sorted(files):
+                p = os.path.join(root, name)
+                h.update(f"{os.path.relpath(p, full)}\0{os.path.getsize(p)}\n".encode())
+        kind = "folder"
+    else:
+        raise FileNotFoundError(f"reference classifier: data.path {path!r} does not exist")
+    return {"kind": kind, "listing_sha256": h.hexdigest()}
+
+
+def reference_config(cfg: Any, data: Any) -> ml_collections.ConfigDict:
+    """The training config of the reference classifier: ``cfg.reference`` (a config spec)
+    with the experiment's data fields, the full training split, and ``cfg.reference_epochs``
+    (when > 0) as the number of epochs. ``workdir`` is left for :func:`ensure_reference`."""
+    from augdiff.runner import load_spec  # the spec resolves against the repository root
+
+    sub = load_spec(str(cfg.get("reference", "") or DEFAULT_SPEC))
+    for key in DATA_FIELDS:
+        if key in data and key in sub.data:
+            sub.data[key] = data[key]
+    if "path" in data and str(data.path or ""):
+        from augdiff.runner import resolve_path
+
+        sub.data.path = resolve_path(str(data.path))
+    sub.data.per_class = 0
+    sub.data.imbalance_factor = 1.0
+    if int(cfg.get("reference_epochs", 0) or 0) > 0:
+        sub.epochs = int(cfg.reference_epochs)
+    if "mesh" in sub and "mesh" in cfg:
+        sub.mesh = cfg.mesh
+    return sub
+
+
+def reference_key(sub: ml_collections.ConfigDict) -> str:
+    """16 hex digits of sha256 over the data identity and the training config."""
+    d = to_dict(sub)
+    d.get("data", {}).pop("path", None)  # where the data lies is not part of what it is
+    d.pop("mesh", None)
+
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in _VOLATILE}
+        return x
+
+    text = json.dumps({"data": data_identity(sub.data), "config": strip(d)}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def ensure_reference(cfg: Any, data: Any, *, log: Any = print) -> dict[str, Any]:
+    """Train the reference classifier unless the cache holds it; return its record
+    ``{"key", "workdir", "checkpoints", "model", "width", "image_size", "num_train",
+    "test_top1", "epochs"}`` (also in ``<run>/reference.json``)."""
+    sub = reference_config(cfg, data)
+    key = reference_key(sub)
+    for root in (SHIPPED, cache_root(cfg)):
+        found = os.path.join(root, "reference_classifiers", key, "reference.json")
+        if os.path.exists(found):
+            with open(found) as f:
+                rec = json.load(f)
+            base = os.path.dirname(found)
+            return {**rec, "workdir": base, "checkpoints": os.path.join(base, "checkpoints")}
+    run = os.path.join(cache_root(cfg), "reference_classifiers", key)
+    done_file = os.path.join(run, "reference.json")
+    from augdiff.train.classifier import train_and_evaluate
+
+    sub.workdir = run
+    os.makedirs(run, exist_ok=True)
+    log(f"reference classifier: training {sub.model.name} (width {sub.model.width}) on the full "
+        f"training split, {sub.epochs} epochs, cached in {run}")
+    result = train_and_evaluate(sub)
+    rec = {"key": key, "workdir": run, "checkpoints": os.path.join(run, "checkpoints"),
+           "model": str(sub.model.name), "width": int(sub.model.width),
+           "stem": str(sub.model.get("stem", "") or ""),
+           "image_size": int(sub.data.image_size), "num_classes": int(result.get(
+               "num_classes", 0) or 0),
+           "num_train": int(result.get("train_examples", 0) or 0),
+           "test_top1": float(result["test_top1"]), "epochs": int(sub.epochs),
+           "data": data_identity(sub.data)}
+    import jax
+
+    if jax.process_index() == 0:
+        tmp = done_file + f".tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(rec, f, indent=2, sort_keys=True)
+        os.replace(tmp, done_file)
+    return rec
+
+
+def reference_extractor(cfg: Any, data: Any, *, mesh: Any = None) -> Any:
+    """The penultimate-layer extractor (with ``classify``) of the cached reference classifier,
+    named ``reference:<model>-w<width>:<key>(top-1 x%)``."""
+    from augdiff.data.sources import open_real_source
+    from augdiff.metrics.features import classifier_extractor, restore_classifier_variables
+    from augdiff.models.classifiers import abstract_variables, get_classifier
+
+    rec = ensure_reference(cfg, data)
+    n = int(rec.get("num_classes", 0) or 0)
+    if not n:
+        n = open_real_source(data, str(data.get("test_split", "test")), subset=False).num_classes
+    model = get_classifier(rec["model"], n, width=int(rec["width"]),
+                           stem=rec.get("stem", "") or None)
+    variables = restore_classifier_variables(
+        rec["checkpoints"], abstract_variables(model, int(rec["image_size"]), 3))
+    name = (f"reference:{rec['model']}-w{rec['width']}:{rec['key'][:8]}"
+            f"(full train split, test top-1 {100 * float(rec['test_top1']):.1f}%)")
+    return classifier_extractor(model, variables, name, image_size=int(rec["image_size"]),
+                                batch_size=int(cfg.get("batch_size", 256)), mesh=mesh)

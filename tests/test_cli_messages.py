@@ -1,0 +1,23 @@
+"""One-line errors (no traceback) for an unknown config variant and a missing dataset."""
+
+from __future__ import annotations
+
+from augdiff.cli import main
+
+
+def test_unknown_variant_is_one_line(repo_root, capsys):
+    rc = main(["augdiff", "run", "--config", str(repo_root / "configs/quickstart.py:nope")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "unknown variant 'nope'" in err
+
+
+def test_missing_dataset_says_how_to_point_data_path(repo_root, tmp_path, capsys):
+    rc = main(["augdiff", "run", "--config", str(repo_root / "configs/quickstart.py"),
+               f"--config.workdir={tmp_path / 'run'}",
+               f"--config.data.path={tmp_path / 'no_such.zip'}", "--config.stages=prepare"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "does not exist" in err and "--config.data.path" in err
