@@ -129,7 +129,7 @@ def test_modes_route_labels(mode, cc):
     assert seen["train"] is True
 
 
-def test_songunet_gets_source_embedding_only_in_casd(repo_root):
+def test_songunet_gets_the_source_label_path_only_in_casd(repo_root):
     c = load_config(str(repo_root / SMOKE))
     c.data.image_size = 8
     shapes = {}
@@ -141,9 +141,10 @@ def test_songunet_gets_source_embedding_only_in_casd(repo_root):
         st = jax.eval_shape(lambda k, m=model, o=opt, s=cfg: edm_train.init_state(
             k, m, o, (1, 8, 8, 3), s), jax.random.PRNGKey(0))
         shapes[mode] = st.params
-    assert "map_source" in shapes["casd"] and "casd_repr" in shapes["casd"]
-    assert shapes["casd"]["map_source"]["kernel"].shape == (2, 128)  # one-hot y -> 128-d
-    assert "map_source" not in shapes["sda"]
+    # CASD = the SDA network plus EDM's label path for y (seed 004 App. A.2).
+    assert set(shapes["casd"]) - set(shapes["sda"]) == {"map_label"}
+    assert shapes["casd"]["map_label"]["kernel"].shape == (2, 16)  # one-hot y -> noise emb
+    assert set(shapes["sda"]) == set(shapes["casd"]) - {"map_label"}
     # bf16 mixed precision: compute dtype bf16, parameters (and so Adam/EMA) stay float32
     c.train.precision = "bfloat16"
     model = edm_train.build_model(c, num_classes=10)

@@ -88,14 +88,24 @@ def test_list_fields_from_configs_keep_the_module_hashable():
         SongUNet(channel_mult=())
 
 
-def test_casd_embedding_path_shapes():
-    p = abstract_init(SongUNet(**songunet_config("cifar10", casd=True, num_sources=3)))
-    assert p["casd_repr"]["conv"]["kernel"].shape == (3, 3, 3, 128)
-    assert p["enc_32x32_conv"]["conv"]["kernel"].shape == (3, 3, 128, 128)
-    assert p["map_source"]["kernel"].shape == (3, 128)  # one-hot y -> 128-d
-    assert p["map_source_layer0"]["kernel"].shape == (128, 512)  # 2-layer SiLU MLP -> 512-d
-    assert p["map_source_layer1"]["kernel"].shape == (512, 512)
-    assert p["map_layer1"]["kernel"].shape == (512, 512)  # = emb channels it is added to
+@pytest.mark.parametrize("num_sources", [2, 4])
+def test_casd_shares_every_layer_with_dm_but_the_label_embedding(num_sources):
+    """Seed 004 App. A.2: R = the DDPM++ input conv 3 -> 128, e = EDM's label path (one-hot ->
+    128-d ``map_label`` added to the noise embedding, then the 2-layer SiLU map to 512)."""
+    dm = abstract_init(SongUNet(**songunet_config("cifar10")))
+    casd = abstract_init(SongUNet(**songunet_config("cifar10", casd=True,
+                                                    num_sources=num_sources)))
+    flat = lambda t: {"/".join(str(getattr(k, "key", k)) for k in path): v.shape  # noqa: E731
+                      for path, v in jax.tree_util.tree_leaves_with_path(t)}
+    fd, fc = flat(dm), flat(casd)
+    extra = {k: v for k, v in fc.items() if k not in fd}
+    assert extra == {"map_label/kernel": (num_sources, 128), "map_label/bias": (128,)}
+    assert all(fc[k] == v for k, v in fd.items())  # every DM layer, same shape
+    assert fc["enc_32x32_conv/conv/kernel"] == (3, 3, 3, 128)  # R: the input conv
+    assert fc["map_layer0/kernel"] == (128, 512) and fc["map_layer1/kernel"] == (512, 512)
+    # = EDM's conditional SongUNet with label_dim = K (55,733,891 + (K + 1)·128).
+    assert n_params(casd) - n_params(dm) == (num_sources + 1) * 128
+    assert n_params(casd) == 55_733_891 + (num_sources + 1) * 128
 
 
 @pytest.fixture(scope="module")
