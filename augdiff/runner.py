@@ -802,7 +802,13 @@ def run_experiment(
     """Run the stages of ``config`` that are not done yet; returns every stage's outputs.
 
     ``stage_functions`` replaces entries of :data:`STAGE_FUNCTIONS` (tests count calls).
+    Seed 004's Table 2 (``config.experiment = 'casd_mismatch'``) runs its own resumable steps
+    (:func:`augdiff.edm.mismatch.run_mismatch`).
     """
+    if str(config.get("experiment", "")) == "casd_mismatch":
+        from augdiff.edm.mismatch import run_mismatch
+
+        return {"casd_mismatch": run_mismatch(resolve_config(config), log=log)}
     config = resolve_config(config)
     stages = validate_stages(config)
     fns = {**STAGE_FUNCTIONS, **(stage_functions or {})}

@@ -102,7 +102,8 @@ def sample_params(key: Array, n: int, cfg: AugmentConfig) -> dict[str, Array]:
         "aniso": gate(ks[8], cfg.aniso, jax.random.normal(ks[9], (n,))),
     }
     r = jax.random.uniform(ks[10], (n,), minval=-math.pi, maxval=math.pi)
-    prm["aniso_r"] = jnp.where(jax.random.uniform(ks[11], (n,)) < cfg.aniso_rotate_prob, r, 0.0)
+    rot = (jax.random.uniform(ks[11], (n,)) < cfg.aniso_rotate_prob) & (prm["aniso"] != 0)
+    prm["aniso_r"] = jnp.where(rot, r, 0.0)  # no axis rotation where no aniso is applied
     if cfg.translate_mode == "frac":
         w = jax.random.normal(ks[12], (2, n))
     else:
