@@ -1,6 +1,7 @@
 """Write the NVlabs/edm SongUNet reference outputs that ``tests/test_songunet.py`` checks.
 
-    python tools/edm_parity_reference.py --edm PATH/TO/edm [--out tests/data/edm_songunet_parity.npz]
+    python tools/edm_parity_reference.py --edm PATH/TO/edm \
+        [--out tests/data/edm_songunet_parity.npz]
 
 Needs a checkout of the public NVlabs/edm repository (``PATH/TO/edm`` holds ``training/``
 and ``torch_utils/``; the reference was produced at commit 008a4e5) and PyTorch. No EDM
