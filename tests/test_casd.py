@@ -96,3 +96,42 @@ def test_casd_keeps_the_real_class_support_where_sda_drifts(repo_root, data, tmp
     assert share["sda"] >= 0.25  # SDA drifts toward the union (2/3 of it is that class)
     assert share["casd"] <= 0.1  # CASD at y = 0: the real support
     assert share["sda"] - share["casd"] >= 0.2
+
+
+def test_table2_config_follows_section_4_3(repo_root):
+    from augdiff.edm import mismatch
+
+    assert mismatch.REAL_CLASSES == ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                                     "frog", "horse")  # the first 8 CIFAR-10 classes
+    assert mismatch.CASES["case1"] == mismatch.CIFAR10  # all 10
+    assert mismatch.CASES["case2"] == mismatch.CIFAR10[-8:]  # the last 8
+    assert mismatch.CASES["case3"] == ("bird", "cat", "deer", "dog", "frog", "horse")  # middle 6
+    full = load_config(str(repo_root / "configs/exp_seed004_casd.py:case2"))
+    assert full.table2.cases == "case2" and full.table2.real_per_class == 125
+    assert (full.table2.num_synthetic, full.table2.fid_reference) == (10_000, "train")
+    red = load_config(str(repo_root / "configs/exp_seed004_casd.py:table2_reduced"))
+    assert red.table2.cases == "case1,case2,case3" and red.data.image_size == 16
+    gen = mismatch.edm_config(red, mode="casd", workdir="/tmp/x", classes=mismatch.REAL_CLASSES,
+                              first_per_class=125, num_samples=10, stores=["/a", "/b"])
+    assert gen.model.num_sources == 3 and gen.synthetic.stores == "/a,/b"
+    assert gen.synthetic.mixing == "union" and gen.data.first_per_class == 125
+    out = {"cases": ["case1"], "fid_reference": "train", "extractor": "x",
+           "classifier_test_top1": 0.5, "wall_s": 60.0,
+           "real_hist": {n: 0.1 for n in mismatch.CIFAR10},
+           "results": {k: {"fid": 1.0, "ship_truck": 0.0, "plane_car": 0.2, "n": 5}
+                       for k in ("dm", "sda_case1", "casd_case1")}}
+    md = mismatch.report_markdown(out)
+    assert "| SDA | 1.00 (9.98) |" in md and "| CASD | 1.00 (4.10) |" in md
+
+
+def test_first_per_class_takes_the_first_rows_in_order():
+    class Src:
+        labels = np.asarray([1, 0, 1, 1, 0, 2, 0])
+        class_names, num_classes = ["a", "b", "c"], 3
+
+        def __getitem__(self, i):
+            return {"index": np.int64(i), "row": i}
+
+    sub = edm_train.FirstPerClass(Src(), 2)
+    assert [sub[i]["row"] for i in range(len(sub))] == [0, 1, 2, 4, 5]
+    np.testing.assert_array_equal(sub.labels, [1, 0, 1, 0, 2])
