@@ -158,10 +158,12 @@ def _table2(c: ml_collections.ConfigDict, which: str, reduced: bool) -> ml_colle
         t.num_synthetic = 1_000
         t.generator_per_class = 250
         t.generator_images = 32 * 400
-        t.num_eval = 500
+        t.num_eval = 300
         t.max_reference = 2_000
         t.edm_config = "configs/casd_cifar10.py:reduced"
+        # DM / SDA / CASD: 200 steps of 32 (the generators: 400)
+        t.edm_overrides = ml_collections.ConfigDict({"train": {"total_images": 32 * 200}})
         t.classifier_config = "configs/classify_cifar10.py:smoke"
         t.classifier_overrides = ml_collections.ConfigDict(
-            {"data": {"per_class": 400}, "epochs": 3})
+            {"data": {"per_class": 300}, "epochs": 2})
     return c
