@@ -554,18 +554,9 @@ def stage_train_generator(config: ml_collections.ConfigDict, outputs: Mapping[st
 
 def edm_parameter_count(sub: ml_collections.ConfigDict, num_classes: int) -> int:
     """Parameters of the EDM network ``sub`` describes (shapes only, via ``jax.eval_shape``)."""
-    import jax
+    from augdiff.edm.model import parameter_count
 
-    from augdiff.edm import train as edm_train
-
-    n_cls = int(sub.model.get("num_classes", 0) or 0) or num_classes or 1
-    cfg = edm_train.StepConfig.from_config(sub, num_classes=n_cls)
-    model = edm_train.build_model(sub, num_classes=n_cls, precision="float32")
-    size, ch = int(sub.data.image_size), int(sub.data.channels)
-    shapes = jax.eval_shape(
-        lambda k: edm_train.init_state(k, model, edm_train.make_optimizer(sub), (1, size, size, ch),
-                                       cfg).params, jax.random.PRNGKey(0))
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes)))
+    return parameter_count(sub, int(sub.model.get("num_classes", 0) or 0) or num_classes or 1)
 
 
 def stage_generate(config: ml_collections.ConfigDict, outputs: Mapping[str, Any],
@@ -814,7 +805,13 @@ def run_experiment(
     """Run the stages of ``config`` that are not done yet; returns every stage's outputs.
 
     ``stage_functions`` replaces entries of :data:`STAGE_FUNCTIONS` (tests count calls).
+    Seed 004's Table 2 (``config.experiment = 'casd_mismatch'``) runs its own resumable steps
+    (:func:`augdiff.edm.mismatch.run_mismatch`).
     """
+    if str(config.get("experiment", "")) == "casd_mismatch":
+        from augdiff.edm.mismatch import run_mismatch
+
+        return {"casd_mismatch": run_mismatch(resolve_config(config), log=log)}
     config = resolve_config(config)
     stages = validate_stages(config)
     fns = {**STAGE_FUNCTIONS, **(stage_functions or {})}

@@ -17,6 +17,18 @@ the set of runs over modes × sizes:
 - Table 2 (mismatch): ``_mismatch`` marks runs whose synthetic store comes from classes or a
   distribution other than the real one; the report records which store was used.
 
+Table 2 / Fig. 3 as the paper ran it (:mod:`augdiff.edm.mismatch`): ``case1`` / ``case2`` /
+``case3`` (one case each) or ``table2`` (all three, sharing DM and the classifier), at full
+scale (accelerators: 32², DDPM++, 10,000 synthetic images from generators trained on all
+images of their classes, 50,000 samples per model; pass Inception weights with
+``--config.extractor.weights=...``); the ``_reduced`` suffix sizes it for a 2-core CPU (16², a
+small SongUNet, a few thousand images, classifier features for the FID)::
+
+    augdiff run --config configs/exp_seed004_casd.py:table2_reduced --config.workdir=DIR
+
+``--config.table2.fid_reference=train|test`` selects the real reference (EDM's protocol:
+the training images of the 8 classes; or the test split).
+
 ``smoke`` runs here on the CPU in a few minutes: two real CIFAR-10 classes at 16², a red-tinted
 copy of them as the mismatched synthetic source (made by the trainer itself), a tiny CASD
 SongUNet, 64 samples at y = 0, a tiny classifier trained on the real data as the feature
@@ -76,6 +88,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.report.title = f"Seed 004 (CASD) — {variant}"
     c.report.samples_per_class = 8
 
+    m2 = re.fullmatch(r"(case[123]|table2)(_reduced)?", variant)
+    if m2 is not None:
+        return _table2(c, m2.group(1), bool(m2.group(2)))
+
     if variant == "smoke":
         c.workdir = "runs/exp_seed004_smoke"
         c.stages = ("prepare", "train_generator", "generate", "train_real", "evaluate", "report")
@@ -103,8 +119,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     m = re.fullmatch(r"(dm|sda|casd)(?:_n(\d+))?(_mismatch)?", variant)
     if m is None:
-        raise ValueError(f"exp_seed004_casd: unknown variant {variant!r}; use smoke or "
-                         "<dm|sda|casd>[_n<N per class>][_mismatch]")
+        raise ValueError(f"exp_seed004_casd: unknown variant {variant!r}; use smoke, "
+                         "<dm|sda|casd>[_n<N per class>][_mismatch] or "
+                         "<case1|case2|case3|table2>[_reduced]")
     mode, n, mismatch = m.group(1), m.group(2), bool(m.group(3))
     c.generator.overrides.mode = mode
     if n:
@@ -113,4 +130,40 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       if mismatch else "")
     if mode == "dm":
         c.generator.overrides.synthetic.fraction = 0.0
+    return c
+
+
+def _table2(c: ml_collections.ConfigDict, which: str, reduced: bool) -> ml_collections.ConfigDict:
+    """Seed 004 §4.3: real = first 8 classes x 125, synthetic from unconditional EDMs."""
+    c.experiment = "casd_mismatch"
+    c.workdir = "runs/exp_seed004_table2" + ("_reduced" if reduced else "")
+    c.description = ("Seed 004 Table 2: DM / SDA / CASD with synthetic data whose class "
+                     "support contains / is shifted from / intersects the real one.")
+    c.extractor = ml_collections.ConfigDict({"name": "inception_v3", "weights": ""})
+    t = c.table2 = ml_collections.ConfigDict()
+    t.cases = "case1,case2,case3" if which == "table2" else which
+    t.real_per_class = 125  # the first 125 of each of the first 8 classes: n = 1,000
+    t.num_synthetic = 10_000
+    t.generator_per_class = 0  # 0 = every training image of the generator's classes
+    t.generator_images = 0  # 0 = the EDM recipe's total_images
+    t.num_eval = 50_000
+    t.fid_reference = "train"  # train (EDM's protocol) | test
+    t.max_reference = 0  # 0 = all reference images
+    t.edm_config = "configs/casd_cifar10.py"
+    t.edm_overrides = ml_collections.ConfigDict()
+    t.classifier_config = "configs/classify_cifar10.py"
+    t.classifier_overrides = ml_collections.ConfigDict()
+    if reduced:
+        c.data.image_size = 16
+        t.num_synthetic = 1_000
+        t.generator_per_class = 250
+        t.generator_images = 32 * 400
+        t.num_eval = 300
+        t.max_reference = 2_000
+        t.edm_config = "configs/casd_cifar10.py:reduced"
+        # DM / SDA / CASD: 200 steps of 32 (the generators: 400)
+        t.edm_overrides = ml_collections.ConfigDict({"train": {"total_images": 32 * 200}})
+        t.classifier_config = "configs/classify_cifar10.py:smoke"
+        t.classifier_overrides = ml_collections.ConfigDict(
+            {"data": {"per_class": 300}, "epochs": 2})
     return c

@@ -129,7 +129,7 @@ def test_modes_route_labels(mode, cc):
     assert seen["train"] is True
 
 
-def test_songunet_gets_source_embedding_only_in_casd(repo_root):
+def test_songunet_gets_the_source_label_path_only_in_casd(repo_root):
     c = load_config(str(repo_root / SMOKE))
     c.data.image_size = 8
     shapes = {}
@@ -141,9 +141,10 @@ def test_songunet_gets_source_embedding_only_in_casd(repo_root):
         st = jax.eval_shape(lambda k, m=model, o=opt, s=cfg: edm_train.init_state(
             k, m, o, (1, 8, 8, 3), s), jax.random.PRNGKey(0))
         shapes[mode] = st.params
-    assert "map_source" in shapes["casd"] and "casd_repr" in shapes["casd"]
-    assert shapes["casd"]["map_source"]["kernel"].shape == (2, 128)  # one-hot y -> 128-d
-    assert "map_source" not in shapes["sda"]
+    # CASD = the SDA network plus EDM's label path for y (seed 004 App. A.2).
+    assert set(shapes["casd"]) - set(shapes["sda"]) == {"map_label"}
+    assert shapes["casd"]["map_label"]["kernel"].shape == (2, 16)  # one-hot y -> noise emb
+    assert set(shapes["sda"]) == set(shapes["casd"]) - {"map_label"}
     # bf16 mixed precision: compute dtype bf16, parameters (and so Adam/EMA) stay float32
     c.train.precision = "bfloat16"
     model = edm_train.build_model(c, num_classes=10)
@@ -409,3 +410,71 @@ def test_cli_train_diffusion_then_sample(repo_root, cifar_zip, tmp_path):
                        capture_output=True, text=True, env=env, cwd=repo_root, timeout=600)
     assert r.returncode == 1
     assert "mismatching fields: mode (checkpoint 'casd', config 'sda')" in r.stderr
+
+
+def test_train_step_runs_the_augment_pipe_and_sums_the_loss_over_pixels():
+    """EDM: the net gets the pipe's 9-d labels; loss = mean_batch Σ_pixels (training_loop.py)."""
+    import dataclasses
+
+    import optax
+
+    from augdiff.edm.augment import AugmentConfig
+    from augdiff.edm.core import EDMConfig
+
+    seen = []
+
+    def net_apply(params, x, noise_labels, labels=None, *, train=False, rngs=None):
+        seen.append(labels)
+        return params["a"] * x
+
+    params = {"a": jnp.ones(())}
+    opt = optax.adam(1e-3)
+    state = edm_train.TrainState(step=jnp.zeros((), jnp.int32), params=params, ema=params,
+                                 opt_state=opt.init(params))
+    key = jax.random.PRNGKey(0)
+    out = {}
+    for red, augment in [("mean", None), ("sum", None), ("sum", AugmentConfig(p=1.0))]:
+        cfg = dataclasses.replace(_step_cfg("dm"), loss_reduction=red, augment=augment)
+        _, m = edm_train.train_step(state, _batch(), key, net_apply=net_apply, optimizer=opt,
+                                    edm_cfg=EDMConfig(), cfg=cfg)
+        out[(red, augment is not None)] = float(m["loss"])
+    assert seen[0] is None  # dm without augmentation: no labels at all
+    assert out[("sum", False)] == pytest.approx(out[("mean", False)] * 2 * 2 * 3, rel=1e-5)
+    assert seen[-1]["augment"].shape == (4, 9)
+    assert np.abs(np.asarray(seen[-1]["augment"][:, 2:])).sum() > 0  # ops were applied
+
+
+def test_union_every_example_equally_likely_with_source_ids():
+    """Seed 004 eq. 5: one epoch of the union visits each real and synthetic row once."""
+    class Src:
+        def __init__(self, n, label):
+            self.n, self.label = n, label
+            self.class_names, self.num_classes = ["a", "b"], 2
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return {"image": np.full((2, 2, 3), i % 256, np.uint8), "label": np.int32(self.label),
+                    "source": np.int32(0), "weight": np.float32(1), "index": np.int64(i)}
+
+    c = load_config(SMOKE)
+    c.mode = "casd"
+    c.model.num_sources = 3
+    real, s1, s2 = Src(4, 0), Src(8, 1), Src(12, 1)
+    first, second, frac = edm_train.training_source(c, real, [s1, s2])
+    assert second is None and frac == 0.0 and len(first) == 24
+    np.testing.assert_array_equal(np.bincount(first.sources), [4, 8, 12])
+    assert [int(first[i]["source"]) for i in (0, 3, 4, 11, 12, 23)] == [0, 0, 1, 1, 2, 2]
+    c.train.batch_size = 8
+    loader = edm_train.make_loader(c, real, [s1, s2], total_steps=3)
+    seen = np.concatenate([next(iter(loader))["index"] for _ in range(3)])
+    loader.close()
+    np.testing.assert_array_equal(np.sort(seen), np.arange(24))  # one pass = every row once
+    c.model.num_sources = 2
+    with pytest.raises(ConfigError, match="num_sources"):
+        edm_train.training_source(c, real, [s1, s2])
+    c.model.num_sources = 3
+    c.synthetic.mixing = "ratio"
+    first, second, frac = edm_train.training_source(c, real, [s1, s2])
+    assert first is real and len(second) == 20 and frac == c.synthetic.fraction

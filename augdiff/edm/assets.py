@@ -6,7 +6,7 @@ state holds the step and the EMA parameters only, optionally stored in float16, 
 extras hold the config, ``num_classes`` and the trained ``classes``) and ``generator.json``
 (how it was trained: data, duration, throughput and the measured figures). It is loaded
 through the same code path as a user's checkpoint: set ``generator.checkpoint`` (``augdiff
-run``) or ``workdir`` (``augdiff sample``) to its directory; :func:`augdiff.edm.train.
+run``) or ``workdir`` (``augdiff sample``) to its directory; :func:`augdiff.edm.model.
 restore_ema` reads the EMA entry of either kind of checkpoint.
 
 ``augdiff/assets/generator_cifar10`` is the class-conditional CIFAR-10 EDM at 16² trained
@@ -54,7 +54,7 @@ def export_generator(workdir: str, out_dir: str, *, step: int | None = None,
         step = src.latest_step() if step is None else int(step)
         if step is None:
             raise FileNotFoundError(f"export_generator: no checkpoint in {src.directory}")
-        from augdiff.edm.train import checkpoint_extras
+        from augdiff.edm.model import checkpoint_extras
 
         extras = checkpoint_extras(src, step)
     finally:

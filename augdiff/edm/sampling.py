@@ -34,9 +34,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from augdiff import distributed
-from augdiff.config import ConfigError, to_dict
-from augdiff.edm import train as edm_train
-from augdiff.edm.train import checkpoint_extras  # noqa: F401  (re-exported for callers)
+from augdiff.config import ConfigError
+from augdiff.edm import model as edm_model
+from augdiff.edm.model import checkpoint_extras  # noqa: F401  (re-exported for callers)
 
 
 def example_labels(indices: np.ndarray, classes: list[int], *, class_conditional: bool,
@@ -168,43 +168,19 @@ def sample_to_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if n_total <= 0:
         raise ConfigError(f"num_samples must be positive, got {n_total}")
     s = config.sample
-    ckpt = edm_train.checkpointer(config)
-    step = ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: run "
-                                "`augdiff train-diffusion` with this workdir first")
-    extras = edm_train.checkpoint_extras(ckpt, step)
-    current = to_dict(config)
-    saved = extras.get("config", {})
-    diffs = edm_train.mismatching_fields(saved, current)
-    if diffs:
-        field = edm_train.config_field
-        detail = ", ".join(f"{f} (checkpoint {field(saved, f)!r}, config {field(current, f)!r})"
-                           for f in diffs)
-        raise ConfigError(f"checkpoint {ckpt.directory}/{step} was trained with a different "
-                          f"config; mismatching fields: {detail}")
-
-    num_classes = int(extras["num_classes"])
-    classes = [int(c) for c in extras.get("classes", [])]
-    cfg = edm_train.StepConfig.from_config(config, num_classes=num_classes)
-    model = edm_train.build_model(config, num_classes=num_classes, precision="float32")
-    optimizer = edm_train.make_optimizer(config)
     size, ch = int(config.data.image_size), int(config.data.channels)
     mesh = distributed.mesh_from_config(config)
     rep = distributed.replicated(mesh)
-    abstract = jax.eval_shape(
-        lambda k: edm_train.init_state(k, model, optimizer, (1, size, size, ch), cfg),
-        jax.random.PRNGKey(0))
-    abstract = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
-    params = edm_train.restore_ema(ckpt, step, abstract.ema)
-    ckpt_path = os.path.join(ckpt.directory, str(step))
-    ckpt.close()
+    loaded = edm_model.load_model(config, sharding=rep)
+    step, ckpt_path, params = loaded.step, loaded.path, loaded.params
+    num_classes, classes = loaded.num_classes, loaded.classes
+    class_conditional = bool(config.model.class_conditional)
 
     sample_fn = make_sample_fn(
-        edm_train.make_net_apply(model), edm_train.edm_config(config), mode=str(config.mode),
-        image_shape=(size, size, ch), num_sources=cfg.num_sources, num_classes=num_classes,
-        class_conditional=cfg.class_conditional, sampler=str(s.sampler),
+        edm_model.make_net_apply(loaded.model), edm_model.edm_config(config),
+        mode=str(config.mode), image_shape=(size, size, ch),
+        num_sources=int(config.model.num_sources), num_classes=num_classes,
+        class_conditional=class_conditional, sampler=str(s.sampler),
         num_steps=int(s.num_steps), source_label=int(s.source_label),
         guidance=float(s.guidance), guidance_label=int(s.guidance_label),
         churn=dict(S_churn=float(s.S_churn), S_min=float(s.S_min), S_max=float(s.S_max),
@@ -244,13 +220,13 @@ def sample_to_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
             n = len(idx)
             rows = idx if n else np.zeros((1,), np.int64)
             host = {"i": rows.astype(np.int32),
-                    "c": example_labels(rows, classes, class_conditional=cfg.class_conditional,
+                    "c": example_labels(rows, classes, class_conditional=class_conditional,
                                         class_label=int(s.class_label))}
             host, _ = distributed.pad_to_multiple(host, local_bs)
             glob = distributed.host_local_to_global(host, mesh)
             images = distributed.global_to_host_local(
                 draw(params, key, glob["i"], glob["c"]), mesh)
-            images = edm_train.from_model_images(images[:n])
+            images = edm_model.from_model_images(images[:n])
             for j in range(n):
                 i, c = int(idx[j]), int(host["c"][j])
                 prov = dict(provenance_base, example=i,

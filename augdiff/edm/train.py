@@ -5,8 +5,12 @@ One loop, three modes that share everything but the label the network sees:
 - ``dm``: real images only, no label (a plain EDM model; with ``model.class_conditional`` the
   data's class labels are the condition, seed 004 §4.3).
 - ``sda``: real ∪ synthetic images, no label ("synthetic data augmentation").
-- ``casd``: real ∪ synthetic, the source label ``y`` one-hot (0 = real, 1.. = synthetic
+- ``casd``: real ∪ synthetic, the source label ``y`` one-hot (0 = real, 1..K = synthetic
   source id) is the condition (seed 004 §3, App. A.2); at sampling time ``y = 0``.
+
+SDA and CASD train on the union of the sources (every example equally likely, seed 004 eq.
+5; ``synthetic.mixing='ratio'`` gives a constant synthetic share per batch instead), with
+several synthetic stores as sources 1..K (``synthetic.stores=DIR1,DIR2``).
 
 Optimisation follows NVlabs/edm ``training_loop.py`` (Karras et al. 2022, App. F.1):
 
@@ -16,7 +20,10 @@ Optimisation follows NVlabs/edm ``training_loop.py`` (Karras et al. 2022, App. F
 - EMA with a half-life in images, ``β = 0.5^(B / max(h, 1e-8))`` with
   ``h = min(ema_halflife_images, n · ema_rampup_ratio)`` when the ramp-up ratio is set,
   ``ema ← β · ema + (1 − β) · θ`` after each optimiser step;
-- the loss is the EDM loss of :func:`augdiff.edm.core.edm_loss`, averaged over the batch.
+- the loss is the EDM loss of :func:`augdiff.edm.core.edm_loss`, summed over pixels and
+  averaged over the batch (``train.loss_reduction``);
+- EDM's non-leaky augmentation pipe (:mod:`augdiff.edm.augment`, ``augment.p``) on device
+  in the step, its 9-d labels fed to the network.
 
 The step is a pure function of ``(state, batch)`` with randomness from
 ``fold_in(key, step)``; it is jitted once with explicit shardings (batch over the mesh,
@@ -35,7 +42,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -45,24 +51,29 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from augdiff import distributed
-from augdiff.config import ConfigError, config_diff, to_dict
+from augdiff.config import ConfigError, to_dict
+from augdiff.edm.model import (  # noqa: F401  (the model's home; re-exported for callers)
+    MODEL_FIELDS,
+    MODES,
+    TrainState,
+    abstract_state,
+    augment_enabled,
+    build_model,
+    checkpoint_extras,
+    checkpointer,
+    config_field,
+    edm_config,
+    from_model_images,
+    init_state,
+    learning_rate,
+    make_net_apply,
+    make_optimizer,
+    mismatching_fields,
+    restore_checkpoint,
+    save_checkpoint,
+    to_model_images,
+)
 from augdiff.train.losses import NonFiniteLossError
-
-MODES = ("dm", "sda", "casd")
-
-# Config sections that define the trained function; sampling refuses a checkpoint whose
-# saved config differs from the current one in any of them.
-MODEL_FIELDS = ("mode", "model", "edm", "data.image_size", "data.channels")
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step changes: the step counter, parameters, EMA and optimiser state."""
-
-    step: jax.Array
-    params: Any
-    ema: Any
-    opt_state: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +90,8 @@ class StepConfig:
     num_classes: int
     class_conditional: bool
     precision: str = "float32"
+    loss_reduction: str = "sum"  # 'sum' over pixels (EDM, seed 004 eq. 5) | 'mean'
+    augment: Any = None  # an augdiff.edm.augment.AugmentConfig, or None (off)
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, *, num_classes: int) -> StepConfig:
@@ -94,18 +107,24 @@ class StepConfig:
             num_classes=int(num_classes),
             class_conditional=bool(config.model.class_conditional),
             precision=str(t.precision),
+            loss_reduction=str(t.get("loss_reduction", "sum")),
+            augment=_augment_config(config),
         )
+
+
+def _augment_config(config: ml_collections.ConfigDict) -> Any:
+    if not augment_enabled(config):
+        return None
+    from augdiff.edm.augment import AugmentConfig
+
+    try:
+        return AugmentConfig.from_config(config.augment)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 # ----------------------------------------------------------------------------------------
 # Schedules (NVlabs/edm training_loop.py).
-
-
-def learning_rate(step: jax.Array | int, *, lr: float, batch_size: int,
-                  rampup_images: float) -> jax.Array:
-    """``lr · min(n / max(rampup_images, 1e-8), 1)`` with ``n = step · batch_size`` images seen."""
-    nimg = jnp.asarray(step, jnp.float32) * batch_size
-    return lr * jnp.minimum(nimg / max(float(rampup_images), 1e-8), 1.0)
 
 
 def ema_beta(step: jax.Array | int, *, batch_size: int, halflife_images: float,
@@ -129,22 +148,6 @@ def ema_update(ema: Any, params: Any, beta: jax.Array) -> Any:
     )
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam with the edm LR ramp-up, optionally preceded by global-norm gradient clipping."""
-    t = config.train
-    schedule = lambda count: learning_rate(  # noqa: E731
-        count, lr=float(t.lr), batch_size=int(t.batch_size),
-        rampup_images=float(t.lr_rampup_images))
-    parts = []
-    if float(t.grad_clip) > 0:
-        parts.append(optax.clip_by_global_norm(float(t.grad_clip)))
-    parts += [
-        optax.scale_by_adam(b1=float(t.beta1), b2=float(t.beta2), eps=float(t.eps)),
-        optax.scale_by_learning_rate(schedule),
-    ]
-    return optax.chain(*parts)
-
-
 # ----------------------------------------------------------------------------------------
 # Labels: what the network sees in each mode.
 
@@ -161,96 +164,8 @@ def batch_labels(batch: Mapping[str, Any], cfg: StepConfig) -> dict[str, jax.Arr
     return labels or None
 
 
-def to_model_images(images: jax.Array) -> jax.Array:
-    """uint8 [0, 255] → float32 [-1, 1] (the convention inside models)."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def from_model_images(x: jax.Array | np.ndarray) -> np.ndarray:
-    """float [-1, 1] → uint8 [0, 255] with rounding and clipping (NVlabs/edm generate.py)."""
-    x = np.asarray(x, np.float32)
-    return np.clip(np.rint(x * 127.5 + 128.0 - 0.5), 0, 255).astype(np.uint8)
-
-
 # ----------------------------------------------------------------------------------------
 # Model construction.
-
-
-def _compute_dtype(precision: str) -> Any:
-    if precision not in ("float32", "bfloat16"):
-        raise ConfigError(f"train.precision must be float32 or bfloat16, got {precision!r}")
-    return jnp.bfloat16 if precision == "bfloat16" else jnp.float32
-
-
-def build_model(config: ml_collections.ConfigDict, *, num_classes: int,
-                precision: str | None = None) -> Any:
-    """The SongUNet a config describes (``model.preset`` plus image size, channels, labels).
-
-    ``precision`` (default ``train.precision``) is the compute dtype: ``bfloat16`` runs the
-    convolutions in bf16 while parameters (and the optimiser/EMA) stay float32.
-    """
-    from augdiff.models.songunet import SongUNet, songunet_config
-
-    mode = str(config.mode)
-    if mode not in MODES:
-        raise ConfigError(f"config.mode must be one of {MODES}, got {mode!r}")
-    kwargs: dict[str, Any] = dict(
-        img_resolution=int(config.data.image_size),
-        in_channels=int(config.data.channels),
-        out_channels=int(config.data.channels),
-        dropout=float(config.model.dropout),
-        dtype=_compute_dtype(precision or str(config.train.precision)),
-    )
-    for field in ("model_channels", "num_blocks"):
-        if int(config.model.get(field, 0)):
-            kwargs[field] = int(config.model[field])
-    if bool(config.model.class_conditional):
-        kwargs["label_dim"] = int(num_classes)
-    if mode == "casd":
-        kwargs["casd"] = True
-        kwargs["num_sources"] = int(config.model.num_sources)
-    return SongUNet(**songunet_config(str(config.model.preset), **kwargs))
-
-
-def make_net_apply(model: Any) -> Callable[..., jax.Array]:
-    """``net_apply(params, x, noise_labels, labels, *, train, rngs)`` for :mod:`augdiff.edm.core`.
-
-    ``labels`` is ``None`` or a dict ``{'class': c, 'source': y}`` routed to the network's
-    ``class_labels`` / ``source_labels`` (the CASD source label stays apart from the class).
-    """
-
-    def net_apply(params, x, noise_labels, labels=None, *, train=False, rngs=None):
-        labels = labels or {}
-        return model.apply({"params": params}, x, noise_labels,
-                           class_labels=labels.get("class"),
-                           source_labels=labels.get("source"), train=train, rngs=rngs)
-
-    return net_apply
-
-
-def edm_config(config: ml_collections.ConfigDict) -> Any:
-    """The :class:`augdiff.edm.core.EDMConfig` of ``config.edm``."""
-    from augdiff.edm.core import EDMConfig
-
-    e = config.edm
-    return EDMConfig(sigma_min=float(e.sigma_min), sigma_max=float(e.sigma_max),
-                     rho=float(e.rho), sigma_data=float(e.sigma_data),
-                     P_mean=float(e.P_mean), P_std=float(e.P_std))
-
-
-def init_state(key: jax.Array, model: Any, optimizer: optax.GradientTransformation,
-               shape: tuple[int, ...], cfg: StepConfig) -> TrainState:
-    """Fresh parameters (EMA = a copy), optimiser state and step 0."""
-    b = shape[0]
-    labels = batch_labels({"source": jnp.zeros((b,), jnp.int32),
-                           "label": jnp.zeros((b,), jnp.int32)}, cfg) or {}
-    variables = model.init(
-        {"params": key, "dropout": key}, jnp.zeros(shape, jnp.float32), jnp.zeros((b,)),
-        class_labels=labels.get("class"), source_labels=labels.get("source"), train=False)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema=jax.tree_util.tree_map(jnp.copy, params),
-                      opt_state=optimizer.init(params))
 
 
 # ----------------------------------------------------------------------------------------
@@ -260,22 +175,33 @@ def init_state(key: jax.Array, model: Any, optimizer: optax.GradientTransformati
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array, *,
                net_apply: Callable[..., jax.Array], optimizer: optax.GradientTransformation,
                edm_cfg: Any, cfg: StepConfig) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One EDM optimisation step: loss, Adam update with LR ramp-up, EMA.
+    """One EDM optimisation step: (augmentation,) loss, Adam update with LR ramp-up, EMA.
 
     ``batch`` holds ``image`` (uint8 NHWC), ``source`` and ``label`` (int32). Randomness (σ,
-    noise, dropout) comes from ``fold_in(key, state.step)`` only.
+    noise, dropout, augmentation) comes from ``fold_in(key, state.step)`` only. The loss is
+    ``mean_batch Σ_pixels λ(σ)(D − y)²`` (``loss_reduction='sum'``, NVlabs/edm and seed 004
+    eq. 5) or its per-pixel mean (``'mean'``; with Adam the two differ only through ε).
     """
     from augdiff.edm.core import edm_loss
 
     step_key = jax.random.fold_in(key, state.step)
-    loss_key, dropout_key = jax.random.split(step_key)
+    loss_key, dropout_key, aug_key = jax.random.split(step_key, 3)
     x0 = to_model_images(batch["image"])
     labels = batch_labels(batch, cfg)
+    if cfg.augment is not None:  # EDM's non-leaky pipe: the net sees what was applied
+        from augdiff.edm.augment import augment
+
+        x0, aug_labels = augment(aug_key, x0, cfg.augment)
+        labels = {**(labels or {}), "augment": aug_labels}
+    if cfg.loss_reduction not in ("sum", "mean"):
+        raise ConfigError(f"train.loss_reduction must be sum or mean, got {cfg.loss_reduction!r}")
+    # edm_loss averages over pixels; EDM (loss.sum() / batch) and eq. 5 sum over them.
+    scale = float(np.prod(x0.shape[1:])) if cfg.loss_reduction == "sum" else 1.0
 
     def loss_fn(params):
         per_example = edm_loss(loss_key, net_apply, params, x0, labels, cfg=edm_cfg,
                                train=True, rngs={"dropout": dropout_key})
-        return jnp.mean(per_example)
+        return jnp.mean(per_example) * scale
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -334,13 +260,41 @@ class ClassSubset:
         return rec
 
 
+class FirstPerClass:
+    """The first ``n`` rows of every class of ``source``, in the source's order (seed 004 App.
+    A.1: "we use the first n samples", rather than a seeded random subset)."""
+
+    def __init__(self, source: Any, n: int):
+        labels = np.asarray(source.labels)
+        keep = [np.flatnonzero(labels == c)[:n] for c in np.unique(labels)]
+        self._source = source
+        self._rows = np.sort(np.concatenate(keep)) if keep else np.zeros((0,), np.int64)
+        self.class_names = list(source.class_names)
+        self.num_classes = int(source.num_classes)
+        self.labels = labels[self._rows]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rec = dict(self._source[int(self._rows[int(i)])])
+        rec["index"] = np.int64(i)
+        return rec
+
+
 def open_real(config: ml_collections.ConfigDict) -> Any:
-    """The real source of ``config.data`` restricted to ``data.classes`` when set."""
+    """The real source of ``config.data`` restricted to ``data.classes`` when set, and to the
+    first ``data.first_per_class`` rows of each class when that is > 0."""
     from augdiff.data.sources import open_real_source
 
+    first = int(config.data.get("first_per_class", 0) or 0)
+    if first and int(config.data.get("per_class", 0) or 0):
+        raise ConfigError("set data.per_class (a seeded random subset) or "
+                          "data.first_per_class (the first n), not both")
     real = open_real_source(config.data, str(config.data.split))
     classes = [c.strip() for c in str(config.data.classes).split(",") if c.strip()]
-    return ClassSubset(real, classes) if classes else real
+    real = ClassSubset(real, classes) if classes else real
+    return FirstPerClass(real, first) if first else real
 
 
 def shift_colours(images: np.ndarray, kind: str) -> np.ndarray:
@@ -397,8 +351,45 @@ def write_shifted_store(real: Any, root: str, *, kind: str, count: int = 0,
     return SyntheticStore(root)
 
 
-def open_synthetic(config: ml_collections.ConfigDict, real: Any) -> Any:
-    """The synthetic store(s) for sda/casd: ``synthetic.stores`` or a colour-shifted store."""
+class SourceUnion:
+    """Rows of several sources back to back, each relabelled with its source id.
+
+    ``SourceUnion([real, syn_1, …, syn_K], source_ids=[0, 1, …, K])``: row ``i`` is the row of
+    the part it falls in, its ``source`` set to that part's id (0 = real, k = the k-th
+    synthetic store, seed 004 §3.2) and its class ``label`` kept; ``index`` is ``i``.
+    """
+
+    def __init__(self, parts: list[Any], source_ids: list[int]):
+        if len(parts) != len(source_ids) or not parts:
+            raise ValueError("SourceUnion: one source id per part, at least one part")
+        self.parts, self.source_ids = list(parts), [int(k) for k in source_ids]
+        self._offsets = np.concatenate([[0], np.cumsum([len(p) for p in self.parts])])
+        first = self.parts[0]
+        self.class_names = list(getattr(first, "class_names", []))
+        self.num_classes = int(getattr(first, "num_classes", 0) or 0)
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def sources(self) -> np.ndarray:
+        """The source id of every row."""
+        return np.repeat(self.source_ids, np.diff(self._offsets))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"SourceUnion: row {i} out of range for {len(self)} rows")
+        k = int(np.searchsorted(self._offsets, i, side="right") - 1)
+        rec = dict(self.parts[k][i - int(self._offsets[k])])
+        rec["source"] = np.int32(self.source_ids[k])
+        rec["index"] = np.int64(i)
+        return rec
+
+
+def open_synthetic(config: ml_collections.ConfigDict, real: Any) -> list[Any]:
+    """The synthetic sources for sda/casd, in source-id order 1..K: the comma-separated
+    ``synthetic.stores`` (one :class:`SyntheticStore` each), or one colour-shifted store."""
     from augdiff.data.store import SyntheticStore
 
     stores = [s.strip() for s in str(config.synthetic.stores).split(",") if s.strip()]
@@ -411,146 +402,61 @@ def open_synthetic(config: ml_collections.ConfigDict, real: Any) -> Any:
                    if c.strip()]
         base = open_real_source(config.data, str(config.data.split)) if classes else real
         root = os.path.join(str(config.workdir), f"shifted_{config.synthetic.shift}")
-        return write_shifted_store(base, root, kind=str(config.synthetic.shift),
-                                   count=int(config.synthetic.shift_count),
-                                   seed=int(config.seed), classes=classes or None)
+        return [write_shifted_store(base, root, kind=str(config.synthetic.shift),
+                                    count=int(config.synthetic.shift_count),
+                                    seed=int(config.seed), classes=classes or None)]
     if not stores:
         raise ConfigError(f"mode {config.mode!r} needs synthetic data: set "
                           "--config.synthetic.stores=DIR[,DIR] or --config.synthetic.shift")
     for s in stores:
         if not os.path.isdir(s):
             raise ConfigError(f"synthetic.stores: {s!r} is not a directory")
-    if len(stores) > 1:
-        raise ConfigError("synthetic.stores: one store per run is supported by MixedLoader")
-    return SyntheticStore(stores[0])
+    return [SyntheticStore(s) for s in stores]
 
 
-def make_loader(config: ml_collections.ConfigDict, real: Any, synthetic: Any,
+def training_source(config: ml_collections.ConfigDict, real: Any,
+                    synthetic: list[Any] | None) -> tuple[Any, Any, float]:
+    """``(first, second, share)`` for :class:`MixedLoader` in each mixing rule.
+
+    - ``dm`` (no synthetic data): the real rows only;
+    - ``synthetic.mixing='union'`` (default, seed 004 eq. 5): one source, the union
+      ``D_r ∪ D_s1 ∪ … ∪ D_sK`` with source ids 0, 1..K, read in epoch-wise permutations, so
+      every example is equally likely (the synthetic share is ``m / (n + m)``);
+    - ``'ratio'``: real rows and the union of the synthetic stores in a constant share
+      ``synthetic.fraction`` per batch.
+    """
+    if not synthetic:
+        return real, None, 0.0
+    k = len(synthetic)
+    if config.mode == "casd" and int(config.model.num_sources) < k + 1:
+        raise ConfigError(f"model.num_sources={int(config.model.num_sources)} is too small "
+                          f"for the real source and {k} synthetic source(s); set it to {k + 1}")
+    mixing = str(config.synthetic.get("mixing", "union"))
+    if mixing == "union":
+        return SourceUnion([real, *synthetic], list(range(k + 1))), None, 0.0
+    if mixing == "ratio":
+        return real, SourceUnion(list(synthetic), list(range(1, k + 1))), float(
+            config.synthetic.fraction)
+    raise ConfigError(f"synthetic.mixing must be union or ratio, got {mixing!r}")
+
+
+def make_loader(config: ml_collections.ConfigDict, real: Any, synthetic: list[Any] | None,
                 total_steps: int) -> Any:
-    """The mixing loader: real only for dm, real ∪ synthetic (constant share) otherwise."""
+    """The loader of :func:`training_source`'s rule (an epoch is one pass over its first
+    source: the real rows, or the whole union)."""
     from augdiff.data.loader import MixedLoader
 
+    first, second, frac = training_source(config, real, synthetic)
     bs = int(config.train.batch_size)
-    steps_per_epoch = max(len(real) // bs, 1)
+    steps_per_epoch = max(len(first) // bs, 1)
     epochs = max(math.ceil(total_steps / steps_per_epoch), 1)
-    frac = 0.0 if synthetic is None else float(config.synthetic.fraction)
-    return MixedLoader(real, synthetic, batch_size=bs, schedule=frac, epochs=epochs,
+    return MixedLoader(first, second, batch_size=bs, schedule=frac, epochs=epochs,
                        steps_per_epoch=steps_per_epoch, seed=int(config.seed),
                        num_workers=int(config.data.num_workers))
 
 
 # ----------------------------------------------------------------------------------------
 # The loop.
-
-
-def checkpointer(config: ml_collections.ConfigDict) -> Any:
-    """The run's :class:`augdiff.train.checkpoint.Checkpointer` (``<workdir>/checkpoints``)."""
-    from augdiff.train.checkpoint import Checkpointer
-
-    return Checkpointer(os.path.join(str(config.workdir), "checkpoints"),
-                        max_to_keep=int(config.train.keep_checkpoints) or None)
-
-
-def _state_tree(state: TrainState) -> dict[str, Any]:
-    return {"step": state.step, "params": state.params, "ema": state.ema,
-            "opt_state": state.opt_state}
-
-
-def save_checkpoint(ckpt: Any, state: TrainState, loader_state: Any,
-                    config_dict: dict[str, Any], info: dict[str, Any] | None = None) -> str:
-    """Save params, EMA, optimiser state, step, loader state, the resolved config and
-    ``info`` (``num_classes`` and the trained ``classes``, which sampling needs)."""
-    step = int(state.step)
-    # The state is replicated: save one host copy (orbax slicing 8 replicas of every leaf
-    # costs ~30 s per save on CPU); restores put it back on the mesh's sharding.
-    host = jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)),
-                                  _state_tree(state))
-    ckpt.save(step, host,
-              {"loader": loader_state, "config": config_dict, **(info or {})})
-    return os.path.join(ckpt.directory, str(step))
-
-
-def checkpoint_extras(ckpt: Any, step: int) -> dict[str, Any]:
-    """The JSON extras (saved config, loader state, ``num_classes``, ``classes``) of one
-    checkpoint, read without its arrays (so a config mismatch is reported before a restore
-    fails on shapes)."""
-    import orbax.checkpoint as ocp
-
-    mngr = ocp.CheckpointManager(ckpt.directory, item_names=("state", "extras"))
-    try:
-        out = mngr.restore(int(step), args=ocp.args.Composite(extras=ocp.args.JsonRestore()))
-    finally:
-        mngr.close()
-    return dict(out["extras"] or {})
-
-
-def restore_checkpoint(ckpt: Any, like: TrainState,
-                       step: int | None = None) -> tuple[TrainState, dict[str, Any], str] | None:
-    """The latest (or given) checkpoint onto the layout of ``like``: ``(state, extras, path)``,
-    or ``None`` when the directory holds none."""
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        return None
-    tree, extras = ckpt.restore(step, like=_state_tree(like))
-    return TrainState(**tree), extras, os.path.join(ckpt.directory, str(step))
-
-
-def restore_ema(ckpt: Any, step: int, like: Any) -> Any:
-    """The EMA parameters of checkpoint ``step`` cast to the dtypes of ``like`` (an abstract
-    parameter tree) and placed on its shardings.
-
-    Reads the ``ema`` entry of the saved tree alone, without a target for the rest, so a full
-    training checkpoint (params, EMA, optimiser state) and an exported generator (EMA only,
-    possibly stored in float16, :func:`augdiff.edm.assets.export_generator`) load through
-    this one function.
-    """
-    import orbax.checkpoint as ocp
-
-    item = os.path.join(ckpt.directory, str(int(step)), "state")
-    if not os.path.isdir(item):
-        raise FileNotFoundError(f"no 'state' item in checkpoint {item!r}")
-    ckptr = ocp.PyTreeCheckpointer()
-    meta = ckptr.metadata(item).item_metadata.tree
-    if "ema" not in meta:
-        raise ValueError(f"checkpoint {item!r} holds no EMA parameters (keys: {sorted(meta)})")
-    args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta,
-                                  is_leaf=lambda x: not isinstance(x, dict | list | tuple))
-    raw = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=args))["ema"]
-    got = jax.tree_util.tree_structure(raw)
-    want = jax.tree_util.tree_structure(like)
-    shapes_ok = got == want and all(
-        tuple(a.shape) == tuple(b.shape)
-        for a, b in zip(jax.tree_util.tree_leaves(raw), jax.tree_util.tree_leaves(like),
-                        strict=True))
-    if not shapes_ok:
-        raise ValueError(f"checkpoint {item!r}: its EMA parameters do not match the configured "
-                         "model (model.* / data.image_size fields)")
-    return jax.tree_util.tree_map(
-        lambda a, b: jax.device_put(np.asarray(a).astype(b.dtype),
-                                    getattr(b, "sharding", None)), raw, like)
-
-
-def config_field(d: dict[str, Any], dotted: str) -> Any:
-    """The value of dotted field ``dotted`` in a nested dict (``"<missing>"`` when absent)."""
-    node: Any = d
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return "<missing>"
-        node = node[part]
-    return node
-
-
-def mismatching_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted names of the model-defining fields (:data:`MODEL_FIELDS`) where a checkpoint's
-    saved config and the current one differ (via :func:`augdiff.config.config_diff`)."""
-    out: list[str] = []
-    for field in MODEL_FIELDS:
-        a, b = config_field(saved, field), config_field(current, field)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_diff(a, b, field + ".")
-        elif a != b:
-            out.append(field)
-    return out
 
 
 def _truncate_metrics(path: str, upto: int) -> None:

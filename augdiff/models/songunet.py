@@ -10,11 +10,14 @@ bottleneck, Xavier-uniform init with the output convs scaled by 1e-5 and qkv by 
 Parameter counts match the reference module for module (e.g. 55,733,891 for the CIFAR-10
 preset, which like EDM's training config has a 9-d augmentation-label input).
 
-CASD (seed 004, App. A.2): with ``casd=True`` a 3×3 conv "representation layer" maps the
-input to ``casd_channels`` before the encoder, and the source label ``y`` (0 = real,
-1.. = synthetic) is one-hot encoded, embedded to 128-d by a Dense layer and passed through a
-2-layer SiLU MLP to the embedding width (512 for the CIFAR preset), then added to the noise
-embedding.
+CASD (seed 004, §3.2 and App. A.2) adds nothing to the network: ``s_θ(x, y, t) =
+f_θ3(R_θ1(x), e_θ2(y))`` where R is the DDPM++ input conv (3×3, 3 → 128, ``enc_*_conv``) and e
+is EDM's label path: the source label ``y`` (0 = real, 1..K = synthetic sources) one-hot,
+scaled by √(in_features) and mapped to 128-d by ``map_label`` (added to the noise embedding),
+then the two SiLU mapping layers to 512-d shared with the noise embedding. With
+``casd=True`` the network is EDM's conditional SongUNet with ``label_dim = num_sources`` (plus
+``label_dim`` class entries when also class-conditional), so DM, SDA and CASD networks differ
+only in ``map_label`` (``(num_sources + 1)·128`` parameters).
 
 Images are NHWC. ``dtype`` is the compute dtype (e.g. bfloat16); parameters, GroupNorm and the
 attention softmax stay in float32 and the output is float32.
@@ -219,7 +222,7 @@ def positional_embedding(t: Array, num_channels: int, max_positions: int = 10000
 
 
 class SongUNet(nn.Module):
-    """DDPM++ U-Net ``F_θ(x; c_noise, class, source)`` (NVlabs/edm ``SongUNet``) + CASD.
+    """DDPM++ U-Net ``F_θ(x; c_noise, class, source)`` (NVlabs/edm ``SongUNet``), CASD-ready.
 
     ``__call__(x [B,H,W,C], noise_labels [B], class_labels=None, source_labels=None,
     train=False, augment_labels=None) -> [B,H,W,out_channels]`` float32. ``class_labels`` are
@@ -243,8 +246,6 @@ class SongUNet(nn.Module):
     resample_filter: Sequence[float] = (1.0, 1.0)
     num_heads: int = 1
     casd: bool = False
-    casd_channels: int = 128
-    source_embed_dim: int = 128
     num_sources: int = 2
     dtype: Dtype = jnp.float32
 
@@ -279,6 +280,7 @@ class SongUNet(nn.Module):
         noise_ch = self.model_channels
         emb_ch = self.model_channels * self.channel_mult_emb
         emb = positional_embedding(noise_labels, noise_ch, endpoint=True)
+        labels = []
         if self.label_dim:
             if class_labels is None:
                 raise ValueError(f"SongUNet: label_dim={self.label_dim} needs class_labels")
@@ -288,27 +290,27 @@ class SongUNet(nn.Module):
             if cl.shape != (batch, self.label_dim):
                 raise ValueError(f"SongUNet: class_labels must be int [B] or [B, {self.label_dim}],"
                                  f" got {tuple(jnp.shape(class_labels))}")
-            cl = cl.astype(jnp.float32)
+            labels.append(cl.astype(jnp.float32))
+        if self.casd:  # e_θ2: the source label enters EDM's label path (App. A.2).
+            y = (jnp.zeros((batch,), jnp.int32) if source_labels is None
+                 else jnp.asarray(source_labels))
+            if y.shape != (batch,):
+                raise ValueError(f"SongUNet: source_labels must be int [B]=[{batch}], "
+                                 f"got {tuple(y.shape)}")
+            labels.append(jax.nn.one_hot(y, self.num_sources, dtype=jnp.float32))
+        if labels:
+            cl = jnp.concatenate(labels, axis=-1)
             if train and self.label_dropout:
                 u = jax.random.uniform(self.make_rng("dropout"), (batch, 1))
                 cl = cl * (u >= self.label_dropout).astype(cl.dtype)
-            emb = emb + nn.Dense(noise_ch, name="map_label", **dense)(cl * np.sqrt(self.label_dim))
+            emb = emb + nn.Dense(noise_ch, name="map_label",
+                                 **dense)(cl * np.sqrt(cl.shape[-1]))
         if self.augment_dim:
             aug = (jnp.zeros((batch, self.augment_dim), jnp.float32) if augment_labels is None
                    else jnp.asarray(augment_labels, jnp.float32))
             emb = emb + nn.Dense(noise_ch, use_bias=False, name="map_augment", **dense)(aug)
         emb = nn.silu(nn.Dense(emb_ch, name="map_layer0", **dense)(emb))
         emb = nn.silu(nn.Dense(emb_ch, name="map_layer1", **dense)(emb))
-        if self.casd:
-            y = (jnp.zeros((batch,), jnp.int32) if source_labels is None
-                 else jnp.asarray(source_labels))
-            if y.shape != (batch,):
-                raise ValueError(f"SongUNet: source_labels must be int [B]=[{batch}], "
-                                 f"got {tuple(y.shape)}")
-            s = nn.Dense(self.source_embed_dim, name="map_source",
-                         **dense)(jax.nn.one_hot(y, self.num_sources, dtype=jnp.float32))
-            s = nn.silu(nn.Dense(emb_ch, name="map_source_layer0", **dense)(s))
-            emb = emb + nn.Dense(emb_ch, name="map_source_layer1", **dense)(s)
         return emb
 
     @nn.compact
@@ -323,9 +325,6 @@ class SongUNet(nn.Module):
         mc, rf = self.model_channels, tuple(self.resample_filter)
         block = dict(num_heads=self.num_heads, dropout=self.dropout, resample_filter=rf,
                      dtype=self.dtype)
-        if self.casd:  # CASD representation layer (App. A.2).
-            x = Conv(self.casd_channels, 3, name="casd_repr", dtype=self.dtype)(x)
-
         # Encoder.
         skips = []
         cout = mc
@@ -371,7 +370,8 @@ def params_from_edm_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     """Flax ``params`` of :class:`SongUNet` from an NVlabs/edm ``SongUNet``/``EDMPrecond`` state
     dict (numpy or torch tensors), e.g. to load its pretrained DDPM++ checkpoints or to check
     parity with the reference. Convolutions OIHW → HWIO, linear ``[out, in]`` → ``[in, out]``;
-    resample-filter buffers are dropped. CASD layers have no counterpart there.
+    resample-filter buffers are dropped. A CASD net's ``map_label`` is the reference's
+    ``map_label`` of a conditional net with ``label_dim = num_sources``.
     """
     params: dict[str, Any] = {}
 
