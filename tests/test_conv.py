@@ -135,3 +135,17 @@ def test_flax_module_same_parameters_as_nn_conv():
     g = jax.grad(lambda q: (ours.apply(q, x) ** 2).sum())(p)
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_weight_gradient_matches_lax(monkeypatch):
+    monkeypatch.setattr(aconv, "PATCH_BYTES", 1)  # one image per im2col chunk
+    x, w = _data(3, 8, 12, 2, hw=7)
+    x = np.concatenate([x, -2 * x, x[::-1]], 0)  # batch 6
+    g = np.random.default_rng(5).standard_normal((6, 4, 4, 12)).astype(np.float32)
+
+    def grad_w(fn):
+        return jax.vjp(lambda v: fn(x, v, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN,
+                                    feature_group_count=2), w)[1](g)[0]
+
+    np.testing.assert_allclose(grad_w(aconv.conv_general_dilated),
+                               grad_w(lax.conv_general_dilated), rtol=1e-5, atol=1e-4)
