@@ -11,11 +11,12 @@ Both frameworks run the *same* network: the PyTorch ``EDMPrecond(SongUNet)`` is 
 random weights and converted with :func:`augdiff.models.songunet.params_from_edm_state_dict`;
 the script checks that one denoiser call agrees before timing.
 
-NVlabs/edm is not part of augdiff. Point ``--edm-repo`` at a checkout, or at a git directory
-(e.g. the mirror from the search tool's ``fetch github:NVlabs/edm``), whose files are then
-exported with ``git show`` into a temporary directory outside the project for this run only::
+NVlabs/edm is not part of augdiff and is never copied into it. Get its public repository
+(``git clone https://github.com/NVlabs/edm``) anywhere outside the project and point
+``--edm-repo`` at the checkout, or at its bare git directory, whose files are then exported
+with ``git show`` into a temporary directory for this run only::
 
-    python3 benchmarks/bench_edm.py --edm-repo /work/.mirror/NVlabs+edm/repo --batch 8
+    python3 benchmarks/bench_edm.py --edm-repo <path to an NVlabs/edm checkout> --batch 8
 
 Without ``--edm-repo`` only the JAX side runs (on random weights from ``eval_shape``).
 """
@@ -26,7 +27,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,9 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from machine import describe, headline
 
 from augdiff.edm.core import EDMConfig, denoise, edm_loss
 from augdiff.edm.samplers import nfe, sample
+from augdiff.models.conv import wgrad_mode as conv_wgrad_mode
 from augdiff.models.songunet import SongUNet, params_from_edm_state_dict, songunet_config
 
 EDM_FILES = (
@@ -112,15 +114,17 @@ def bench_jax(args, params: Any, results: dict) -> Any:
         den = lambda x, s: denoise(model.apply, params, x, s)  # noqa: E731
         return sample(key, den, shape, args.steps, "heun", cfg)
 
-    t0 = time.perf_counter()
-    draw_c = draw.lower(params, jax.random.key(0)).compile()
-    results["jax_sample_compile_s"] = time.perf_counter() - t0
-    sec = timed(lambda: jax.block_until_ready(draw_c(params, jax.random.key(1))), args.repeats,
-                "jax_sample")
-    results["jax_sample_img_per_s"] = args.batch / sec
-    print(f"[jax] Heun-{nfe('heun', args.steps)} sampling: {sec:.1f} s/batch "
-          f"({args.batch / sec:.3f} img/s), compile {results['jax_sample_compile_s']:.0f} s",
-          flush=True)
+    draw_c = None
+    if not args.skip_sampling:
+        t0 = time.perf_counter()
+        draw_c = draw.lower(params, jax.random.key(0)).compile()
+        results["jax_sample_compile_s"] = time.perf_counter() - t0
+        sec = timed(lambda: jax.block_until_ready(draw_c(params, jax.random.key(1))), args.repeats,
+                    "jax_sample")
+        results["jax_sample_img_per_s"] = args.batch / sec
+        print(f"[jax] Heun-{nfe('heun', args.steps)} sampling: {sec:.1f} s/batch "
+              f"({args.batch / sec:.3f} img/s), compile {results['jax_sample_compile_s']:.0f} s",
+              flush=True)
 
     opt = optax.adam(args.lr)
     opt_state = opt.init(params)
@@ -168,10 +172,11 @@ def bench_torch(args, net, results: dict) -> None:
         with torch.no_grad():
             edm_sampler(net, latents, num_steps=args.steps)
 
-    sec = timed(run_sampler, args.repeats, "torch_sample")
-    results["torch_sample_img_per_s"] = args.batch / sec
-    print(f"[torch] Heun-{nfe('heun', args.steps)} sampling: {sec:.1f} s/batch "
-          f"({args.batch / sec:.3f} img/s)", flush=True)
+    if not args.skip_sampling:
+        sec = timed(run_sampler, args.repeats, "torch_sample")
+        results["torch_sample_img_per_s"] = args.batch / sec
+        print(f"[torch] Heun-{nfe('heun', args.steps)} sampling: {sec:.1f} s/batch "
+              f"({args.batch / sec:.3f} img/s)", flush=True)
 
     net.train()
     loss_fn = EDMLoss()
@@ -197,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="timed sampling runs (median)")
     ap.add_argument("--train-repeats", type=int, default=3, help="timed train steps (median)")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--skip-sampling", action="store_true", help="time the train step only")
     ap.add_argument("--edm-repo", default=None,
                     help="NVlabs/edm checkout or git dir; omit to run the JAX side only")
     ap.add_argument("--json", default=None, help="write the figures to this file")
@@ -205,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = dict(
         batch=args.batch, heun_steps=args.steps, nfe=nfe("heun", args.steps),
         device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-        cpu_count=os.cpu_count(), machine=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(), machine=describe(), conv_wgrad=conv_wgrad_mode(),
         jax=jax.__version__,
     )
+    print(headline(results["machine"]), flush=True)
     model = SongUNet(**songunet_config("cifar10"))
     net = None
     if args.edm_repo:
@@ -247,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_jax(args, params, results)
     if net is not None:
         bench_torch(args, net, results)
-        for what in ("sample", "train"):
+        for what in ("train",) if args.skip_sampling else ("sample", "train"):
             r = results[f"jax_{what}_img_per_s"] / results[f"torch_{what}_img_per_s"]
             results[f"ratio_{what}_jax_over_torch"] = r
             rc = CPU_SECONDS[f"torch_{what}"] / CPU_SECONDS[f"jax_{what}"]

@@ -35,6 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from augdiff.models.conv import Conv
+
 # torchvision / He et al. (2015) initialisation: Kaiming normal, fan-out, for every conv.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -56,7 +58,7 @@ def _bn(dtype: Any, name: str | None = None, scale_init=nn.initializers.ones) ->
 
 def _conv(features: int, kernel: int, stride: int, dtype: Any, groups: int = 1,
           name: str | None = None) -> nn.Conv:
-    return nn.Conv(
+    return Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),

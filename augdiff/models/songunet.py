@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from augdiff.models import conv as conv_lib
+
 Array = jax.Array
 Dtype = Any
 
@@ -145,9 +147,9 @@ class Conv(nn.Module):
             x = resample(x, self.resample_filter, up=self.up, down=self.down)
         if self.kernel:
             p = self.kernel // 2
-            x = nn.Conv(self.features, (self.kernel, self.kernel), padding=[(p, p), (p, p)],
-                        kernel_init=self.kernel_init, dtype=self.dtype,
-                        param_dtype=jnp.float32, name="conv")(x)
+            x = conv_lib.Conv(self.features, (self.kernel, self.kernel),
+                              padding=[(p, p), (p, p)], kernel_init=self.kernel_init,
+                              dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
         return x
 
 
