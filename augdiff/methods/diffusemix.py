@@ -170,7 +170,12 @@ def edit_images(
 
 def output_status(images01: np.ndarray, black_threshold: float = 0.0) -> np.ndarray:
     """Per image: ``'ok'``, ``'nonfinite'`` (any NaN/inf) or ``'black'`` (``max ≤ threshold``,
-    in [0, 1] units; 0 = exactly black, as a safety checker's replacement)."""
+    in [0, 1] units; 0 = exactly black, as a safety checker's replacement).
+
+    This follows the intent stated by DiffuseMix (drop black, i.e. failed, edits). DiffuseMix's
+    public ``is_black_image`` actually tests the *white* bin: it flags an image whose
+    luminance histogram has more than 90 % of pixels at 255 and every other bin under 10 %;
+    that check is not reproduced here."""
     x = np.asarray(images01, np.float32)
     finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
     peak = np.where(np.isfinite(x), x, 0.0).reshape(len(x), -1).max(axis=1)
@@ -522,6 +527,16 @@ class OnlinePairs:
         return out
 
 
+def fractal_bank_from_config(dm: Any, fractal_key: jax.Array, size: int) -> jax.Array:
+    """The fractal bank of ``config.diffusemix`` in [-1, 1]: the image folder
+    ``fractal_path`` when set (as DiffuseMix loads its fractal set), else
+    ``fractal_bank_size`` procedural IFS fractals from ``fractal_key`` (not FractalDB)."""
+    path = str(dm.get("fractal_path", "") or "")
+    if path:
+        return hybrids.load_fractal_folder(path, size)
+    return hybrids.fractal_bank(fractal_key, int(dm.fractal_bank_size), size)
+
+
 def make_online(config: Any, real: Any, synthetic: Any) -> OnlinePairs | None:
     """The online transform ``config.online`` asks for, or None (``online.kind = 'none'``).
 
@@ -543,11 +558,8 @@ def make_online(config: Any, real: Any, synthetic: Any) -> OnlinePairs | None:
     if is_semantic:
         raise ValueError("online hybrids support mask concat/random; SHB is written offline")
     _, hybrid_key, fractal_key = run_keys(_generation_seed(config))
-    bank = None
-    if spec.fractal:
-        bank = hybrids.fractal_bank(
-            fractal_key, int(dm.fractal_bank_size), int(config.data.image_size)
-        )
+    bank = fractal_bank_from_config(dm, fractal_key, int(config.data.image_size)) \
+        if spec.fractal else None
     return OnlinePairs(real, synthetic, spec=spec, key=hybrid_key, fractals=bank)
 
 
@@ -668,8 +680,7 @@ def _generate_hybrids(
     edits = SyntheticStore(edits_dir)
     rows = np.arange(len(edits))[distributed.process_slice(len(edits))]
     size = int(config.data.image_size)
-    bank = (hybrids.fractal_bank(fractal_key, int(dm.fractal_bank_size), size)
-            if spec.fractal else None)
+    bank = fractal_bank_from_config(dm, fractal_key, size) if spec.fractal else None
     variant = {f: getattr(spec, f) for f in _SPEC_FIELDS}
     manifest = dict(edits=os.path.abspath(edits_dir), hybrid=variant,
                     mask="semantic" if is_semantic else spec.mask,
