@@ -80,6 +80,11 @@ def _generation() -> ml_collections.ConfigDict:
     g.tiny = False  # with model = '': make a tiny random-weight model in the workdir
     g.dtype = "float32"  # bfloat16 on accelerators
     g.seed = -1  # generation seed; < 0 = config.seed
+    g.editor = "ip2p"  # ip2p (InstructPix2Pix, DiffuseMix) | edm (SDEdit with an augdiff EDM)
+    g.edm = ml_collections.ConfigDict()
+    g.edm.workdir = ""  # an `augdiff train-diffusion` workdir (editor = 'edm')
+    g.edm.sigma_start = "1.0"  # edit strength(s) σ_start, 'a|b' for several (the "prompts")
+    g.edm.steps = 8  # Heun steps from σ_start to 0
     g.prompts = SINGLE_PROMPT  # 'all' = DiffuseMix's nine, or 'p1|p2|...'
     g.text_guidance = 4.0
     g.image_guidance = 1.5

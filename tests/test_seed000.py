@@ -183,3 +183,34 @@ def test_every_table_row_is_a_named_row_with_the_papers_numbers():
         c = load_config(f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:{row}")
         assert c.classifier.overrides.loss.kind == "bce_softmax"
         assert c.generator.config.endswith(f"diffusemix_cifar100.py:{row}")
+
+
+def test_paper_table_layout():
+    from augdiff.analysis.tables import paper_table
+
+    mod = _exp_module()
+    md = paper_table(["baseline", "shb_fractal"], mod.PAPER,
+                     {"baseline": {"test_top1": 0.5, "test_top5": 0.9}})
+    lines = md.splitlines()
+    assert lines[0].startswith("| Method | Sch. | Ratio | Lsf | Top-1 paper | Top-1 augdiff")
+    assert lines[2] == "| Baseline | Con | 0.0 | 1.00 | 68.63 | 50.00 | 87.92 | 90.00 | `baseline` |"
+    assert lines[3] == "| SHB + fractal | Con | 0.20 | 1.00 | — | — | — | — | `shb_fractal` |"
+
+
+def test_sdedit_follows_the_gaussian_probability_flow():
+    """For data ~ N(0, s²I) the ideal denoiser is D(x; σ) = s²/(s² + σ²)·x and the
+    probability-flow ODE from σ_start to 0 maps x to x·s/√(s² + σ_start²); SDEdit starts at
+    x₀ + σ_start·n."""
+    from augdiff.edm.edit import edit_prompt, sdedit
+
+    s, sigma_start = 0.5, 1.3
+    rng = np.random.default_rng(0)
+    x0 = jnp.asarray(rng.normal(size=(4, 3)) * s, jnp.float32)
+    noise = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+    den = lambda x, sig: s**2 / (s**2 + sig**2) * x  # noqa: E731
+    got = sdedit(den, x0, noise, sigma_start, 40)
+    want = (np.asarray(x0) + sigma_start * np.asarray(noise)) * s / np.sqrt(s**2 + sigma_start**2)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=4e-3, atol=1e-4)  # Heun, 40 steps
+    assert edit_prompt(1.0, 3) == "sdedit sigma_start=1 class=3"
+    with pytest.raises(ValueError, match="sigma_start"):
+        sdedit(den, x0, noise, 0.001, 4)

@@ -342,7 +342,8 @@ def load_fractal_folder(
                 im = im.convert("RGB").resize((size, size), Image.BILINEAR)
                 images.append(np.asarray(im, np.uint8))
         except OSError as e:
-            raise ValueError(f"fractal image {os.path.join(path, name)!r} is unreadable: {e}") from e
+            where = os.path.join(path, name)
+            raise ValueError(f"fractal image {where!r} is unreadable: {e}") from e
     lo, hi = value_range
     return lo + (hi - lo) * (jnp.asarray(np.stack(images), jnp.float32) / 255.0)
 
