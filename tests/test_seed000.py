@@ -193,7 +193,8 @@ def test_paper_table_layout():
                      {"baseline": {"test_top1": 0.5, "test_top5": 0.9}})
     lines = md.splitlines()
     assert lines[0].startswith("| Method | Sch. | Ratio | Lsf | Top-1 paper | Top-1 augdiff")
-    assert lines[2] == "| Baseline | Con | 0.0 | 1.00 | 68.63 | 50.00 | 87.92 | 90.00 | `baseline` |"
+    assert lines[2] == (
+        "| Baseline | Con | 0.0 | 1.00 | 68.63 | 50.00 | 87.92 | 90.00 | `baseline` |")
     assert lines[3] == "| SHB + fractal | Con | 0.20 | 1.00 | — | — | — | — | `shb_fractal` |"
 
 
