@@ -368,7 +368,10 @@ def classifier_config(
             merge_overrides(sub.synthetic.schedule,
                             mixed_schedule(config, num_real, num_synthetic), "mixed.schedule")
             n = num_real + num_synthetic
-    sub.steps_per_epoch = fixed_steps or max(1, n // bs)
+    # One definition of an epoch, shared with ``augdiff train``.
+    from augdiff.train.classifier import epoch_steps
+
+    sub.steps_per_epoch = epoch_steps(n, 0, bs, fixed=fixed_steps)
     return sub
 
 

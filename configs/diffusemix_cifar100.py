@@ -17,24 +17,36 @@ Generation defaults (DiffuseMix, Islam et al. 2024): InstructPix2Pix
 steps at 256², one prompt per image (seed 000's single-prompt setting: ``Autumn``;
 ``--config.diffusemix.prompts=all`` gives DiffuseMix's nine, ``"sunset|snowy"`` any subset).
 
-Rows (variants)
-- ``vanilla``: real data only (generation settings of ``dc``, unused by training).
-- ``dc``: DiffuseMix baseline — deterministic concatenation hybrids (vertical or horizontal
-  half per pair, 2-px seam ramp at 32², masks fixed per pair), constant share 1:1.
-- ``linear`` / ``warm`` / ``step``: ``dc`` with the share schedules of seed 000 eqs. 1-3
-  (ρ = t/T; warm-up w = 100; steps at t₁ = 100, t₂ = 200).
-- ``fractal``: ``dc`` + fractal blending λ = 0.2, labels unscaled (Lsf 1.0, CE).
-- ``fractal_lsf``: λ = 0.2 with label scaling, target 1 − λ = 0.8 (Lsf 0.8, BCE).
-- ``interval_<a>_<b>``: fractal λ ~ U[a, b] per pair with label scaling 1 − λ (BCE), e.g.
-  ``interval_0.1_0.3``; ``ratio_<r>_<s>``: ``dc`` at a constant real:synthetic ratio r:s.
-- ``random``: random half-area rectangle masks (seed 000 §4.5).
-- ``shb``: CLIP-guided semantic hybrid blending (§3.3; set ``diffusemix.shb.clip`` to a Flax
-  CLIP folder, e.g. openai/clip-vit-base-patch32).
+Rows (variants) — seed 000 Tables 1-2, each from the paper's definition. Every row trains
+with the same loss, ``loss.kind = 'bce_softmax'`` (BCE on softmax outputs, as the seed 000
+code trains every row, vanilla included); label scaling changes only the targets.
+- ``baseline`` (= ``dc``, Table 2's DC): DiffuseMix as published — deterministic concatenation
+  (original top/left, generated bottom/right, per image, 2.375 px seam ramp at 32² = its
+  20-point linspace at 256²), then ``C = 0.8 H + 0.2 F`` with one fractal drawn uniformly per
+  image; Lsf 1.00; constant share 1:1 (originals and hybrids concatenated).
+- ``vanilla``: real data only.
+- ``dm_lin`` / ``dm_warm`` / ``dm_step``: ``baseline`` hybrids with the share schedules of
+  eqs. 1-3 (ρ = t/T; warm-up w = 50; steps at t₁ = 100, t₂ = 200). The paper gives no w or
+  t₁/t₂; these are the seed 000 code's values.
+- ``hybrid_<a>_<b>`` (Table 1: 0.05_0.15, 0.10_0.20, 0.15_0.25, 0.20_0.30): ``baseline`` with
+  the fractal share λ ~ U[a, b] per image (eq. 4), Lsf 1.00 (no label scaling).
+- ``fractal_0.20_lsf1.00`` / ``fractal_0.20_lsf0.80``: the fractal blended into the ORIGINAL
+  image, ``C = 0.8 I + 0.2 F`` (no generated content), target 1.00 / 0.80 (= 1 − λ).
+- ``shb``: CLIP-guided semantic hybrid blending (§3.3) instead of concatenation, no fractal
+  (set ``diffusemix.shb.clip`` to a Flax CLIP folder, e.g. openai/clip-vit-base-patch32);
+  ``shb_fractal``: SHB then the baseline's 0.8/0.2 fractal blend (Fig. 2d).
+- ``random``: random half-area rectangle masks (§4.5) in place of concatenation; the rest as
+  ``baseline`` (fractal 0.2), so it differs from DC in the mask only.
+- ``interval_<a>_<b>``: alias of ``hybrid_<a>_<b>``; ``ratio_<r>_<s>``: ``baseline`` at a
+  constant real:synthetic ratio r:s.
 - ``online``: concatenation masks redrawn every epoch (§4.6): only edits are stored; the
   trainer pairs each edit with its parent and mixes on device (``online.kind='diffusemix'``).
-- ``nine``: ``dc`` with DiffuseMix's nine prompts (the many-prompt follow-up).
+- ``nine``: ``baseline`` with DiffuseMix's nine prompts (the many-prompt follow-up).
 - ``smoke``: CPU end-to-end on 20 images of the shared CIFAR-10 zip with a tiny random-weight
   InstructPix2Pix (made in the workdir), two prompts, a tiny PreActResNet for two epochs.
+
+``diffusemix.fractal_path`` may name an image folder of fractals (as DiffuseMix loads its
+set); otherwise the bank is ``fractal_bank_size`` procedural IFS fractals (not FractalDB).
 """
 
 from __future__ import annotations
@@ -44,8 +56,13 @@ import os
 
 import ml_collections
 
-ROWS = ("vanilla", "dc", "linear", "warm", "step", "fractal", "fractal_lsf", "random", "shb",
+HYBRID_INTERVALS = ((0.05, 0.15), (0.10, 0.20), (0.15, 0.25), (0.20, 0.30))
+ROWS = ("baseline", "vanilla", "dm_lin", "dm_warm", "dm_step",
+        *(f"hybrid_{a:.2f}_{b:.2f}" for a, b in HYBRID_INTERVALS),
+        "fractal_0.20_lsf1.00", "fractal_0.20_lsf0.80", "dc", "shb", "shb_fractal", "random",
         "online", "nine")
+WARMUP_EPOCHS = 50  # w of eq. 2 (the seed 000 code's value; the paper gives none)
+STEP_EPOCHS = (100, 200)  # t₁, t₂ of eq. 3 (the seed 000 code's values)
 SINGLE_PROMPT = "Autumn"
 
 
@@ -63,6 +80,11 @@ def _generation() -> ml_collections.ConfigDict:
     g.tiny = False  # with model = '': make a tiny random-weight model in the workdir
     g.dtype = "float32"  # bfloat16 on accelerators
     g.seed = -1  # generation seed; < 0 = config.seed
+    g.editor = "ip2p"  # ip2p (InstructPix2Pix, DiffuseMix) | edm (SDEdit with an augdiff EDM)
+    g.edm = ml_collections.ConfigDict()
+    g.edm.workdir = ""  # an `augdiff train-diffusion` workdir (editor = 'edm')
+    g.edm.sigma_start = "1.0"  # edit strength(s) σ_start, 'a|b' for several (the "prompts")
+    g.edm.steps = 8  # Heun steps from σ_start to 0
     g.prompts = SINGLE_PROMPT  # 'all' = DiffuseMix's nine, or 'p1|p2|...'
     g.text_guidance = 4.0
     g.image_guidance = 1.5
@@ -76,16 +98,17 @@ def _generation() -> ml_collections.ConfigDict:
     g.write_hybrids = True  # offline hybrids into <store_dir>/hybrids (offline policy only)
     g.hybrid_batch_size = 64
     g.fractal_bank_size = 256
+    g.fractal_path = ""  # an image folder of fractals (DiffuseMix's way); '' = procedural IFS
     g.hybrid = ml_collections.ConfigDict()
-    g.hybrid.mask = "concat"  # concat | random | semantic
+    g.hybrid.mask = "concat"  # concat | random | original | semantic
     g.hybrid.orientation = "random"  # vertical | horizontal | random (per pair)
-    g.hybrid.ramp = 2.0  # seam ramp in pixels (DiffuseMix: 20 px at 256² ~ 2 px at 32²)
+    g.hybrid.ramp = 2.375  # seam ramp in px: DiffuseMix's linspace(0, 1, 20) at 256² = 19 px
     g.hybrid.policy = "offline"  # offline: mask fixed per pair; online: redrawn per epoch
-    g.hybrid.fractal = False
+    g.hybrid.fractal = True  # DiffuseMix: every emitted image is 0.8·H + 0.2·F
     g.hybrid.lam = 0.2
     g.hybrid.lam_min = -1.0  # >= 0 with lam_max: λ ~ U[lam_min, lam_max]
     g.hybrid.lam_max = -1.0
-    g.hybrid.label_scaling = False  # target 1 − λ (train with BCE)
+    g.hybrid.label_scaling = False  # target 1 − λ (Lsf); the loss is loss.kind either way
     g.shb = ml_collections.ConfigDict()
     g.shb.clip = ""  # Flax CLIP folder / hub id for SHB
     g.shb.tiny = False  # with clip = '': a tiny random CLIP in the workdir
@@ -112,6 +135,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.synthetic.schedule.kind = "constant"
     c.synthetic.schedule.rho = "1:1"
 
+    c.loss.kind = "bce_softmax"  # one loss for every row (the seed 000 code's choice)
     g, s = c.diffusemix, c.synthetic.schedule
     if variant == "smoke":
         base.smoke_recipe(c)
@@ -129,22 +153,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         g.batch_size = 8
         g.hybrid_batch_size = 16
         g.fractal_bank_size = 16
-        g.hybrid.fractal = True
         g.hybrid.lam_min, g.hybrid.lam_max = 0.1, 0.3
         g.hybrid.label_scaling = True
-        c.loss.kind = "bce"
         return c
-    if variant.startswith("interval_"):
-        try:
-            lo, hi = (float(v) for v in variant[len("interval_"):].split("_"))
-        except ValueError:
-            raise ValueError(f"diffusemix_cifar100: variant {variant!r} must read "
-                             "interval_<a>_<b>, e.g. interval_0.1_0.3") from None
-        g.hybrid.fractal = True
-        g.hybrid.lam_min, g.hybrid.lam_max = lo, hi
-        g.hybrid.label_scaling = True
-        c.loss.kind = "bce"
-        return c
+    for prefix in ("hybrid_", "interval_"):
+        if variant.startswith(prefix):
+            try:
+                lo, hi = (float(v) for v in variant[len(prefix):].split("_"))
+            except ValueError:
+                raise ValueError(f"diffusemix_cifar100: variant {variant!r} must read "
+                                 f"{prefix}<a>_<b>, e.g. {prefix}0.10_0.20") from None
+            g.hybrid.lam_min, g.hybrid.lam_max = lo, hi  # eq. 4: λ ~ U[a, b]; Lsf 1.00
+            return c
     if variant.startswith("ratio_"):
         try:
             r, syn = (float(v) for v in variant[len("ratio_"):].split("_"))
@@ -161,22 +181,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant == "vanilla":
         c.synthetic.path = ""
         s.rho = "0"
-    elif variant == "linear":
+    elif variant == "dm_lin":
         s.kind = "linear"
-    elif variant == "warm":
-        s.kind, s.warmup = "warmup", 100
-    elif variant == "step":
-        s.kind, s.t1, s.t2 = "step", 100, 200
-    elif variant == "fractal":
-        g.hybrid.fractal = True
-    elif variant == "fractal_lsf":
-        g.hybrid.fractal = True
-        g.hybrid.label_scaling = True
-        c.loss.kind = "bce"
+    elif variant == "dm_warm":
+        s.kind, s.warmup = "warmup", WARMUP_EPOCHS
+    elif variant == "dm_step":
+        s.kind, (s.t1, s.t2) = "step", STEP_EPOCHS
+    elif variant.startswith("fractal_0.20_"):
+        g.hybrid.mask = "original"  # fractal into the original image, no generated content
+        g.hybrid.label_scaling = variant.endswith("lsf0.80")
     elif variant == "random":
         g.hybrid.mask = "random"
-    elif variant == "shb":
+    elif variant in ("shb", "shb_fractal"):
         g.hybrid.mask = "semantic"
+        g.hybrid.fractal = variant == "shb_fractal"
         g.shb.clip = "openai/clip-vit-base-patch32"
     elif variant == "online":
         g.hybrid.policy = "online"

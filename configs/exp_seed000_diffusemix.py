@@ -12,11 +12,16 @@ trained on the real data; the PCA plot shows real vs synthetic features (seed 00
 CLIP embeddings: add ``--config.evaluate.config=configs/evaluate_cifar10.py:clip`` and
 ``--config.evaluate.overrides.extractor.clip_path=DIR``).
 
-Rows (variants): ``vanilla`` (real only), ``dc`` (DiffuseMix baseline, constant 1:1),
-``linear``, ``warm``, ``step`` (schedules), ``fractal`` / ``fractal_lsf`` (fractal λ = 0.2, label
-scaling 1.0 / 0.8 with BCE), ``shb``, ``random`` — each row's generation settings live in the
-variant of the same name of ``configs/diffusemix_cifar100.py``. ``smoke``: the CPU version on
-the shared CIFAR-10 zip with that file's ``smoke`` generation (tiny random-weight SD).
+Rows (variants), named as in Tables 1-2 (definitions in ``configs/diffusemix_cifar100.py``,
+whose variant of the same name holds each row's generation settings): ``baseline`` (DiffuseMix:
+concatenation + 0.8/0.2 fractal, constant 1:1), ``vanilla`` (real only), ``dm_lin`` /
+``dm_warm`` / ``dm_step`` (eqs. 1-3; w = 50, t₁ = 100, t₂ = 200), ``hybrid_0.05_0.15`` …
+``hybrid_0.20_0.30`` (λ ~ U[a, b], Lsf 1.00), ``fractal_0.20_lsf1.00`` /
+``fractal_0.20_lsf0.80`` (fractal into the original image), ``dc`` (= baseline, Table 2),
+``shb``, ``shb_fractal``, ``random``. Every row's classifier trains with one loss,
+``bce_softmax`` (the seed 000 code's BCE on softmax outputs; label scaling changes only the
+targets). ``smoke``: the CPU version on the shared CIFAR-10 zip with that file's ``smoke``
+generation (tiny random-weight SD). ``PAPER`` holds the paper's numbers for the report.
 """
 
 from __future__ import annotations
@@ -25,7 +30,30 @@ import ml_collections
 
 from augdiff.config import data_config, mesh_config
 
-ROWS = ("vanilla", "dc", "linear", "warm", "step", "fractal", "fractal_lsf", "shb", "random")
+ROWS = ("baseline", "vanilla", "dm_lin", "dm_warm", "dm_step", "hybrid_0.05_0.15",
+        "hybrid_0.10_0.20", "hybrid_0.15_0.25", "hybrid_0.20_0.30", "fractal_0.20_lsf1.00",
+        "fractal_0.20_lsf0.80", "dc", "shb", "shb_fractal", "random")
+LOSS = "bce_softmax"  # one loss for every row of Tables 1-2
+WARMUP_EPOCHS, STEP_EPOCHS = 50, (100, 200)
+
+# Seed 000 Tables 1-2 (CIFAR-100, PreActResNet18): row -> (Method, Sch., Ratio, Lsf, Top-1, Top-5).
+PAPER = {
+    "baseline": ("Baseline", "Con", "0.0", "1.00", 68.63, 87.92),
+    "vanilla": ("Vanilla", "Con", "0.0", "1.00", 75.35, 91.66),
+    "dm_lin": ("DM", "Lin", "0.0", "1.00", 70.69, 90.55),
+    "dm_warm": ("DM", "Warm", "0.0", "1.00", 70.39, 90.25),
+    "dm_step": ("DM", "Step", "0.0", "1.00", 70.94, 89.59),
+    "hybrid_0.05_0.15": ("Hybrid", "Con", "0.05–0.15", "1.00", 66.61, 87.45),
+    "hybrid_0.10_0.20": ("Hybrid", "Con", "0.10–0.20", "1.00", 66.55, 87.15),
+    "hybrid_0.15_0.25": ("Hybrid", "Con", "0.15–0.25", "1.00", 65.51, 86.15),
+    "hybrid_0.20_0.30": ("Hybrid", "Con", "0.20–0.30", "1.00", 64.86, 85.92),
+    "fractal_0.20_lsf1.00": ("Fractal", "Con", "0.20", "1.00", 74.27, 91.81),
+    "fractal_0.20_lsf0.80": ("Fractal", "Con", "0.20", "0.80", 74.21, 91.50),
+    "dc": ("Baseline (DC)", "Con", "—", "1.00", 68.63, 87.92),
+    "shb": ("Ours (SHB)", "Con", "—", "1.00", 69.50, 87.99),
+    "shb_fractal": ("SHB + fractal", "Con", "0.20", "1.00", None, None),
+    "random": ("Random", "Con", "—", "1.00", None, None),
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -80,7 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.per_class = 20
         c.generator.weights = "random"
         c.classifier.config = "configs/classify_cifar100.py:smoke"
-        c.classifier.overrides = ml_collections.ConfigDict({"epochs": 1})
+        c.classifier.overrides = ml_collections.ConfigDict({"epochs": 1, "loss": {"kind": LOSS}})
         c.evaluate.config = "configs/evaluate_cifar10.py:smoke"
         c.evaluate.overrides = ml_collections.ConfigDict({
             "evaluate": {"max_real": 200, "max_synthetic": 200, "max_train": 100,
@@ -90,18 +118,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant not in ROWS:
         raise ValueError(f"exp_seed000_diffusemix: unknown variant {variant!r}; choose one of "
                          f"{', '.join(ROWS)} or smoke")
+    c.classifier.overrides = ml_collections.ConfigDict({"loss": {"kind": LOSS}})
     s = c.mixed.schedule
     if variant == "vanilla":
         c.stages = ("prepare", "train_real", "report")
-    elif variant == "linear":
+    elif variant == "dm_lin":
         s.kind = "linear"
-    elif variant == "warm":
-        s.kind, s.warmup = "warmup", 100
-    elif variant == "step":
-        s.kind, s.t1, s.t2 = "step", 100, 200
-    elif variant == "fractal_lsf":
-        # BCE on the store's per-record targets 1 − λ (written by the generator), not a
-        # constant weight: equal for λ = 0.2, and still right when λ is drawn from an interval.
-        c.classifier.config = "configs/classify_cifar100.py:ls"
-        c.classifier.overrides = ml_collections.ConfigDict({"synthetic": {"label_weight": 1.0}})
+    elif variant == "dm_warm":
+        s.kind, s.warmup = "warmup", WARMUP_EPOCHS
+    elif variant == "dm_step":
+        s.kind, (s.t1, s.t2) = "step", STEP_EPOCHS
+    # Label scaling (fractal_0.20_lsf0.80) needs no classifier change: the generator writes the
+    # per-record target 1 − λ into the store and the loss is the same for every row.
     return c

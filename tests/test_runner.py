@@ -26,8 +26,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 EXPERIMENTS = {
     "quickstart.py": ["default", "train_generator", "test"],
-    "exp_seed000_diffusemix.py": ["smoke", "vanilla", "dc", "linear", "warm", "step", "fractal",
-                                  "fractal_lsf", "shb", "random"],
+    "exp_seed000_diffusemix.py": ["smoke", "vanilla", "baseline", "dm_lin", "dm_warm", "dm_step",
+                                  "hybrid_0.10_0.20", "fractal_0.20_lsf0.80", "shb", "random"],
     "exp_seed001_augcond.py": ["smoke", "fewshot", "longtail", "fewshot_smoke",
                                "longtail_smoke"],
     "exp_seed003_diffinv.py": ["smoke", "default", "lowdata"],

@@ -204,22 +204,23 @@ def test_metrics_json_and_tensorboard(uninterrupted):
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(result))
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
-    assert metrics["steps_per_epoch"] == 48 // 8
+    # One epoch = one pass over real ∪ synthetic (48 real + 16 synthetic), as augdiff run counts.
+    assert metrics["steps_per_epoch"] == (48 + 16) // 8
     for e in metrics["epochs"]:
         assert e["synthetic_share"] == 0.5  # 1:1 ratio, exactly 4 of 8 rows in every batch
         assert e["test_count"] == 20 and math.isfinite(e["train_loss"])
     for k in ("train_loss", "test_top1", "test_top5", "synthetic_share"):
         assert metrics[k] == metrics["epochs"][-1][k]
     assert list((workdir / "tb").glob("events.out.tfevents.*"))
-    assert Checkpointer(workdir / "checkpoints").latest_step() == 12
-    # The final metrics are those of the final weights: restore step 12, read the test PNGs
+    assert Checkpointer(workdir / "checkpoints").latest_step() == 16
+    # The final metrics are those of the final weights: restore step 16, read the test PNGs
     # here and recompute top-1, top-4 (4 classes) and the BCE loss (sum over classes of
     # softplus(−z)·t + softplus(z)·(1 − t), as the run is configured) in numpy.
     model = get_classifier("preact_resnet_tiny", NUM_CLASSES, width=8)
     like = create_train_state(jax.random.PRNGKey(0), model,
-                              make_optimizer(cfg.optim, learning_rate_fn(cfg.optim, 6, 2)),
+                              make_optimizer(cfg.optim, learning_rate_fn(cfg.optim, 8, 2)),
                               (SIZE, SIZE, 3))
-    state, _ = Checkpointer(workdir / "checkpoints").restore(12, like)
+    state, _ = Checkpointer(workdir / "checkpoints").restore(16, like)
     files = sorted((pathlib.Path(cfg.data.path) / "test").glob("class*/*.png"))
     labels = np.array([int(f.parent.name[len("class"):]) for f in files])
     images = np.stack([np.asarray(Image.open(f)) for f in files]).astype(np.float32)
@@ -241,7 +242,7 @@ def test_killed_run_resumes_to_identical_metrics_and_params(uninterrupted, folde
     cfg = _mixed_config(folder, store, tmp_path / "resumed")
 
     def crash(step, metrics):
-        if step == 9:  # after the mid-epoch checkpoint at step 8 (epoch 2 has begun)
+        if step == 10:  # after the checkpoint at step 8 (end of epoch 1; epoch 2 has begun)
             raise _Crash(step)
 
     with pytest.raises(_Crash):
@@ -253,7 +254,7 @@ def test_killed_run_resumes_to_identical_metrics_and_params(uninterrupted, folde
     assert resumed == full  # every per-epoch and final metric, bit for bit
 
     model = get_classifier("preact_resnet_tiny", NUM_CLASSES, width=8)
-    lr_fn = learning_rate_fn(cfg.optim, 6, 2)
+    lr_fn = learning_rate_fn(cfg.optim, 8, 2)
     like = create_train_state(jax.random.PRNGKey(0), model, make_optimizer(cfg.optim, lr_fn),
                               (SIZE, SIZE, 3))
     a, extras_a = Checkpointer(pathlib.Path(cfg_full.workdir) / "checkpoints").restore(None, like)

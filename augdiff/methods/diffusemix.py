@@ -170,7 +170,12 @@ def edit_images(
 
 def output_status(images01: np.ndarray, black_threshold: float = 0.0) -> np.ndarray:
     """Per image: ``'ok'``, ``'nonfinite'`` (any NaN/inf) or ``'black'`` (``max ≤ threshold``,
-    in [0, 1] units; 0 = exactly black, as a safety checker's replacement)."""
+    in [0, 1] units; 0 = exactly black, as a safety checker's replacement).
+
+    This follows the intent stated by DiffuseMix (drop black, i.e. failed, edits). DiffuseMix's
+    public ``is_black_image`` actually tests the *white* bin: it flags an image whose
+    luminance histogram has more than 90 % of pixels at 255 and every other bin under 10 %;
+    that check is not reproduced here."""
     x = np.asarray(images01, np.float32)
     finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
     peak = np.where(np.isfinite(x), x, 0.0).reshape(len(x), -1).max(axis=1)
@@ -522,6 +527,16 @@ class OnlinePairs:
         return out
 
 
+def fractal_bank_from_config(dm: Any, fractal_key: jax.Array, size: int) -> jax.Array:
+    """The fractal bank of ``config.diffusemix`` in [-1, 1]: the image folder
+    ``fractal_path`` when set (as DiffuseMix loads its fractal set), else
+    ``fractal_bank_size`` procedural IFS fractals from ``fractal_key`` (not FractalDB)."""
+    path = str(dm.get("fractal_path", "") or "")
+    if path:
+        return hybrids.load_fractal_folder(path, size)
+    return hybrids.fractal_bank(fractal_key, int(dm.fractal_bank_size), size)
+
+
 def make_online(config: Any, real: Any, synthetic: Any) -> OnlinePairs | None:
     """The online transform ``config.online`` asks for, or None (``online.kind = 'none'``).
 
@@ -543,11 +558,8 @@ def make_online(config: Any, real: Any, synthetic: Any) -> OnlinePairs | None:
     if is_semantic:
         raise ValueError("online hybrids support mask concat/random; SHB is written offline")
     _, hybrid_key, fractal_key = run_keys(_generation_seed(config))
-    bank = None
-    if spec.fractal:
-        bank = hybrids.fractal_bank(
-            fractal_key, int(dm.fractal_bank_size), int(config.data.image_size)
-        )
+    bank = fractal_bank_from_config(dm, fractal_key, int(config.data.image_size)) \
+        if spec.fractal else None
     return OnlinePairs(real, synthetic, spec=spec, key=hybrid_key, fractals=bank)
 
 
@@ -655,6 +667,102 @@ def _generate_edits(
                 model=model)
 
 
+EDITORS = ("ip2p", "edm")
+
+
+def edm_strengths(dm: Any) -> tuple[str, ...]:
+    """The EDM editor's edit strengths ``σ_start`` (``diffusemix.edm.sigma_start``, e.g.
+    ``"1.0"`` or ``"0.5|2.0"``): they play the role of DiffuseMix's prompts (one edit of
+    every image per strength)."""
+    raw = str(dm.edm.sigma_start)
+    try:
+        vals = tuple(float(v) for v in raw.split("|"))
+    except ValueError:
+        raise ValueError(f"diffusemix.edm.sigma_start must read '1.0' or '0.5|2.0', "
+                         f"got {raw!r}") from None
+    if any(v <= 0 for v in vals) or len(set(vals)) != len(vals):
+        raise ValueError(f"diffusemix.edm.sigma_start: strengths must be distinct and > 0: {raw!r}")
+    return tuple(f"{v:g}" for v in vals)
+
+
+def _generate_edits_edm(
+    config: Any, real: Any, strengths: tuple[str, ...], edits_dir: str, edit_key: jax.Array,
+    progress: bool,
+) -> dict[str, Any]:
+    """Edits with an EDM model augdiff trained (``diffusemix.editor = 'edm'``): SDEdit with
+    Heun from ``σ_start`` under the class label (:mod:`augdiff.edm.edit`), written in the
+    InstructPix2Pix edits' store format; the ``prompt`` field records strength and label."""
+    from augdiff.data.store import StoreWriter, pending_batches
+    from augdiff.edm import edit as edm_edit
+
+    dm = config.diffusemix
+    seed = _generation_seed(config)
+    workdir = str(dm.edm.workdir)
+    if not workdir:
+        raise ValueError("diffusemix.editor='edm' needs diffusemix.edm.workdir (an "
+                         "`augdiff train-diffusion` workdir)")
+    loaded = edm_edit.load_edm(workdir)
+    if loaded["class_conditional"] and loaded["num_classes"] < real.num_classes:
+        raise ValueError(f"EDM model in {workdir} knows {loaded['num_classes']} classes, the "
+                         f"data has {real.num_classes}")
+    steps = int(dm.edm.steps)
+    fns = [edm_edit.make_edit_fn(loaded, sigma_start=float(v), num_steps=steps)
+           for v in strengths]
+    n_real = len(real) if not int(dm.max_images) else min(len(real), int(dm.max_images))
+    plan = plan_edits(n_real, len(strengths))
+    mine = plan[distributed.process_slice(len(plan))]
+    model = f"edm:{loaded['checkpoint']}"
+    manifest = dict(model=model, editor="edm", prompts=[edm_edit.edit_prompt(float(v), -1)
+                                                        for v in strengths],
+                    sigma_start=[float(v) for v in strengths], steps=steps, sampler="heun",
+                    seed=seed, num_classes=real.num_classes, class_names=list(real.class_names),
+                    image_size=int(config.data.image_size), resolution=int(loaded["size"]))
+    size, bs = int(config.data.image_size), int(dm.batch_size)
+    counts = dict.fromkeys(FILTER_REASONS, 0)
+    written = 0
+    with StoreWriter(edits_dir, method="diffusemix", config=manifest,
+                     shard_size=int(dm.get("shard_size", 256))) as writer:
+        filtered = _FilterLog(edits_dir, writer.process_index)
+        for batch in pending_batches(writer, mine, bs, desc="edm edits", skip=filtered):
+            parents = np.stack([real[it["parent"]]["image"] for it in batch])
+            labels = np.asarray([int(real.labels[it["parent"]]) for it in batch], np.int32)
+            j = np.asarray([it["prompt_index"] for it in batch])
+            keys = example_keys(edit_key, [it["example"] for it in batch])
+            (parents_p, labels_p, j_p, keys_p), m = distributed.pad_to_multiple(
+                (parents, labels, j, keys), bs)
+            out = np.zeros((len(parents_p), loaded["size"], loaded["size"],
+                            loaded["channels"]), np.float32)
+            for k, fn in enumerate(fns):
+                if np.any(j_p == k):
+                    y = np.asarray(fn(loaded["params"], keys_p, edm_edit.to_unit(parents_p),
+                                      jnp.asarray(labels_p)))
+                    out = np.where((j_p == k)[:, None, None, None], y, out)
+            out01 = (out[:m] + 1.0) / 2.0
+            status = output_status(out01, float(dm.black_threshold))
+            before = writer.num_written
+            for it, img, st, lab in zip(batch, out01, status, labels, strict=True):
+                if st != "ok":
+                    writer.note(f"filtered_{st}")
+                    filtered.add(it["key"], str(st))
+                    counts[str(st)] += 1
+                    continue
+                strength = float(strengths[it["prompt_index"]])
+                prov = dict(parent=int(it["parent"]), parent_name=real.name_of(int(it["parent"])),
+                            prompt=edm_edit.edit_prompt(strength, int(lab)),
+                            prompt_index=int(it["prompt_index"]), seed=seed,
+                            example=int(it["example"]), sigma_start=strength, steps=steps,
+                            sampler="heun", resolution=int(loaded["size"]), model=model)
+                written += writer.add(it["key"], to_store_uint8(img[None], size)[0], int(lab),
+                                      EDIT_SOURCE, prov)
+            if writer.num_written != before:
+                filtered.commit()
+        writer.flush()
+        filtered.commit()
+    return dict(planned=len(plan), this_process=len(mine), written=written,
+                filtered_black=counts["black"], filtered_nonfinite=counts["nonfinite"],
+                model=model)
+
+
 def _generate_hybrids(
     config: Any, real: Any, edits_dir: str, hybrids_dir: str, hybrid_key: jax.Array,
     fractal_key: jax.Array, progress: bool,
@@ -668,8 +776,7 @@ def _generate_hybrids(
     edits = SyntheticStore(edits_dir)
     rows = np.arange(len(edits))[distributed.process_slice(len(edits))]
     size = int(config.data.image_size)
-    bank = (hybrids.fractal_bank(fractal_key, int(dm.fractal_bank_size), size)
-            if spec.fractal else None)
+    bank = fractal_bank_from_config(dm, fractal_key, size) if spec.fractal else None
     variant = {f: getattr(spec, f) for f in _SPEC_FIELDS}
     manifest = dict(edits=os.path.abspath(edits_dir), hybrid=variant,
                     mask="semantic" if is_semantic else spec.mask,
@@ -733,7 +840,10 @@ def generate(config: Any) -> dict[str, Any]:
     from augdiff.data.sources import open_real_source
 
     dm = config.diffusemix
-    prompts = resolve_prompts(dm.prompts)
+    editor = str(dm.get("editor", "ip2p"))
+    if editor not in EDITORS:
+        raise ValueError(f"diffusemix.editor must be one of {EDITORS}, got {editor!r}")
+    prompts = resolve_prompts(dm.prompts) if editor == "ip2p" else edm_strengths(dm)
     seed = _generation_seed(config)
     edit_key, hybrid_key, fractal_key = run_keys(seed)
     real = open_real_source(config.data, config.data.get("train_split", "train"))
@@ -743,7 +853,8 @@ def generate(config: Any) -> dict[str, Any]:
         "store": edits_dir,
         "edits": edits_dir,
         "prompts": list(prompts),
-        "edits_summary": _generate_edits(config, real, prompts, edits_dir, edit_key, progress),
+        "edits_summary": (_generate_edits if editor == "ip2p" else _generate_edits_edm)(
+            config, real, prompts, edits_dir, edit_key, progress),
     }
     _sync(f"augdiff diffusemix edits {edits_dir}")
     if writes_hybrids(config):

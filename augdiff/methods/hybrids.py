@@ -7,17 +7,26 @@ DiffuseMix (Islam et al., CVPR 2024, §3) builds a training image in two steps:
        H = M ⊙ I + (1 − M) ⊙ Î
 
    with ``M`` a mask that is 1 where the original is kept and 0 where the generated image
-   shows. DiffuseMix concatenates halves (top/bottom or left/right, chosen per image) with a
-   short linear ramp at the seam; seed 000 (§4.5) adds random axis-aligned rectangles of half
-   the image area.
+   shows. DiffuseMix concatenates halves (original top / generated bottom, or original left /
+   generated right, chosen per image) with a linear ramp at the seam (its 20-point linspace at
+   256², a ramp of 19 px: :data:`DIFFUSEMIX_RAMP_256`; 2.375 px at 32²); seed 000 (§4.5) adds
+   random axis-aligned rectangles of half the image area. ``mask='original'`` (M = 1) keeps
+   the original whole: seed 000 Table 1's *Fractal* rows blend fractals into the original
+   image with no generated content.
 
 2. **Fractal blending**::
 
        C = (1 − λ) H + λ F
 
-   with ``F`` a fractal image and ``λ = 0.2`` (DiffuseMix) or ``λ ~ U[α, β]`` (seed 000). With
-   label scaling ("Lsf", seed 000 Table 1) the true class's target becomes ``1 − λ`` and the
-   classifier trains with BCE; the per-example ``weight`` field of a batch carries it.
+   with ``F`` one fractal drawn uniformly from the bank per image and ``λ = 0.2`` (DiffuseMix:
+   every image it emits is ``0.8 H + 0.2 F``) or ``λ ~ U[α, β]`` (seed 000 eq. 4). With label
+   scaling ("Lsf", seed 000 Table 1) the true class's target becomes ``1 − λ``; the
+   per-example ``weight`` field of a batch carries it. The loss family is the config's
+   ``loss.kind`` and is the same for every row of a table: label scaling only changes targets.
+
+The fractal bank is procedural (IFS fractals of :mod:`augdiff.data.fractal`, made from a key);
+it is neither FractalDB nor DiffuseMix's fractal set. :func:`load_fractal_folder` reads an
+image folder of fractals instead, as DiffuseMix does (``diffusemix.fractal_path``).
 
 Mask policy (seed 000 §4.6): ``offline`` draws a pair's mask from ``fold_in(key, pair_id)``, so
 it is fixed forever (DiffuseMix writes hybrids once); ``online`` draws it from
@@ -43,11 +52,17 @@ import jax.numpy as jnp
 import numpy as np
 
 Orientation = Literal["vertical", "horizontal", "random"]
-MaskKind = Literal["concat", "random"]
+MaskKind = Literal["concat", "random", "original"]
 MaskPolicy = Literal["offline", "online"]
 
 ORIENTATIONS = ("vertical", "horizontal", "random")
-MASK_KINDS = ("concat", "random")
+MASK_KINDS = ("concat", "random", "original")
+
+# DiffuseMix's seam: ``np.linspace(0, 1, 20)`` across rows (or columns) 118..137 of a 256² image,
+# i.e. a linear ramp of slope 1/19 per pixel centred on the seam — ramp r = 19 px at 256²,
+# 19 · 32 / 256 = 2.375 px at CIFAR's 32² (``seam_profile(256, 19.0)`` is that mask exactly).
+DIFFUSEMIX_RAMP_256 = 19.0
+DIFFUSEMIX_RAMP_32 = DIFFUSEMIX_RAMP_256 * 32 / 256
 MASK_POLICIES = ("offline", "online")
 
 # Stream ids folded into a pair key, one per independent random choice of the pair.
@@ -132,14 +147,18 @@ def seam_profile(length: int, ramp: float) -> jax.Array:
 
 
 def concat_mask(
-    height: int, width: int, *, orientation: Literal["vertical", "horizontal"], ramp: float = 2.0
+    height: int,
+    width: int,
+    *,
+    orientation: Literal["vertical", "horizontal"],
+    ramp: float = DIFFUSEMIX_RAMP_32,
 ) -> jax.Array:
     """Deterministic concatenation mask [H, W] of DiffuseMix (original first).
 
     ``vertical``: original on the top half, generated on the bottom (DiffuseMix's vertical
     stacking, a horizontal seam). ``horizontal``: original left, generated right. The seam
-    carries the linear ramp of :func:`seam_profile` (DiffuseMix uses 20 px at 256², i.e. about
-    2 px at CIFAR's 32²).
+    carries the linear ramp of :func:`seam_profile` (DiffuseMix's ``linspace(0, 1, 20)`` at 256²
+    is a 19 px ramp; scaled to CIFAR's 32² it is 2.375 px, the default).
     """
     _check_choice("orientation", orientation, ("vertical", "horizontal"))
     if orientation == "vertical":
@@ -197,18 +216,20 @@ def hybrid_masks(
     *,
     kind: MaskKind = "concat",
     orientation: Orientation = "random",
-    ramp: float = 2.0,
+    ramp: float = DIFFUSEMIX_RAMP_32,
 ) -> jax.Array:
     """Masks [B, H, W, 1] for a batch of pairs, one per pair key (see :func:`pair_keys`).
 
     ``kind='concat'``: DiffuseMix's half concatenation; with ``orientation='random'`` each pair
     picks vertical or horizontal with probability 1/2 (as DiffuseMix does per image).
     ``kind='random'``: a random half-area rectangle (seed 000 §4.5); ``orientation``/``ramp``
-    are unused.
+    are unused. ``kind='original'``: all ones (the original only; Table 1's Fractal rows).
     """
     _check_choice("kind", kind, MASK_KINDS)
     _check_choice("orientation", orientation, ORIENTATIONS)
-    if kind == "random":
+    if kind == "original":
+        masks = jnp.ones((keys.shape[0], height, width), jnp.float32)
+    elif kind == "random":
         masks = jax.vmap(lambda k: random_half_mask(k, height, width))(_stream(keys, _STREAM_MASK))
     elif orientation == "random":
         vert = concat_mask(height, width, orientation="vertical", ramp=ramp)
@@ -300,6 +321,33 @@ def fractal_bank(
     return lo + (hi - lo) * fractal_images(key, n, size)
 
 
+def load_fractal_folder(
+    path: str, size: int, value_range: tuple[float, float] = (-1.0, 1.0)
+) -> jax.Array:
+    """A fractal bank [K, size, size, 3] from an image folder (``.png/.jpg/.jpeg``, sorted by
+    name), as DiffuseMix loads its fractal set: RGB, resized to ``size``² (bilinear)."""
+    import os
+
+    from PIL import Image
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"fractal folder {path!r} does not exist")
+    names = sorted(f for f in os.listdir(path) if f.lower().endswith((".png", ".jpg", ".jpeg")))
+    if not names:
+        raise ValueError(f"fractal folder {path!r} holds no .png/.jpg/.jpeg images")
+    images = []
+    for name in names:
+        try:
+            with Image.open(os.path.join(path, name)) as im:
+                im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                images.append(np.asarray(im, np.uint8))
+        except OSError as e:
+            where = os.path.join(path, name)
+            raise ValueError(f"fractal image {where!r} is unreadable: {e}") from e
+    lo, hi = value_range
+    return lo + (hi - lo) * (jnp.asarray(np.stack(images), jnp.float32) / 255.0)
+
+
 # --------------------------------------------------------------------------------------------
 # The whole DiffuseMix transform
 # --------------------------------------------------------------------------------------------
@@ -309,7 +357,8 @@ def fractal_bank(
 class DiffuseMixSpec:
     """Static description of a DiffuseMix variant (seed 000 Tables 1-2).
 
-    mask: ``concat`` (DiffuseMix halves) or ``random`` (half-area rectangles, §4.5).
+    mask: ``concat`` (DiffuseMix halves), ``random`` (half-area rectangles, §4.5) or
+      ``original`` (no generated content: Table 1's Fractal rows).
     orientation: for ``concat``: ``vertical``, ``horizontal`` or ``random`` per pair.
     ramp: width in pixels of the linear ramp at the concatenation seam (0 = hard cut).
     policy: ``offline`` (mask fixed per pair) or ``online`` (redrawn per epoch), §4.6.
@@ -320,7 +369,7 @@ class DiffuseMixSpec:
 
     mask: MaskKind = "concat"
     orientation: Orientation = "random"
-    ramp: float = 2.0
+    ramp: float = DIFFUSEMIX_RAMP_32
     policy: MaskPolicy = "offline"
     fractal: bool = True
     lam: float | tuple[float, float] = 0.2

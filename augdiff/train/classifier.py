@@ -286,10 +286,7 @@ def make_eval_step(
         )
         m = batch["mask"].astype(jnp.float32)
         y = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
-        if loss_kind == "ce":
-            per = losses.softmax_cross_entropy(logits, y)
-        else:
-            per = losses.sigmoid_binary_cross_entropy(logits, y)
+        per = losses.per_example_loss(loss_kind, logits, y)
         k5 = min(5, num_classes)
         return {
             "top1": jnp.sum(losses.topk_correct(logits, batch["label"], 1) * m),
@@ -398,8 +395,13 @@ def _open_data(config: ml_collections.ConfigDict):
             )
         schedule = schedules.from_config(syn_cfg.get("schedule", None), epochs=config.epochs)
     label_weight = float(syn_cfg.get("label_weight", 1.0)) if syn_cfg is not None else 1.0
-    steps_per_epoch = int(config.get("steps_per_epoch", 0) or 0) or max(
-        1, len(real) // config.batch_size
+    rho0 = schedule.rho if isinstance(schedule, schedules.Constant) else None
+    uses_synthetic = synthetic is not None and rho0 != 0.0
+    steps_per_epoch = epoch_steps(
+        len(real) if rho0 != 1.0 or synthetic is None else 0,
+        len(synthetic) if uses_synthetic else 0,
+        int(config.batch_size),
+        fixed=int(config.get("steps_per_epoch", 0) or 0),
     )
     loader = MixedLoader(
         real,
@@ -415,6 +417,24 @@ def _open_data(config: ml_collections.ConfigDict):
         synthetic_weight=None if label_weight == 1.0 else label_weight,
     )
     return real, test, synthetic, loader, steps_per_epoch
+
+
+def epoch_steps(num_real: int, num_synthetic: int, batch_size: int, *, fixed: int = 0) -> int:
+    """Steps in one epoch — the one definition used by ``augdiff train`` and ``augdiff run``.
+
+    An epoch is one pass over the data the run trains on: ``⌊(n_real + n_syn) / B⌋`` steps
+    (at least 1), where ``n_real`` counts the real images the run draws from (0 for a
+    synthetic-only run, ρ ≡ 1) and ``n_syn`` the synthetic store's records (0 without one).
+    For a mixed run that is the union of originals and hybrids, as DiffuseMix trains on the
+    concatenation of the two datasets; the schedule ρ(t) (seed 000 eqs. 1-3) sets the share of
+    synthetic images inside each batch, not the epoch's length. ``fixed > 0`` (the config's
+    ``steps_per_epoch``) overrides it.
+    """
+    if fixed > 0:
+        return int(fixed)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return max(1, (int(num_real) + int(num_synthetic)) // int(batch_size))
 
 
 def _online_transform(config: ml_collections.ConfigDict, real: Any, synthetic: Any) -> Any:

@@ -14,6 +14,11 @@ mixtures, or -- for label scaling -- one-hot rows scaled by a per-example weight
   Summing over classes (rather than averaging over ``N x C`` as torch's default
   ``reduction="mean"``) keeps the gradient scale of the true class equal to CE's, so the
   same learning rate serves both losses.
+- Binary cross-entropy on softmax outputs (``kind="bce_softmax"``; the seed 000 code, which
+  follows PuzzleMix, trains every row, vanilla included, with ``BCELoss(softmax(z), t)``):
+  ``L = (1/(N C)) sum_i sum_c -( t_ic log p_ic + (1 - t_ic) log(1 - p_ic) )``,
+  ``p = softmax(z)``, averaged over ``N x C`` exactly as torch's ``reduction="mean"`` (each
+  log is clamped at -100 as torch does).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-LOSSES = ("ce", "bce")
+LOSSES = ("ce", "bce", "bce_softmax")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -44,6 +49,27 @@ def sigmoid_binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.A
     return jnp.sum(targets * jax.nn.softplus(-z) + (1.0 - targets) * jax.nn.softplus(z), axis=-1)
 
 
+def softmax_binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example ``(1/C) sum_c -(t_c log p_c + (1 - t_c) log(1 - p_c))``, ``p = softmax(z)``,
+    logs clamped at -100 (torch ``BCELoss``). Shape ``[N]``; its batch mean is torch's
+    ``BCELoss()(softmax(z), t)``."""
+    z = logits.astype(jnp.float32)
+    logp = jnp.maximum(jax.nn.log_softmax(z, axis=-1), -100.0)
+    log1mp = jnp.maximum(jnp.log1p(-jax.nn.softmax(z, axis=-1)), -100.0)
+    return -jnp.mean(targets * logp + (1.0 - targets) * log1mp, axis=-1)
+
+
+def per_example_loss(kind: str, logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """The per-example loss ``[N]`` of ``kind`` (one of :data:`LOSSES`) against dense targets."""
+    if kind == "ce":
+        return softmax_cross_entropy(logits, targets)
+    if kind == "bce":
+        return sigmoid_binary_cross_entropy(logits, targets)
+    if kind == "bce_softmax":
+        return softmax_binary_cross_entropy(logits, targets)
+    raise ValueError(f"unknown loss kind {kind!r}; choose from {LOSSES}")
+
+
 def scaled_targets(labels: jax.Array, weights: jax.Array, num_classes: int) -> jax.Array:
     """Label-scaling targets ``t_ic = w_i [c = y_i]``."""
     return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * weights[:, None]
@@ -59,17 +85,15 @@ def classification_loss(
     """Mean loss over the (unmasked) batch.
 
     ``kind="ce"``: softmax cross-entropy against ``targets`` (the weights are not used).
-    ``kind="bce"``: sigmoid BCE against ``targets * weights[:, None]`` -- the label-scaling
-    targets when ``targets`` is one-hot (also applied to mixed targets).
+    ``kind="bce"`` / ``"bce_softmax"``: sigmoid / softmax BCE against
+    ``targets * weights[:, None]`` -- the label-scaling targets when ``targets`` is one-hot
+    (also applied to mixed targets).
     """
-    if kind == "ce":
-        per_example = softmax_cross_entropy(logits, targets)
-    elif kind == "bce":
-        if weights is not None:
-            targets = targets * weights[:, None].astype(jnp.float32)
-        per_example = sigmoid_binary_cross_entropy(logits, targets)
-    else:
+    if kind not in LOSSES:
         raise ValueError(f"unknown loss kind {kind!r}; choose from {LOSSES}")
+    if kind != "ce" and weights is not None:
+        targets = targets * weights[:, None].astype(jnp.float32)
+    per_example = per_example_loss(kind, logits, targets)
     if mask is None:
         return jnp.mean(per_example)
     mask = mask.astype(jnp.float32)
