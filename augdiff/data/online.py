@@ -237,6 +237,10 @@ def make_online_source(config: ml_collections.ConfigDict, real: Any,
     on = online_config(config)
     if on is None:
         return None
+    other = config.get("online", None)
+    if other is not None and str(other.get("kind", "none") or "none") != "none":
+        raise ConfigError("synthetic.online cannot be combined with online.kind="
+                          f"{other.kind!r} yet (the edit-generator online mode is not built)")
     if not str(on.get("checkpoint", "") or ""):
         raise ConfigError("synthetic.online.checkpoint must name a train-diffusion workdir")
     gen = load_generator(os.path.abspath(str(on.checkpoint)), mesh)
