@@ -44,6 +44,16 @@ def base_config(num_classes_hint: int = 10) -> ml_collections.ConfigDict:
     c.synthetic.schedule.warmup = 0  # w for warmup
     c.synthetic.schedule.t1 = 0  # step schedule
     c.synthetic.schedule.t2 = 0
+    # Online generation (augdiff.data.online): an EDM checkpoint sampled into each batch.
+    c.synthetic.online = ml_collections.ConfigDict()
+    c.synthetic.online.kind = "none"  # none | edm
+    c.synthetic.online.checkpoint = ""  # a train-diffusion workdir (class-conditional)
+    c.synthetic.online.share = 0.5  # synthetic rows per batch = round(share * batch_size)
+    c.synthetic.online.num_steps = 10  # Heun steps N (NFE = 2N - 1)
+    c.synthetic.online.refresh_every = 1  # R: regenerate the replay buffer every R steps
+    c.synthetic.online.buffer_size = 0  # 0 = rows * R (each image seen once)
+    c.synthetic.online.balance = "uniform"  # uniform | balance (long-tail balancing)
+    c.synthetic.online.seed = -1  # -1 = the run's seed
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"

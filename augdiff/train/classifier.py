@@ -403,10 +403,12 @@ def _open_data(config: ml_collections.ConfigDict):
         int(config.batch_size),
         fixed=int(config.get("steps_per_epoch", 0) or 0),
     )
+    from augdiff.data.online import online_rows
+
     loader = MixedLoader(
         real,
         synthetic,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size - online_rows(config),  # synthetic.online adds the rest
         schedule=schedule,
         epochs=config.epochs,
         steps_per_epoch=steps_per_epoch,
@@ -493,6 +495,9 @@ def train_and_evaluate(
 
     real, test, synthetic, loader, steps_per_epoch = _open_data(config)
     online = _online_transform(config, real, synthetic)
+    from augdiff.data.online import make_online_source
+
+    generator = make_online_source(config, real, mesh)  # synthetic.online: rows made on device
     train_keys = TRAIN_KEYS + (tuple(online.extra_keys) if online is not None else ())
     num_classes = int(real.num_classes)
     epochs = int(config.epochs)
@@ -606,6 +611,8 @@ def train_and_evaluate(
             batch = distributed.host_local_to_global(
                 {k: np.asarray(host_batch[k]) for k in train_keys}, mesh
             )
+            if generator is not None:
+                batch = generator.complete(batch, step)
             state, metrics = train_step(state, batch)
             done = step + 1
             pending.append((done, metrics))

@@ -1,0 +1,264 @@
+"""Online synthetic data: an EDM generator sampling the synthetic share of each batch on device.
+
+``synthetic.online`` in a classifier config replaces (or joins) a synthetic store by a
+class-conditional EDM checkpoint (``augdiff train-diffusion``) sampled while the classifier
+trains (the capability seed 000 §4.6 and seed 003 §4.1 ask for: fresh synthetic images during
+training instead of a dataset written once).
+
+Per train step ``s`` with batch ``B`` and synthetic rows ``m = round(share · B)``, the loader
+gives ``B − m`` real rows and :meth:`OnlineEDM.complete` appends ``m`` synthetic rows on device.
+
+- Fresh mode (``refresh_every = 1``, ``buffer_size = m``): row ``j`` of step ``s`` is
+  ``Heun(x_T = σ_max · n, c)`` (EDM Algorithm 1, :func:`augdiff.edm.samplers.heun_sampler`)
+  with ``n ~ N(0, I)`` from ``fold_in(fold_in(fold_in(K, 0), s), j)`` and the class
+  ``c ~ Categorical(p)`` from ``fold_in(fold_in(fold_in(K, 1), s), j)``, ``K = PRNGKey(seed)``.
+- Replay mode (``refresh_every = R > 1``): a buffer of ``buffer_size`` rows is regenerated at
+  refresh ``r = ⌊s / R⌋`` exactly as above with ``r`` in place of ``s``; step ``s`` takes the
+  buffer rows ``perm(fold_in(fold_in(K, 2), s))[:m]``. The buffer is a pure function of
+  ``(seed, r)``, so a resumed run re-derives it instead of checkpointing it.
+  Generator cost per step: ``buffer_size / R`` images of ``NFE = 2N − 1`` network calls.
+
+Every synthetic image is thus a pure function of ``(seed, step or refresh, row)``: the same on
+1 or 8 devices, after a kill and resume, whatever the batch layout. Images are quantised to
+uint8 as a store would hold them (NVlabs/edm ``generate.py`` rounding), so online and offline
+rows take the same path through the train step.
+
+Class balance ``p`` (``synthetic.online.balance``): ``uniform`` (``p_c = 1/C``) or ``balance``
+(long-tail balancing as in augmented conditioning: ``p_c ∝ g_c = max(max_k n_k − n_c, 0)``,
+:func:`augdiff.methods.augcond.generation_counts`; uniform when the real split is balanced).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from augdiff import distributed
+from augdiff.config import ConfigError
+
+BALANCES = ("uniform", "balance")
+
+
+def online_config(cfg: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict | None:
+    """``synthetic.online`` when it names a generator (``kind = 'edm'``), else None."""
+    syn = cfg.get("synthetic", None) if cfg is not None else None
+    on = syn.get("online", None) if syn is not None else None
+    if on is None or str(on.get("kind", "") or "") in ("", "none"):
+        return None
+    if str(on.kind) != "edm":
+        raise ConfigError(f"synthetic.online.kind {on.kind!r} unknown; choose none or edm")
+    return on
+
+
+def online_rows(config: ml_collections.ConfigDict) -> int:
+    """Synthetic rows per batch ``m = round(share · batch_size)`` (0 without an online source)."""
+    on = online_config(config)
+    if on is None:
+        return 0
+    share = float(on.get("share", 0.5))
+    if not 0.0 < share < 1.0:
+        raise ConfigError(f"synthetic.online.share must be in (0, 1), got {share}")
+    return int(round(share * int(config.batch_size)))
+
+
+def class_probs(balance: str, class_counts: np.ndarray) -> np.ndarray:
+    """Class probabilities ``p`` of the synthetic rows (see the module docstring)."""
+    n = np.asarray(class_counts, np.int64)
+    if balance == "uniform":
+        return np.full(len(n), 1.0 / len(n))
+    if balance == "balance":
+        from augdiff.methods.augcond import generation_counts
+
+        g = generation_counts(n, "balance").astype(np.float64)
+        return g / g.sum() if g.sum() > 0 else np.full(len(n), 1.0 / len(n))
+    raise ConfigError(f"synthetic.online.balance {balance!r} unknown; choose from {BALANCES}")
+
+
+def to_uint8(x: jax.Array) -> jax.Array:
+    """float [-1, 1] → uint8, rounding and clipping as :func:`augdiff.edm.train.from_model_images`
+    (``rint(127.5·x + 127.5)``), on device."""
+    return jnp.clip(jnp.rint(x * 127.5 + 127.5), 0, 255).astype(jnp.uint8)
+
+
+@dataclasses.dataclass
+class OnlineEDM:
+    """A class-conditional EDM sampled into the synthetic share of every batch (module doc).
+
+    ``net_apply``/``params``: the raw network and its (EMA) parameters (replicated on
+    ``mesh``); ``rows`` = ``m``; ``num_steps`` = Heun steps ``N`` (``NFE = 2N − 1``).
+    """
+
+    net_apply: Callable[..., jax.Array]
+    params: Any
+    edm_cfg: Any
+    image_shape: tuple[int, int, int]
+    probs: np.ndarray
+    rows: int
+    mesh: Mesh
+    seed: int = 0
+    num_steps: int = 10
+    refresh_every: int = 1
+    buffer_size: int = 0
+    label_weight: float = 1.0
+    mode: str = "dm"
+    num_sources: int = 1
+    classes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        from augdiff.edm.sampling import make_sample_fn
+
+        self.refresh_every = int(self.refresh_every)
+        self.buffer_size = int(self.buffer_size) or int(self.rows) * self.refresh_every
+        if self.refresh_every < 1:
+            raise ConfigError(f"synthetic.online.refresh_every must be >= 1, "
+                              f"got {self.refresh_every}")
+        if self.buffer_size < self.rows:
+            raise ConfigError(f"synthetic.online.buffer_size {self.buffer_size} is smaller than "
+                              f"the {self.rows} synthetic rows of a batch")
+        shards = distributed.num_batch_shards(self.mesh)
+        for what, n in (("synthetic rows per batch", self.rows), ("buffer_size",
+                                                                  self.buffer_size)):
+            if n % shards:
+                raise ConfigError(f"{what} ({n}) must be a multiple of the {shards} batch "
+                                  f"shards of the mesh")
+        num_classes = len(self.probs)
+        sample_fn = make_sample_fn(
+            self.net_apply, self.edm_cfg, mode=self.mode, image_shape=tuple(self.image_shape),
+            num_sources=self.num_sources, num_classes=num_classes, class_conditional=True,
+            sampler="heun", num_steps=int(self.num_steps), source_label=0)
+        logp = jnp.log(jnp.asarray(self.probs, jnp.float32))
+        rep = distributed.replicated(self.mesh)
+        bsh = distributed.batch_sharding(self.mesh)
+        base = jax.random.PRNGKey(int(self.seed))
+        n_buf = self.buffer_size
+
+        def refresh(params, r):
+            """Buffer ``r``: rows ``0 … buffer_size − 1`` (images uint8, labels)."""
+            rows = jax.lax.with_sharding_constraint(jnp.arange(n_buf, dtype=jnp.int32), bsh)
+            k_img = jax.random.fold_in(jax.random.fold_in(base, 0), r)
+            k_lab = jax.random.fold_in(jax.random.fold_in(base, 1), r)
+            labels = jax.vmap(
+                lambda j: jax.random.categorical(jax.random.fold_in(k_lab, j), logp))(rows)
+            labels = labels.astype(jnp.int32)
+            images = sample_fn(params, k_img, rows, labels)
+            return {"image": to_uint8(images), "label": labels}
+
+        self._refresh = jax.jit(refresh, in_shardings=(rep, rep), out_shardings=bsh)
+        m, fresh = int(self.rows), self.refresh_every == 1 and n_buf == self.rows
+        w = float(self.label_weight)
+
+        def merge(real, buf, s):
+            if fresh:
+                syn = buf
+            else:
+                pick = jax.random.permutation(
+                    jax.random.fold_in(jax.random.fold_in(base, 2), s), n_buf)[:m]
+                syn = jax.tree_util.tree_map(lambda a: a[pick], buf)
+            syn = {"image": syn["image"], "label": syn["label"],
+                   "weight": jnp.full((m,), w, jnp.float32),
+                   "source": jnp.ones((m,), jnp.int32)}
+            return {k: jnp.concatenate([real[k], syn[k].astype(real[k].dtype)])
+                    for k in real}
+
+        self._merge = jax.jit(merge, out_shardings=bsh)
+        self._buffer: tuple[int, Any] | None = None
+
+    def buffer(self, r: int) -> dict[str, jax.Array]:
+        """The replay buffer of refresh ``r`` (cached; regenerated when ``r`` changes)."""
+        if self._buffer is None or self._buffer[0] != r:
+            self._buffer = (r, self._refresh(self.params, jnp.asarray(r, jnp.int32)))
+        return self._buffer[1]
+
+    def complete(self, real: dict[str, jax.Array], step: int) -> dict[str, jax.Array]:
+        """``real`` (``B − m`` rows on the mesh) with the ``m`` synthetic rows of ``step``
+        appended (``source = 1``, ``weight = label_weight``)."""
+        buf = self.buffer(int(step) // self.refresh_every)
+        return self._merge(real, buf, jnp.asarray(step, jnp.int32))
+
+    @property
+    def images_per_step(self) -> float:
+        """Generated images per train step, ``buffer_size / refresh_every``."""
+        return self.buffer_size / self.refresh_every
+
+
+def load_generator(workdir: str, mesh: Mesh) -> dict[str, Any]:
+    """The EMA parameters and model of the latest checkpoint of a ``train-diffusion`` workdir:
+    ``net_apply``, ``params`` (replicated on ``mesh``), ``edm_cfg``, ``image_shape``, ``mode``,
+    ``num_sources``, ``num_classes``, ``classes``, ``step``. The model is rebuilt from the
+    config saved in the checkpoint."""
+    from augdiff.edm import train as edm_train
+
+    ckpt = edm_train.checkpointer(ml_collections.ConfigDict({
+        "workdir": workdir, "train": {"keep_checkpoints": 0}}))
+    step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"synthetic.online.checkpoint: no checkpoint in {ckpt.directory}")
+    extras = edm_train.checkpoint_extras(ckpt, step)
+    config = ml_collections.ConfigDict(extras["config"])
+    num_classes = int(extras["num_classes"])
+    if not bool(config.model.class_conditional):
+        raise ConfigError(f"synthetic.online.checkpoint {workdir}: the generator is not "
+                          f"class-conditional")
+    cfg = edm_train.StepConfig.from_config(config, num_classes=num_classes)
+    model = edm_train.build_model(config, num_classes=num_classes, precision="float32")
+    size, ch = int(config.data.image_size), int(config.data.channels)
+    rep = distributed.replicated(mesh)
+    abstract = jax.eval_shape(
+        lambda k: edm_train.init_state(k, model, edm_train.make_optimizer(config),
+                                       (1, size, size, ch), cfg), jax.random.PRNGKey(0))
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+    state, _, _ = edm_train.restore_checkpoint(ckpt, abstract, step)
+    ckpt.close()
+    return {"net_apply": edm_train.make_net_apply(model), "params": state.ema,
+            "edm_cfg": edm_train.edm_config(config), "image_shape": (size, size, ch),
+            "mode": str(config.mode), "num_sources": cfg.num_sources,
+            "num_classes": num_classes, "classes": [int(c) for c in extras.get("classes", [])],
+            "step": int(step)}
+
+
+def make_online_source(config: ml_collections.ConfigDict, real: Any,
+                       mesh: Mesh) -> OnlineEDM | None:
+    """The :class:`OnlineEDM` of ``config.synthetic.online`` (None when not configured).
+
+    Fields: ``kind`` ('edm'), ``checkpoint`` (a train-diffusion workdir), ``share`` (synthetic
+    fraction of each batch), ``num_steps`` (Heun ``N``), ``refresh_every`` (``R``),
+    ``buffer_size`` (0: ``m · R``), ``balance`` (uniform | balance), ``seed`` (-1: the run's
+    seed). The label weight is ``synthetic.label_weight``.
+    """
+    on = online_config(config)
+    if on is None:
+        return None
+    other = config.get("online", None)
+    if other is not None and str(other.get("kind", "none") or "none") != "none":
+        raise ConfigError("synthetic.online cannot be combined with online.kind="
+                          f"{other.kind!r} yet (the edit-generator online mode is not built)")
+    if not str(on.get("checkpoint", "") or ""):
+        raise ConfigError("synthetic.online.checkpoint must name a train-diffusion workdir")
+    gen = load_generator(os.path.abspath(str(on.checkpoint)), mesh)
+    want = (int(config.data.image_size),) * 2 + (int(config.data.channels),)
+    if tuple(gen["image_shape"]) != want:
+        raise ConfigError(f"synthetic.online.checkpoint makes {gen['image_shape']} images but "
+                          f"data.image_size/channels ask for {want}")
+    if gen["num_classes"] > int(real.num_classes):
+        raise ConfigError(f"synthetic.online generator has {gen['num_classes']} classes, the "
+                          f"real data {real.num_classes}")
+    counts = np.bincount(np.asarray(real.labels), minlength=gen["num_classes"])
+    seed = int(on.get("seed", -1))
+    return OnlineEDM(
+        net_apply=gen["net_apply"], params=gen["params"], edm_cfg=gen["edm_cfg"],
+        image_shape=gen["image_shape"],
+        probs=class_probs(str(on.get("balance", "uniform")), counts[:gen["num_classes"]]),
+        rows=online_rows(config), mesh=mesh, seed=int(config.seed) if seed < 0 else seed,
+        num_steps=int(on.get("num_steps", 10)), refresh_every=int(on.get("refresh_every", 1)),
+        buffer_size=int(on.get("buffer_size", 0)),
+        label_weight=float(config.synthetic.get("label_weight", 1.0)),
+        mode=gen["mode"], num_sources=gen["num_sources"])

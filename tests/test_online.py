@@ -1,0 +1,222 @@
+"""Online EDM generation inside classifier training (augdiff.data.online).
+
+References are independent of the online module: the Heun sampler called directly on keys and
+labels derived in the test, the uint8 rounding of NVlabs/edm written out, a χ² statistic
+written here, and an uninterrupted run for the kill/resume check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from augdiff import distributed
+from augdiff.data.online import OnlineEDM, class_probs
+from augdiff.edm import samplers
+from augdiff.edm import train as edm_train
+from augdiff.edm.core import EDMConfig, denoise
+from augdiff.train.checkpoint import Checkpointer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+C, SIZE = 4, 16
+
+
+def _config_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _edm_config() -> ml_collections.ConfigDict:
+    c = _config_module("casd_cifar10").get_config("classcond")
+    c.data.image_size = SIZE
+    c.model.preset = "tiny"
+    c.model.model_channels = 8
+    c.model.dropout = 0.0
+    c.train.precision = "float32"
+    return c
+
+
+@pytest.fixture(scope="session")
+def generator():
+    """A tiny class-conditional SongUNet, random init with every weight perturbed (the fresh
+    output conv is ~1e-5 scale, so the network would hardly matter otherwise)."""
+    cfg = _edm_config()
+    model = edm_train.build_model(cfg, num_classes=C, precision="float32")
+    step_cfg = edm_train.StepConfig.from_config(cfg, num_classes=C)
+    state = edm_train.init_state(jax.random.PRNGKey(3), model, edm_train.make_optimizer(cfg),
+                                 (1, SIZE, SIZE, 3), step_cfg)
+    leaves, tree = jax.tree_util.tree_flatten(state.params)
+    keys = jax.random.split(jax.random.PRNGKey(4), len(leaves))
+    leaves = [p + 0.2 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys,
+                                                                                strict=True)]
+    params = jax.tree_util.tree_unflatten(tree, leaves)
+    return cfg, model, state.replace(params=params, ema=params)
+
+
+def _online(generator, devices, **kw) -> OnlineEDM:
+    cfg, model, state = generator
+    mesh = distributed.make_mesh(devices=devices)
+    args = dict(net_apply=edm_train.make_net_apply(model),
+                params=distributed.replicate(state.ema, mesh), edm_cfg=EDMConfig(),
+                image_shape=(SIZE, SIZE, 3), probs=np.full(C, 1.0 / C), rows=8, mesh=mesh,
+                seed=11, num_steps=3)
+    args.update(kw)
+    return OnlineEDM(**args)
+
+
+def _uint8(x: np.ndarray) -> np.ndarray:
+    """NVlabs/edm generate.py: (x * 127.5 + 128).clip(0, 255).to(uint8)."""
+    return np.clip(np.floor(x * 127.5 + 128.0), 0, 255).astype(np.uint8)
+
+
+def test_images_equal_a_direct_heun_call(generator):
+    """Row j of refresh r = Heun from σ_max·n_j, n_j ~ fold_in(fold_in(fold_in(K,0),r),j), with
+    the class drawn from fold_in(fold_in(fold_in(K,1),r),j)."""
+    _, model, state = generator
+    gen = _online(generator, jax.devices()[:1], rows=4)
+    r = 5
+    out = jax.device_get(gen.buffer(r))
+    base = jax.random.PRNGKey(11)
+    n = 3
+    i = np.arange(n)
+    sig = (80.0 ** (1 / 7) + i / (n - 1) * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
+    sigmas = jnp.asarray(np.append(sig, 0.0), jnp.float32)
+    apply = edm_train.make_net_apply(model)
+    for j in range(4):
+        k_img = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, 0), r), j)
+        k_lab = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, 1), r), j)
+        c = int(jax.random.categorical(k_lab, jnp.log(jnp.full(C, 1.0 / C))))
+        assert out["label"][j] == c
+        x_T = jax.random.normal(k_img, (1, SIZE, SIZE, 3), jnp.float32) * sigmas[0]
+        lab = {"class": jnp.asarray([c], jnp.int32)}
+        x = samplers.heun_sampler(lambda x, s, lab=lab: denoise(apply, state.ema, x, s, lab),
+                                  x_T, sigmas)
+        want = _uint8(np.asarray(x[0]))
+        diff = np.abs(out["image"][j].astype(int) - want.astype(int))
+        assert diff.max() <= 1 and np.mean(diff == 0) > 0.99, (j, diff.max())
+        assert want.std() > 5  # the images are not flat
+    # the network matters: other classes give other images from the same noise
+    assert not np.array_equal(out["image"][0], out["image"][1])
+
+
+def test_same_images_on_1_and_8_devices(generator):
+    one = _online(generator, jax.devices()[:1], refresh_every=3, buffer_size=16)
+    eight = _online(generator, jax.devices()[:8], refresh_every=3, buffer_size=16)
+    real = {"image": np.zeros((8, SIZE, SIZE, 3), np.uint8), "label": np.zeros(8, np.int32),
+            "weight": np.ones(8, np.float32), "source": np.zeros(8, np.int32)}
+    for step in (0, 4):
+        a = jax.device_get(one.complete(distributed.shard_batch(real, one.mesh), step))
+        b = jax.device_get(eight.complete(distributed.shard_batch(real, eight.mesh), step))
+        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_array_equal(a["source"], [0] * 8 + [1] * 8)
+        d = np.abs(a["image"].astype(int) - b["image"].astype(int))
+        assert d.max() <= 1 and np.mean(d == 0) > 0.99
+
+
+def test_fresh_rows_never_repeat_over_an_epoch(generator):
+    gen = _online(generator, jax.devices()[:8])
+    seen = set()
+    for step in range(12):
+        buf = jax.device_get(gen.buffer(step))
+        seen |= {hashlib.sha1(im.tobytes()).hexdigest() for im in buf["image"]}
+    assert len(seen) == 12 * 8
+
+
+def test_class_histogram_matches_long_tail_balance(generator):
+    counts = np.array([40, 20, 10, 5])  # balance to the head: g = (0, 20, 30, 35)
+    p = class_probs("balance", counts)
+    np.testing.assert_allclose(p, np.array([0, 20, 30, 35]) / 85)
+    gen = _online(generator, jax.devices()[:8], num_steps=2, rows=8, buffer_size=800,
+                  refresh_every=100, probs=p)
+    labels = np.asarray(jax.device_get(gen.buffer(0))["label"])
+    hist = np.bincount(labels, minlength=C)
+    assert hist[0] == 0
+    expected = 800 * p[1:]
+    chi2 = float(np.sum((hist[1:] - expected) ** 2 / expected))
+    assert chi2 < 13.82, (hist, chi2)  # χ²(2 dof) at p = 0.001
+
+
+def _image(rng, c):
+    img = rng.integers(0, 90, (SIZE, SIZE, 3)).astype(np.int32)
+    img[..., c % 3] += 120
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def online_setup(generator, tmp_path_factory):
+    """A toy image folder (12 train / 2 test per class) and the generator as an EDM
+    train-diffusion checkpoint."""
+    root = tmp_path_factory.mktemp("online")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 2)):
+        for c in range(C):
+            d = root / "data" / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(_image(rng, c)).save(d / f"{i:03d}.png")
+    cfg, _, state = generator
+    cfg.workdir = str(root / "edm")
+    ckpt = edm_train.checkpointer(cfg)
+    edm_train.save_checkpoint(ckpt, state, {}, cfg.to_dict(),
+                              {"num_classes": C, "classes": list(range(C))})
+    ckpt.close()
+    return root
+
+
+def _train_config(root, workdir):
+    c = _config_module("classify_cifar10").get_config("smoke")
+    c.workdir = str(workdir)
+    c.data.path = str(root / "data")
+    c.data.image_size = SIZE
+    c.data.per_class = 0
+    c.model.name = "preact_resnet_tiny"
+    c.model.width = 8
+    c.batch_size = 16
+    c.epochs = 2
+    c.eval_batch_size = 8
+    c.optim.lr = 0.05
+    c.progress = False
+    c.checkpoint_every_steps = 2
+    c.synthetic.online.kind = "edm"
+    c.synthetic.online.checkpoint = str(root / "edm")
+    c.synthetic.online.share = 0.5
+    c.synthetic.online.num_steps = 2
+    c.synthetic.online.refresh_every = 3
+    c.synthetic.online.buffer_size = 16
+    return c
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.slow
+def test_online_run_killed_and_resumed_equals_uninterrupted(online_setup, tmp_path):
+    from augdiff.train.classifier import train_and_evaluate
+
+    full = train_and_evaluate(_train_config(online_setup, tmp_path / "full"))
+    assert full["synthetic_share"] == 0.5
+    assert full["steps_per_epoch"] == 3
+
+    def crash(step, metrics):
+        if step == 5:  # after the checkpoint at step 4, inside refresh 1 (steps 3-5)
+            raise _Crash(step)
+
+    cfg = _train_config(online_setup, tmp_path / "resumed")
+    with pytest.raises(_Crash):
+        train_and_evaluate(cfg, step_hook=crash)
+    assert Checkpointer(tmp_path / "resumed" / "checkpoints").latest_step() == 4
+    resumed = train_and_evaluate(cfg)
+    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["resumed_from_step"] == 4
+    assert resumed == full
