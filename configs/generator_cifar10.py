@@ -51,6 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.model_channels = 32
     c.model.num_blocks = 1
     c.model.dropout = 0.0
+    # Trained before EDM's augmentation pipe existed in augdiff: no pipe (p = 0), no augment
+    # labels; the shipped checkpoint records the same.
+    c.augment.p = 0.0
     c.train.batch_size = 128
     c.train.lr = 2e-3
     c.train.lr_rampup_images = 20_000
