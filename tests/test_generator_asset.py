@@ -79,3 +79,23 @@ def test_exported_generator_refuses_another_model(trained, repo_root, cifar_zip)
     c.model.model_channels = 32
     with pytest.raises(ConfigError, match="model.model_channels"):
         sampling.sample_to_store(c)
+
+
+def test_shipped_generator_loads_with_the_config_the_quickstart_uses(repo_root):
+    """The checkpoint inside the package loads through ``load_model`` with the quickstart's
+    generator config, as recorded at export time (``generator.json``): same step, same
+    parameter count. A model-defining config change that the shipped weights do not follow
+    (a new field, another preset) fails here instead of in the main job."""
+    import jax
+
+    from augdiff.edm import model as edm_model
+
+    asset = repo_root / "augdiff/assets/generator_cifar10"
+    record = json.loads((asset / "generator.json").read_text())
+    c = load_config(str(repo_root / "configs/generator_cifar10.py"))
+    c.workdir = str(asset)
+    loaded = edm_model.load_model(c)
+    assert loaded.step == record["step"] == 250
+    assert loaded.num_classes == record["num_classes"] == 10
+    n = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(loaded.params))
+    assert n == record["num_params"] == 750_243
