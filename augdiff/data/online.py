@@ -194,34 +194,31 @@ def load_generator(workdir: str, mesh: Mesh) -> dict[str, Any]:
     ``net_apply``, ``params`` (replicated on ``mesh``), ``edm_cfg``, ``image_shape``, ``mode``,
     ``num_sources``, ``num_classes``, ``classes``, ``step``. The model is rebuilt from the
     config saved in the checkpoint."""
-    from augdiff.edm import train as edm_train
+    from augdiff.edm import model as edm_model
 
-    ckpt = edm_train.checkpointer(ml_collections.ConfigDict({
+    probe = edm_model.checkpointer(ml_collections.ConfigDict({
         "workdir": workdir, "train": {"keep_checkpoints": 0}}))
-    step = ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"synthetic.online.checkpoint: no checkpoint in {ckpt.directory}")
-    extras = edm_train.checkpoint_extras(ckpt, step)
+    try:
+        step = probe.latest_step()
+        if step is None:
+            raise FileNotFoundError(
+                f"synthetic.online.checkpoint: no checkpoint in {probe.directory}")
+        extras = edm_model.checkpoint_extras(probe, step)
+    finally:
+        probe.close()
     config = ml_collections.ConfigDict(extras["config"])
-    num_classes = int(extras["num_classes"])
+    config.workdir = workdir
     if not bool(config.model.class_conditional):
         raise ConfigError(f"synthetic.online.checkpoint {workdir}: the generator is not "
                           f"class-conditional")
-    cfg = edm_train.StepConfig.from_config(config, num_classes=num_classes)
-    model = edm_train.build_model(config, num_classes=num_classes, precision="float32")
+    # The one restore path (training checkpoints and EMA-only exports such as the shipped
+    # generator alike): augdiff.edm.model.load_model.
+    loaded = edm_model.load_model(config, sharding=distributed.replicated(mesh), step=step)
     size, ch = int(config.data.image_size), int(config.data.channels)
-    rep = distributed.replicated(mesh)
-    abstract = jax.eval_shape(
-        lambda k: edm_train.init_state(k, model, edm_train.make_optimizer(config),
-                                       (1, size, size, ch), cfg), jax.random.PRNGKey(0))
-    abstract = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
-    state, _, _ = edm_train.restore_checkpoint(ckpt, abstract, step)
-    ckpt.close()
-    return {"net_apply": edm_train.make_net_apply(model), "params": state.ema,
-            "edm_cfg": edm_train.edm_config(config), "image_shape": (size, size, ch),
-            "mode": str(config.mode), "num_sources": cfg.num_sources,
-            "num_classes": num_classes, "classes": [int(c) for c in extras.get("classes", [])],
+    return {"net_apply": edm_model.make_net_apply(loaded.model), "params": loaded.params,
+            "edm_cfg": edm_model.edm_config(config), "image_shape": (size, size, ch),
+            "mode": str(config.mode), "num_sources": int(config.model.num_sources),
+            "num_classes": loaded.num_classes, "classes": loaded.classes,
             "step": int(step)}
 
 
