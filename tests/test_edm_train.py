@@ -316,6 +316,42 @@ def test_killed_and_resumed_equals_uninterrupted(resumed_runs):
     assert [r["loss"] for r in rk] == [r["loss"] for r in rows]
 
 
+def test_resume_refuses_a_checkpoint_trained_with_another_loss_reduction():
+    """A checkpoint from before ``train.loss_reduction`` existed was trained on the per-pixel
+    mean; Adam's moments then scale with 1, not with the pixel count, so continuing it with
+    the per-pixel sum multiplies the first updates and diverges (seen: loss ×768 at 16², then
+    ×5 more after one step)."""
+    saved_old = {"train": {"lr": 1e-3}}  # a config written before the field existed
+    fields = edm_train.MODEL_FIELDS + edm_train.RESUME_FIELDS
+    now_sum = {"train": {"lr": 1e-3, "loss_reduction": "sum"}}
+    now_mean = {"train": {"lr": 1e-3, "loss_reduction": "mean"}}
+    assert "train.loss_reduction" in edm_train.mismatching_fields(saved_old, now_sum, fields)
+    assert "train.loss_reduction" not in edm_train.mismatching_fields(saved_old, now_mean,
+                                                                       fields)
+    # sampling only needs the model: the loss does not stop a checkpoint from loading
+    assert "train.loss_reduction" not in edm_train.mismatching_fields(saved_old, now_sum)
+
+
+@pytest.mark.slow
+def test_resume_of_a_pre_loss_reduction_checkpoint_is_refused_by_train(resumed_runs, tmp_path,
+                                                                      repo_root):
+    _, killed = resumed_runs
+    work = tmp_path / "old"
+    shutil.copytree(killed.workdir, work)
+    ck = os.path.join(work, "checkpoints")
+    last = max(int(d) for d in os.listdir(ck) if d.isdigit())
+    meta = os.path.join(ck, str(last), "extras", "metadata")
+    extras = json.load(open(meta))
+    del extras["config"]["train"]["loss_reduction"]
+    json.dump(extras, open(meta, "w"))
+    config = tiny_config(repo_root, killed.data.path, work)
+    assert config.train.loss_reduction == "sum"
+    with pytest.raises(ConfigError, match=r"train\.loss_reduction = 'mean'"):
+        edm_train.train(config)
+    config.train.loss_reduction = "mean"
+    assert edm_train.train(config)["step"] == last  # resumes (nothing left to train)
+
+
 @pytest.mark.slow
 def test_non_finite_loss_names_step_sources_and_checkpoint(resumed_runs, repo_root, cifar_zip,
                                                           tmp_path):

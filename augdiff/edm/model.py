@@ -31,6 +31,15 @@ MODES = ("dm", "sda", "casd")
 # saved config differs from the current one in any of them.
 MODEL_FIELDS = ("mode", "model", "edm", "data.image_size", "data.channels", "augment.p")
 
+#: Fields a *training resume* must match besides :data:`MODEL_FIELDS`: they change what the
+#: saved optimiser state means (Adam's moments scale with the loss, so resuming a run trained
+#: on the per-pixel mean with the per-pixel sum multiplies its first updates by ~√(pixels)
+#: and diverges).
+RESUME_FIELDS = ("train.loss_reduction",)
+
+#: The value a checkpoint saved before a field existed was trained with.
+LEGACY_VALUES = {"train.loss_reduction": "mean"}
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -295,12 +304,17 @@ def config_field(d: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def mismatching_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted names of the model-defining fields (:data:`MODEL_FIELDS`) where a checkpoint's
-    saved config and the current one differ (via :func:`augdiff.config.config_diff`)."""
+def mismatching_fields(saved: dict[str, Any], current: dict[str, Any],
+                       fields: tuple[str, ...] = MODEL_FIELDS) -> list[str]:
+    """Dotted names of ``fields`` (default: the model-defining :data:`MODEL_FIELDS`) where a
+    checkpoint's saved config and the current one differ (via
+    :func:`augdiff.config.config_diff`); a field the saved config predates reads as its
+    :data:`LEGACY_VALUES` entry."""
     out: list[str] = []
-    for field in MODEL_FIELDS:
+    for field in fields:
         a, b = config_field(saved, field), config_field(current, field)
+        if a == "<missing>" and field in LEGACY_VALUES:
+            a = LEGACY_VALUES[field]
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_diff(a, b, field + ".")
         elif a != b:

@@ -53,8 +53,10 @@ from tqdm.auto import tqdm
 from augdiff import distributed
 from augdiff.config import ConfigError, to_dict
 from augdiff.edm.model import (  # noqa: F401  (the model's home; re-exported for callers)
+    LEGACY_VALUES,
     MODEL_FIELDS,
     MODES,
+    RESUME_FIELDS,
     TrainState,
     abstract_state,
     augment_enabled,
@@ -533,11 +535,15 @@ def train(config: ml_collections.ConfigDict, *, stop_after_steps: int | None = N
     last_ckpt = None
     if ckpt.latest_step() is not None:
         saved = checkpoint_extras(ckpt, ckpt.latest_step()).get("config", {})
-        diffs = mismatching_fields(saved, config_dict)
+        diffs = mismatching_fields(saved, config_dict, MODEL_FIELDS + RESUME_FIELDS)
         if diffs:
+            was = {f: config_field(saved, f) for f in diffs}
+            detail = ", ".join(
+                f"{f} = {LEGACY_VALUES.get(f, v) if v == '<missing>' else v!r}"
+                for f, v in was.items())
             raise ConfigError(f"cannot resume from {ckpt.directory}/{ckpt.latest_step()}: it "
-                              f"was trained with other values of {', '.join(diffs)}; use a "
-                              "new workdir")
+                              f"was trained with {detail}; set the same value or use a new "
+                              "workdir")
         state, extras, last_ckpt = restore_checkpoint(ckpt, state)
         loader.set_state(extras["loader"])
     start = int(state.step)
