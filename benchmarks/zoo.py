@@ -90,15 +90,6 @@ CLIP_L14_TEXT: dict[str, Any] = dict(
     hidden_act="quick_gelu",
 )
 
-#: Published parameter counts (diffusers / transformers model cards and papers).
-PUBLISHED_PARAMS: dict[str, int] = {
-    "sd15-unet": 859_520_964,
-    "sd15-vae": 83_653_863,
-    "sd15-text": 123_060_480,
-    "preact_resnet18": 11_171_146,
-    "resnet50": 23_520_842,
-}
-
 NAMES = (
     "sd15-unet",
     "sd15-vae",
@@ -144,24 +135,25 @@ def random_like(abstract: Any, key: jax.Array, dtype: Any = jnp.float32) -> Any:
     """Random weights for an abstract tree, drawn under ``jax.jit`` (no host copy).
 
     Kernels/embeddings ~ N(0, 1/fan_in) (fan_in = every axis but the last), norm scales 1,
-    biases 0: activations keep unit scale through a deep net, which is all speed needs.
+    biases 0: activations keep unit scale through a deep net, which is all speed needs. One
+    normal draw of the total size is cut into the leaves (a small program to compile).
     """
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    sizes = [math.prod(leaf.shape) for _, leaf in leaves]
 
     def draw(k):
-        keys = jax.random.split(k, len(leaves))
-        out = []
-        for (path, leaf), kk in zip(leaves, keys, strict=True):
+        flat = jax.random.normal(k, (sum(sizes),), jnp.float32)
+        out, start = [], 0
+        for (path, leaf), n in zip(leaves, sizes, strict=True):
             name = str(getattr(path[-1], "key", path[-1]))
             if name == "scale":
                 v = jnp.ones(leaf.shape, dtype)
             elif name == "bias" or len(leaf.shape) < 2:
                 v = jnp.zeros(leaf.shape, dtype)
             else:
-                fan_in = max(1, math.prod(leaf.shape[:-1]))
-                v = (jax.random.normal(kk, leaf.shape, jnp.float32) / math.sqrt(fan_in)).astype(
-                    dtype
-                )
+                scale = 1.0 / math.sqrt(max(1, math.prod(leaf.shape[:-1])))
+                v = (flat[start:start + n].reshape(leaf.shape) * scale).astype(dtype)
+            start += n
             out.append(v)
         return jax.tree_util.tree_unflatten(treedef, out)
 
