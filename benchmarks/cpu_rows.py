@@ -6,9 +6,9 @@ Rows (``--rows``, in this order by default):
 
 - ``unet16`` / ``unet64``: one SD-1.5 UNet step with CFG (batch 2 = one image's two
   branches), fp32, 16² latents (128² images) / 64² latents (512²): augdiff's step
-  (:func:`steps.sd_cfg_step`) with attention through ``jax.nn.dot_product_attention`` (the
-  default) and with diffusers' einsum attention, vs diffusers' PyTorch ``UNet2DConditionModel``
-  (SDPA attention) on the same random weights;
+  (:func:`steps.sd_cfg_step`) with attention through ``jax.nn.dot_product_attention``
+  (XLA's implementation) and with diffusers' einsum attention (the CPU default), vs
+  diffusers' PyTorch ``UNet2DConditionModel`` (SDPA attention) on the same random weights;
 - ``text``: CLIP ViT-L/14 text encoding of 2 prompts (77 tokens) vs transformers' PyTorch;
 - ``vae128`` / ``vae512``: SD VAE decode of one latent to 128² / 512² vs diffusers' PyTorch;
 - ``inversion``: one Diffusion Inversion stage-1 step (fwd + bwd through the frozen UNet into
@@ -53,15 +53,19 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, float]]:
-    """Median wall and CPU seconds per call of every ``fns`` entry, round-robin."""
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int,
+                last: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds per call of every ``fns`` entry, round-robin; the outputs
+    of the last round go to ``last``."""
     rec: dict[str, dict[str, list]] = {k: {"wall": [], "cpu": []} for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             c0, t0 = _cpu(), time.perf_counter()
-            fn()
+            out = fn()
             rec[k]["wall"].append(time.perf_counter() - t0)
             rec[k]["cpu"].append(_cpu() - c0)
+            if last is not None:
+                last[k] = out
     return {k: {"wall_s": float(np.median(v["wall"])), "cpu_s": float(np.median(v["cpu"]))}
             for k, v in rec.items()}
 
@@ -114,7 +118,7 @@ def row_unet(m: Models, latent: int, repeats: int) -> dict[str, Any]:
                               zoo.build("sd15-text", tiny=True))
     params = {"unet": unet_p}
     fns, compile_s = {}, {}
-    for impl in ("auto", "diffusers"):
+    for impl in ("xla", "diffusers"):
         with attention.use(impl):
             step = S.sd_cfg_step(comps, params, 1, latent)
             fns[f"augdiff[{impl}]"], compile_s[impl] = _jax_call(step)
@@ -131,9 +135,10 @@ def row_unet(m: Models, latent: int, repeats: int) -> dict[str, Any]:
             return eu + wt * (ec - eu)
 
     # parity of the step before timing
-    want = torch_step().numpy()
-    parity = {k: float(np.abs(np.asarray(f()) - want).max()) for k, f in fns.items()}
-    res = interleaved({**fns, "torch": torch_step}, repeats)
+    last: dict[str, Any] = {}
+    res = interleaved({**fns, "torch": torch_step}, repeats, last)  # AOT-compiled: no warm-up
+    want = last["torch"].numpy()
+    parity = {k: float(np.abs(np.asarray(last[k]) - want).max()) for k in fns}
     return dict(res, compile_s=compile_s, parity_max_abs=parity,
                 out_max_abs=float(np.abs(want).max()))
 
@@ -175,8 +180,6 @@ def row_vae(m: Models, size: int, repeats: int) -> dict[str, Any]:
         with torch.no_grad():
             return peer.decode(z / 0.18215).sample
 
-    fn()
-    torch_fn()
     return dict(interleaved({"augdiff": fn, "torch": torch_fn}, repeats), compile_s=cs)
 
 
@@ -293,6 +296,46 @@ def row_loader(batches: int = 30, batch: int = 128) -> dict[str, Any]:
     return out
 
 
+LABELS = {
+    "unet16": "SD-1.5 UNet CFG step (batch 2), 16² latents (128²)",
+    "unet64": "SD-1.5 UNet CFG step (batch 2), 64² latents (512²)",
+    "text": "CLIP ViT-L/14 text encoding, 2 prompts",
+    "vae128": "VAE decode, 1 image 128²",
+    "vae512": "VAE decode, 1 image 512²",
+    "inversion": "Diffusion Inversion stage-1 step, 2 images 128²",
+}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The BENCHMARKS.md table of a result (ratio = PyTorch time / augdiff time)."""
+    lines = ["| row | augdiff wall s (CPU-s) | PyTorch wall s (CPU-s) | augdiff / PyTorch, wall "
+             "| by CPU time | load avg | notes |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in result["rows"].items():
+        load = "–".join(f"{x:.1f}" for x in r["load_avg_start_end"])
+        if name == "loader":
+            for w in (0, 2):
+                lines.append(
+                    f"| loader, {w} workers (img/s) | {r[f'augdiff_{w}w_img_per_s']:,.0f} | "
+                    f"{r[f'torch_{w}w_img_per_s']:,.0f} | **{r[f'ratio_{w}w']:.2f}×** | "
+                    f"main-process CPU-ms/img {r[f'augdiff_{w}w_main_cpu_ms_per_img']:.3f} vs "
+                    f"{r[f'torch_{w}w_main_cpu_ms_per_img']:.3f} | {load} | real CIFAR-10 zip,"
+                    " batch 128 |")
+            continue
+        t = r["torch"]
+        for k in [k for k in r if k.startswith("augdiff") and isinstance(r[k], dict)]:
+            a = r[k]
+            note = k.replace("augdiff", "").strip("[]")
+            note = {"xla": "attention: jax.nn.dot_product_attention (XLA)",
+                    "diffusers": "attention: diffusers' einsums"}.get(note, note)
+            if isinstance(r.get("parity_max_abs"), dict):
+                note += f"; max abs diff vs PyTorch {r['parity_max_abs'][k]:.1e}"
+            lines.append(
+                f"| {LABELS.get(name, name)} | {a['wall_s']:.3g} ({a['cpu_s']:.3g}) | "
+                f"{t['wall_s']:.3g} ({t['cpu_s']:.3g}) | **{t['wall_s'] / a['wall_s']:.2f}×** | "
+                f"{t['cpu_s'] / a['cpu_s']:.2f}× | {load} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default=",".join(ROWS))
@@ -300,7 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats-large", type=int, default=1, help="for unet64 / vae512")
     ap.add_argument("--tiny", action="store_true", help="tiny models (checks the script)")
     ap.add_argument("--json", default="")
+    ap.add_argument("--md", default="", help="also write the markdown table here")
+    ap.add_argument("--table-from", default="", help="only print the table of this JSON")
     args = ap.parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as f:
+            print(markdown(json.load(f)))
+        return 0
     import torch
 
     from augdiff import distributed
@@ -340,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=1)
+        if args.md:
+            with open(args.md, "w") as f:
+                f.write(markdown(result))
     return 0
 
 

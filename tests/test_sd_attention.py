@@ -35,7 +35,7 @@ def _run(comps, params, impl, class_input=None):
         return np.asarray(fn(params, x, t, ctx, class_input))
 
 
-@pytest.mark.parametrize("impl", ["xla", "auto"])
+@pytest.mark.parametrize("impl", ["xla"])
 def test_parity_with_diffusers_attention(models, impl):
     comps, params = models["txt2img"]
     want = _run(comps, params, "diffusers")
@@ -83,6 +83,8 @@ def test_every_attention_layer_is_routed(models, monkeypatch):
     assert all(abs(s - q[-1] ** -0.5) < 1e-12 for q, _, s in calls)
     calls.clear()
     _run(comps, params, "diffusers")
+    assert calls == []
+    _run(comps, params, "auto")  # on the CPU: diffusers' einsums (measured faster there)
     assert calls == []
 
 

@@ -13,8 +13,10 @@ diffusers' code; checkpoints are unchanged.
 
 Implementations (``AUGDIFF_SD_ATTENTION`` or :func:`use`):
 
-- ``'auto'`` (default): ``jax.nn.dot_product_attention`` with ``implementation=None`` (JAX
-  picks cuDNN where it can, XLA otherwise);
+- ``'auto'`` (default): on accelerators ``jax.nn.dot_product_attention`` with
+  ``implementation=None`` (JAX picks cuDNN where it can, XLA otherwise); on the CPU
+  diffusers' einsums, because XLA's CPU ``dot_product_attention`` measured up to 3× slower
+  than them at 64² latents (4,096 tokens; ``benchmarks/cpu_rows.py``);
 - ``'xla'`` / ``'cudnn'``: that ``implementation`` of ``jax.nn.dot_product_attention``;
 - ``'diffusers'``: diffusers' own einsum path, untouched (no interception).
 """
@@ -73,6 +75,8 @@ def _attention(module: Any, hidden: jax.Array, context: jax.Array | None,
 def intercept() -> Iterator[None]:
     """Route every ``FlaxAttention`` call inside the block per :func:`implementation`."""
     impl = implementation()
+    if impl == "auto" and jax.default_backend() == "cpu":
+        impl = "diffusers"
     if impl == "diffusers":
         yield
         return
