@@ -13,8 +13,10 @@ diffusers' code; checkpoints are unchanged.
 
 Implementations (``AUGDIFF_SD_ATTENTION`` or :func:`use`):
 
-- ``'auto'`` (default): on accelerators ``jax.nn.dot_product_attention`` with
-  ``implementation=None`` (JAX picks cuDNN where it can, XLA otherwise); on the CPU
+- ``'auto'`` (default): on a GPU ``jax.nn.dot_product_attention`` with
+  ``implementation='cudnn'`` for fp16/bf16 inputs, falling back to ``'xla'`` for a layer
+  cuDNN refuses at trace time (e.g. a head width it does not support; JAX's own
+  ``implementation=None`` is XLA's always); other accelerators ``'xla'``; on the CPU
   diffusers' einsums, because XLA's CPU ``dot_product_attention`` measured up to 3× slower
   than them at 64² latents (4,096 tokens; ``benchmarks/cpu_rows.py``);
 - ``'xla'`` / ``'cudnn'``: that ``implementation`` of ``jax.nn.dot_product_attention``;
@@ -30,6 +32,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "diffusers")
 _override: list[str] = []
@@ -58,7 +61,7 @@ def use(impl: str) -> Iterator[None]:
 
 
 def _attention(module: Any, hidden: jax.Array, context: jax.Array | None,
-               deterministic: bool, impl: str | None) -> jax.Array:
+               deterministic: bool, impl: str) -> jax.Array:
     """``FlaxAttention.__call__`` with the attention as ``jax.nn.dot_product_attention``."""
     context = hidden if context is None else context
     b = hidden.shape[0]
@@ -66,7 +69,18 @@ def _attention(module: Any, hidden: jax.Array, context: jax.Array | None,
     q = module.query(hidden).reshape(b, -1, heads, d)
     k = module.key(context).reshape(b, -1, heads, d)
     v = module.value(context).reshape(b, -1, heads, d)
-    out = jax.nn.dot_product_attention(q, k, v, scale=d**-0.5, implementation=impl)
+    if impl == "auto":
+        out = None
+        if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+            try:
+                out = jax.nn.dot_product_attention(q, k, v, scale=d**-0.5,
+                                                   implementation="cudnn")
+            except (NotImplementedError, ValueError, RuntimeError):
+                out = None
+        if out is None:
+            out = jax.nn.dot_product_attention(q, k, v, scale=d**-0.5, implementation="xla")
+    else:
+        out = jax.nn.dot_product_attention(q, k, v, scale=d**-0.5, implementation=impl)
     out = module.proj_attn(out.reshape(b, -1, heads * d))
     return module.dropout_layer(out, deterministic=deterministic)
 
@@ -82,7 +96,7 @@ def intercept() -> Iterator[None]:
         return
     from diffusers.models.attention_flax import FlaxAttention
 
-    dpa_impl = None if impl == "auto" else impl
+    dpa_impl = impl
 
     def interceptor(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
         module = context.module
