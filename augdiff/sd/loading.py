@@ -27,8 +27,11 @@ Parameters are returned as one plain dict, separate from the (stateless) modules
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import tempfile
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -176,6 +179,16 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _safetensors_keys(path: str) -> list[str]:
+    """Tensor names of a (possibly sharded) safetensors checkpoint, without reading tensors."""
+    from safetensors import safe_open
+
+    if os.path.isfile(path):
+        with safe_open(path, framework="numpy") as f:
+            return list(f.keys())
+    return list(_read_json(path + ".index.json", os.path.basename(path))["weight_map"])
+
+
 def pt_to_flax_key(
     pt_key: str, shape: tuple[int, ...], abstract_flat: Mapping[tuple[str, ...], Any], library: str
 ) -> tuple[tuple[str, ...], str]:
@@ -263,6 +276,129 @@ def check_params(params: Any, abstract: Any, component: str) -> dict:
     return unflatten_dict({k: np.asarray(v, np.float32) for k, v in got.items()})
 
 
+# ------------------------------------------------------------ converted-weights cache
+
+WEIGHTS_CACHE_VERSION = 1
+"""Bumped whenever the conversion rules change, so stale converted copies are never read."""
+
+
+def weights_cache_dir() -> str | None:
+    """Where Flax-layout copies of converted PyTorch weights live: ``AUGDIFF_WEIGHTS_CACHE``
+    (``off`` disables the cache), default ``~/.cache/augdiff/weights``."""
+    v = os.environ.get("AUGDIFF_WEIGHTS_CACHE", "")
+    if v.strip().lower() in ("0", "off", "none", "false", "no"):
+        return None
+    return v or os.path.join(os.path.expanduser("~"), ".cache", "augdiff", "weights")
+
+
+def _source_files(wpath: str) -> list[str]:
+    if os.path.isfile(wpath):
+        return [wpath]
+    index = wpath + ".index.json"
+    shards = sorted(set(_read_json(index, os.path.basename(wpath))["weight_map"].values()))
+    return [index] + [os.path.join(os.path.dirname(wpath), s) for s in shards]
+
+
+def source_hash(wpath: str, cache_dir: str | None = None) -> str:
+    """SHA-256 of the bytes of a weights file (or of a sharded checkpoint's index + shards).
+
+    The digest of a file is remembered in ``<cache_dir>/hashes.json`` under its real path,
+    size and modification time, so an unchanged multi-GB checkpoint is hashed once; any change
+    of size or mtime re-hashes it.
+    """
+    memo_path = os.path.join(cache_dir, "hashes.json") if cache_dir else None
+    memo: dict[str, str] = {}
+    if memo_path and os.path.isfile(memo_path):
+        try:
+            with open(memo_path) as f:
+                memo = json.load(f)
+        except (OSError, ValueError):
+            memo = {}
+    total = hashlib.sha256()
+    changed = False
+    for path in _source_files(wpath):
+        st = os.stat(path)
+        stamp = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
+        digest = memo.get(stamp)
+        if digest is None:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    h.update(chunk)
+            digest = memo[stamp] = h.hexdigest()
+            changed = True
+        total.update(os.path.basename(path).encode() + b"\0" + digest.encode())
+    if memo_path and changed:
+        _atomic_write(memo_path, json.dumps(memo).encode())
+    return total.hexdigest()
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _abstract_digest(abstract: Any) -> str:
+    items = sorted(("/".join(k), tuple(v.shape)) for k, v in flatten_dict(abstract).items())
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
+
+
+def convert_pt_cached(
+    wpath: str, abstract: Any, *, library: str, component: str, log: dict | None = None
+) -> dict:
+    """:func:`convert_pt_state_dict` of the safetensors at ``wpath``, through the cache.
+
+    The converted (Flax-layout, float32) tree is written as msgpack to
+    :func:`weights_cache_dir`, named by the source's :func:`source_hash`, the parameter tree's
+    shapes and :data:`WEIGHTS_CACHE_VERSION`; a later load of the same source reads that copy
+    (seconds) instead of converting again. A changed source file has another hash, so its old
+    copy is never used. The copy is checked against ``abstract`` like any Flax checkpoint.
+    ``log[component]`` records ``'hit'``, ``'miss'`` (converted and written) or ``'off'``.
+    """
+    cache_dir = weights_cache_dir()
+    status = "off"
+    target = None
+    if cache_dir is not None:
+        try:
+            key = source_hash(wpath, cache_dir)
+            target = os.path.join(
+                cache_dir,
+                f"{component}-{library}-{key[:32]}-{_abstract_digest(abstract)}"
+                f"-v{WEIGHTS_CACHE_VERSION}.msgpack",
+            )
+        except OSError as e:
+            warnings.warn(f"weights cache disabled for {component!r}: {e}", stacklevel=2)
+    params = None
+    if target is not None and os.path.isfile(target):
+        try:
+            params = check_params(_load_msgpack(target, component), abstract, component)
+            status = "hit"
+        except ModelLoadError as e:  # a damaged copy: convert again and overwrite it
+            warnings.warn(f"ignoring a bad cached copy of {component!r}: {e}", stacklevel=2)
+    if params is None:
+        params = convert_pt_state_dict(
+            _load_safetensors(wpath), abstract, library=library, component=component
+        )
+        if target is not None:
+            try:
+                _atomic_write(target, serialization.msgpack_serialize(params))
+                status = "miss"
+            except OSError as e:
+                warnings.warn(f"cannot write the weights cache for {component!r}: {e}",
+                              stacklevel=2)
+    if log is not None:
+        log[component] = status
+    return params
+
+
 def _load_msgpack(path: str, component: str) -> dict:
     with open(path, "rb") as f:
         try:
@@ -326,7 +462,7 @@ def class_embedding_abstract(in_dim: int, time_embed_dim: int) -> dict:
 
 
 def _load_diffusers_component(
-    root: str, name: str, cls: Any, weights: str, dtype: Any
+    root: str, name: str, cls: Any, weights: str, dtype: Any, cache_log: dict | None = None
 ) -> tuple[Any, dict, dict, dict | None]:
     """``(module, params, config, class_embedding_params_or_None)`` of a diffusers model."""
     folder = os.path.join(root, name)
@@ -359,9 +495,9 @@ def _load_diffusers_component(
         _refuse_orphan_class_embedding(name, class_abstract, "class_embedding" in raw)
         params = check_params(raw, full_abstract, name)
     else:
-        pt_state = _load_safetensors(wpath)
+        pt_keys = _safetensors_keys(wpath)
         if class_abstract is not None and not any(
-            k.startswith("class_embedding.") for k in pt_state
+            k.startswith("class_embedding.") for k in pt_keys
         ):
             raise ModelLoadError(
                 f"component {name!r}: unCLIP UNet "
@@ -370,9 +506,11 @@ def _load_diffusers_component(
                 "without its image conditioning"
             )
         _refuse_orphan_class_embedding(
-            name, class_abstract, any(k.startswith("class_embedding.") for k in pt_state)
+            name, class_abstract, any(k.startswith("class_embedding.") for k in pt_keys)
         )
-        params = convert_pt_state_dict(pt_state, full_abstract, library="diffusers", component=name)
+        params = convert_pt_cached(
+            wpath, full_abstract, library="diffusers", component=name, log=cache_log
+        )
     class_params = params.pop("class_embedding", None)
     info = {"format": fmt}
     return module, params, config | {"_augdiff_weights": info}, class_params
@@ -423,7 +561,14 @@ def _unet_class_embedding_abstract(config: Mapping[str, Any], unet: Any) -> dict
 
 
 def _load_transformers_component(
-    root: str, name: str, config_cls: Any, model_cls: Any, weights: str, dtype: Any, vision: bool
+    root: str,
+    name: str,
+    config_cls: Any,
+    model_cls: Any,
+    weights: str,
+    dtype: Any,
+    vision: bool,
+    cache_log: dict | None = None,
 ) -> tuple[Any, dict, str]:
     """``(flax_model_wrapper, params, format)`` of a transformers CLIP tower."""
     folder = os.path.join(root, name)
@@ -444,13 +589,14 @@ def _load_transformers_component(
             )
         params = check_params(raw, abstract, name)
     else:
-        pt_state = _load_safetensors(wpath)
-        if vision and "visual_projection.weight" not in pt_state:
+        if vision and "visual_projection.weight" not in _safetensors_keys(wpath):
             raise ModelLoadError(
                 f"component {name!r}: no visual_projection.weight in {wpath} (need "
                 "CLIPVisionModelWithProjection weights)"
             )
-        params = convert_pt_state_dict(pt_state, abstract, library="transformers", component=name)
+        params = convert_pt_cached(
+            wpath, abstract, library="transformers", component=name, log=cache_log
+        )
     return model, params, fmt
 
 
@@ -520,14 +666,16 @@ def load_sd(
     model_index = _read_json(index_path, "model_index") if os.path.isfile(index_path) else {}
     pipeline_class = str(model_index.get("_class_name", ""))
 
+    cache_log: dict[str, str] = {}
     unet, unet_params, unet_config, class_params = _load_diffusers_component(
-        root, "unet", FlaxUNet2DConditionModel, weights, dtype
+        root, "unet", FlaxUNet2DConditionModel, weights, dtype, cache_log
     )
     vae, vae_params, vae_config, _ = _load_diffusers_component(
-        root, "vae", FlaxAutoencoderKL, weights, dtype
+        root, "vae", FlaxAutoencoderKL, weights, dtype, cache_log
     )
     text_model, text_params, text_fmt = _load_transformers_component(
-        root, "text_encoder", CLIPTextConfig, FlaxCLIPTextModel, weights, dtype, vision=False
+        root, "text_encoder", CLIPTextConfig, FlaxCLIPTextModel, weights, dtype, vision=False,
+        cache_log=cache_log,
     )
     tok_dir = os.path.join(root, "tokenizer")
     if not os.path.isdir(tok_dir):
@@ -592,6 +740,7 @@ def load_sd(
             weights,
             dtype,
             vision=True,
+            cache_log=cache_log,
         )
         formats.add(vision_fmt)
         embed_dim = int(vision_model.config.projection_dim)
@@ -636,6 +785,7 @@ def load_sd(
         "tiny_random": os.path.isfile(os.path.join(root, TINY_MARKER))
         or bool(model_index.get("augdiff_tiny_random", False)),
         "dtype": str(dtype),
+        "weights_cache": cache_log,
     }
     components = SDComponents(
         kind=kind,

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from augdiff.sd import attention
 from augdiff.sd.loading import SDComponents
 
 Array = jax.Array
@@ -114,6 +115,7 @@ def apply_unet(
     embedding (emb = time_embedding(sinusoid(t)) + class_embedding(c)) by intercepting the call
     of the UNet's ``time_embedding`` submodule; without it an unCLIP UNet refuses to run, so an
     image-conditioned model can never be used silently without its image conditioning.
+    The attention layers run as :mod:`augdiff.sd.attention` selects (``AUGDIFF_SD_ATTENTION``).
     """
     dtype = components.dtype
     x = latents.astype(dtype)
@@ -122,7 +124,9 @@ def apply_unet(
     if class_input is None:
         if components.kind == "unclip":
             raise ValueError("an unCLIP UNet needs its image conditioning (class_input)")
-        return unet.apply({"params": params["unet"]}, x, t, ctx).sample.astype(jnp.float32)
+        with attention.intercept():
+            out = unet.apply({"params": params["unet"]}, x, t, ctx).sample
+        return out.astype(jnp.float32)
 
     class_emb = class_embedding(components, params, class_input)
     unet_cls = type(unet)
@@ -138,7 +142,7 @@ def apply_unet(
             return out + class_emb.astype(out.dtype)
         return out
 
-    with nn.intercept_methods(add_class_embedding):
+    with attention.intercept(), nn.intercept_methods(add_class_embedding):
         out = unet.apply({"params": params["unet"]}, x, t, ctx).sample
     return out.astype(jnp.float32)
 
