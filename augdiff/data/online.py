@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +112,7 @@ class OnlineEDM:
     mode: str = "dm"
     num_sources: int = 1
     classes: tuple[int, ...] = ()
+    timed: bool = True
 
     def __post_init__(self) -> None:
         from augdiff.edm.sampling import make_sample_fn
@@ -170,11 +172,24 @@ class OnlineEDM:
 
         self._merge = jax.jit(merge, out_shardings=bsh)
         self._buffer: tuple[int, Any] | None = None
+        self.generator_s = 0.0  # wall seconds spent in refreshes (see ``buffer``)
+        self.refreshes = 0
 
     def buffer(self, r: int) -> dict[str, jax.Array]:
-        """The replay buffer of refresh ``r`` (cached; regenerated when ``r`` changes)."""
+        """The replay buffer of refresh ``r`` (cached; regenerated when ``r`` changes).
+
+        With ``timed`` each refresh is waited for and its wall time added to ``generator_s``
+        (the generator's share of the step in ``run.json``); this serialises the refresh with
+        the train step, so set ``timed = False`` where dispatch overlap matters more than the
+        measurement."""
         if self._buffer is None or self._buffer[0] != r:
-            self._buffer = (r, self._refresh(self.params, jnp.asarray(r, jnp.int32)))
+            t0 = time.perf_counter()
+            buf = self._refresh(self.params, jnp.asarray(r, jnp.int32))
+            if self.timed:
+                jax.block_until_ready(buf)
+                self.generator_s += time.perf_counter() - t0
+            self.refreshes += 1
+            self._buffer = (r, buf)
         return self._buffer[1]
 
     def complete(self, real: dict[str, jax.Array], step: int) -> dict[str, jax.Array]:

@@ -603,6 +603,7 @@ def train_and_evaluate(
                disable=not is_main or not config.get("progress", True), dynamic_ncols=True)
     it = iter(loader)
     t_train = time.time()
+    eval_s = 0.0  # test-split evaluation inside the loop (run.json: eval_s)
     try:
         for step in range(start_step, total_steps):
             host_batch = next(it)
@@ -625,7 +626,9 @@ def train_and_evaluate(
             bar.update(1)
             if end_of_epoch:
                 epoch = done // steps_per_epoch
+                t_eval = time.time()
                 ev = evaluate(eval_step, state, test, eval_bs, mesh, eval_cache)
+                eval_s += time.time() - t_eval
                 row = {
                     "epoch": epoch,
                     "step": done,
@@ -661,10 +664,16 @@ def train_and_evaluate(
     result = summary()
     if is_main:
         _write_json(os.path.join(workdir, "metrics.json"), result)
+        loop_s = time.time() - t_train
         _write_json(os.path.join(workdir, "run.json"), {
             "wall_time_s": time.time() - t_start,
-            "train_loop_s": time.time() - t_train,
+            "train_loop_s": loop_s,
+            "eval_s": eval_s,  # inside train_loop_s; the steps took train_loop_s - eval_s
             "resumed_from_step": start_step,
             "devices": distributed.describe(mesh),
+            **({"generator_s": generator.generator_s, "generator_refreshes": generator.refreshes,
+                "generated_images": generator.refreshes * generator.buffer_size,
+                "generator_share": generator.generator_s / max(loop_s - eval_s, 1e-9)}
+               if generator is not None else {}),
         })
     return result
