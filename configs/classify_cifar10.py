@@ -54,6 +54,8 @@ def base_config(num_classes_hint: int = 10) -> ml_collections.ConfigDict:
     c.synthetic.online.buffer_size = 0  # 0 = rows * R (each image seen once)
     c.synthetic.online.balance = "uniform"  # uniform | balance (long-tail balancing)
     c.synthetic.online.seed = -1  # -1 = the run's seed
+    c.synthetic.online.spill_every = 0  # N > 0: every N-th synthetic row seen -> spill_store
+    c.synthetic.online.spill_store = ""  # '' = <workdir>/online_store (augdiff inspect/export)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"

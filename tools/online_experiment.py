@@ -70,7 +70,9 @@ def sample_store(workdir: str, seed: int, log: str) -> dict:
                  "--config", "configs/generator_cifar10.py",
                  f"--config.workdir={exp.GENERATOR}", f"--config.sample.store={store}",
                  f"--config.sample.seed={seed}", f"--config.num_samples={exp.NUM_GENERATED}",
-                 "--config.sample.sampler=heun", f"--config.sample.num_steps={exp.NUM_STEPS}"],
+                 "--config.sample.sampler=heun", f"--config.sample.num_steps={exp.NUM_STEPS}",
+                 # one batch shape (no recompile for a short last batch)
+                 f"--config.sample.batch_size={exp.NUM_GENERATED // 4}"],
                 log)
     rec = {"store": store, "sample_s": secs, "images": exp.NUM_GENERATED}
     with open(done, "w") as f:

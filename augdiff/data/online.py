@@ -113,6 +113,9 @@ class OnlineEDM:
     num_sources: int = 1
     classes: tuple[int, ...] = ()
     timed: bool = True
+    spill_every: int = 0
+    spill_store: str = ""
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from augdiff.edm.sampling import make_sample_fn
@@ -167,13 +170,26 @@ class OnlineEDM:
             syn = {"image": syn["image"], "label": syn["label"],
                    "weight": jnp.full((m,), w, jnp.float32),
                    "source": jnp.ones((m,), jnp.int32)}
-            return {k: jnp.concatenate([real[k], syn[k].astype(real[k].dtype)])
-                    for k in real}
+            out = {k: jnp.concatenate([real[k], syn[k].astype(real[k].dtype)]) for k in real}
+            return out, (jnp.arange(m, dtype=jnp.int32) if fresh else pick.astype(jnp.int32))
 
-        self._merge = jax.jit(merge, out_shardings=bsh)
+        self._merge = jax.jit(merge, out_shardings=(bsh, rep))
         self._buffer: tuple[int, Any] | None = None
         self.generator_s = 0.0  # wall seconds spent in refreshes (see ``buffer``)
         self.refreshes = 0
+        self.spill_every = int(self.spill_every or 0)
+        self._spill = None
+        if self.spill_every > 0:
+            if not self.spill_store:
+                raise ConfigError("synthetic.online.spill_every needs synthetic.online.spill_store")
+            if jax.process_index() == 0:
+                from augdiff.data.store import StoreWriter
+
+                self._spill = StoreWriter(
+                    self.spill_store, method="online/edm", process_index=0,
+                    config={"seed": int(self.seed), "num_steps": int(self.num_steps),
+                            "refresh_every": self.refresh_every, "buffer_size": n_buf,
+                            "rows": m, "spill_every": self.spill_every, **self.provenance})
 
     def buffer(self, r: int) -> dict[str, jax.Array]:
         """The replay buffer of refresh ``r`` (cached; regenerated when ``r`` changes).
@@ -196,7 +212,54 @@ class OnlineEDM:
         """``real`` (``B − m`` rows on the mesh) with the ``m`` synthetic rows of ``step``
         appended (``source = 1``, ``weight = label_weight``)."""
         buf = self.buffer(int(step) // self.refresh_every)
-        return self._merge(real, buf, jnp.asarray(step, jnp.int32))
+        out, pick = self._merge(real, buf, jnp.asarray(step, jnp.int32))
+        if self.spill_every > 0:
+            self._spill_rows(out, pick, int(step))
+        return out
+
+    def spill_rows(self, step: int) -> list[int]:
+        """Synthetic rows ``j`` of ``step`` that are spilled: global synthetic row index
+        ``step · m + j`` divisible by ``spill_every`` (every N-th image the classifier saw)."""
+        m, n = int(self.rows), self.spill_every
+        first = (-step * m) % n
+        return list(range(first, m, n))
+
+    def _spill_rows(self, batch: dict[str, jax.Array], pick: jax.Array, step: int) -> None:
+        """Write the spilled rows of ``batch`` (its last ``m`` rows) into ``spill_store`` with
+        provenance ``seed, step, row, refresh, buffer_row, label, num_steps``; keys
+        ``online-s<step>-r<row>`` (a resumed run skips the keys already written)."""
+        rows = self.spill_rows(step)
+        if not rows:
+            return
+        m = int(self.rows)
+        host = distributed.gather_to_host({"image": batch["image"][-m:],
+                                           "label": batch["label"][-m:], "pick": pick})
+        if self._spill is None:
+            return
+        r = step // self.refresh_every
+        for j in rows:
+            label = int(host["label"][j])
+            self._spill.add(
+                f"online-s{step:08d}-r{j:04d}", np.asarray(host["image"][j]), label,
+                provenance={"seed": int(self.seed), "step": step, "row": j, "refresh": r,
+                            "buffer_row": int(host["pick"][j]), "label": label,
+                            "sampler": "heun", "num_steps": int(self.num_steps),
+                            **self.provenance})
+
+    def flush_spill(self) -> None:
+        """Commit the spilled rows so far as a complete shard (call at every checkpoint, so a
+        run resumed from it re-spills exactly the rows after it)."""
+        if self._spill is not None:
+            self._spill.flush()
+
+    def close(self, *, commit: bool = True) -> None:
+        """Close the spill store; ``commit = False`` drops the uncommitted rows like a kill."""
+        if self._spill is not None:
+            if commit:
+                self._spill.close()
+            else:
+                self._spill.__exit__(RuntimeError, None, None)
+            self._spill = None
 
     @property
     def images_per_step(self) -> float:
@@ -244,7 +307,9 @@ def make_online_source(config: ml_collections.ConfigDict, real: Any,
     Fields: ``kind`` ('edm'), ``checkpoint`` (a train-diffusion workdir), ``share`` (synthetic
     fraction of each batch), ``num_steps`` (Heun ``N``), ``refresh_every`` (``R``),
     ``buffer_size`` (0: ``m · R``), ``balance`` (uniform | balance), ``seed`` (-1: the run's
-    seed). The label weight is ``synthetic.label_weight``.
+    seed), ``spill_every`` (N > 0: every N-th synthetic row the classifier saw goes into the
+    store ``spill_store``, '' = ``<workdir>/online_store``, with its provenance; 0: off).
+    The label weight is ``synthetic.label_weight``.
     """
     on = online_config(config)
     if on is None:
@@ -273,4 +338,14 @@ def make_online_source(config: ml_collections.ConfigDict, real: Any,
         num_steps=int(on.get("num_steps", 10)), refresh_every=int(on.get("refresh_every", 1)),
         buffer_size=int(on.get("buffer_size", 0)),
         label_weight=float(config.synthetic.get("label_weight", 1.0)),
-        mode=gen["mode"], num_sources=gen["num_sources"])
+        mode=gen["mode"], num_sources=gen["num_sources"],
+        spill_every=int(on.get("spill_every", 0) or 0),
+        spill_store=_spill_path(config, str(on.get("spill_store", "") or "")),
+        provenance={"generator": os.path.basename(os.path.abspath(str(on.checkpoint))),
+                    "generator_step": int(gen["step"])})
+
+
+def _spill_path(config: ml_collections.ConfigDict, path: str) -> str:
+    """``synthetic.online.spill_store``; '' = ``<workdir>/online_store``."""
+    return os.path.abspath(path) if path else os.path.join(os.path.abspath(str(config.workdir)),
+                                                          "online_store")

@@ -591,6 +591,8 @@ def train_and_evaluate(
                   "epoch_share": epoch_share, "meta": meta, "config": to_dict(config)}
         ckpt.save(step, state, extras)
         last_good = step
+        if generator is not None:  # spilled rows up to here are committed with the checkpoint
+            generator.flush_spill()
 
     def summary() -> dict[str, Any]:
         out: dict[str, Any] = {"epochs": history, **meta}
@@ -604,6 +606,7 @@ def train_and_evaluate(
     it = iter(loader)
     t_train = time.time()
     eval_s = 0.0  # test-split evaluation inside the loop (run.json: eval_s)
+    finished = False
     try:
         for step in range(start_step, total_steps):
             host_batch = next(it)
@@ -653,9 +656,12 @@ def train_and_evaluate(
             elif ckpt_every and done % ckpt_every == 0:
                 save(done)
         flush_pending()
+        finished = True
     finally:
         bar.close()
         ckpt.close()
+        if generator is not None:  # a failed run keeps only what its checkpoints committed
+            generator.close(commit=finished)
         if tb is not None:
             tb.close()
         close = getattr(loader, "close", None)
