@@ -288,6 +288,7 @@ def _train_config(root, workdir):
     c.synthetic.online.num_steps = 2
     c.synthetic.online.refresh_every = 3
     c.synthetic.online.buffer_size = 16
+    c.synthetic.online.spill_every = 5  # into <workdir>/online_store
     return c
 
 
@@ -312,8 +313,18 @@ def test_online_run_killed_and_resumed_equals_uninterrupted(online_setup, tmp_pa
         train_and_evaluate(cfg, step_hook=crash)
     assert Checkpointer(tmp_path / "resumed" / "checkpoints").latest_step() == 4
     resumed = train_and_evaluate(cfg)
-    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["resumed_from_step"] == 4
+    run = json.loads((tmp_path / "resumed" / "run.json").read_text())
+    assert run["resumed_from_step"] == 4 and run["generated_images"] == 16  # refresh 1 again
     assert resumed == full
+    # The spill store of the killed + resumed run holds exactly the uninterrupted run's rows.
+    from augdiff.data.store import SyntheticStore
+
+    def spilled(wd):
+        st = SyntheticStore(str(wd / "online_store"))
+        return {st.provenance(i)["key"]: st[i]["image"].tobytes() for i in range(len(st))}
+
+    a, b = spilled(tmp_path / "full"), spilled(tmp_path / "resumed")
+    assert a == b and len(a) == (6 * 8 + 4) // 5  # rows s·8 + j ≡ 0 (mod 5) of 6 steps
 
 
 def test_the_shipped_generator_loads_as_an_online_source(repo_root):

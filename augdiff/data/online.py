@@ -23,6 +23,21 @@ Every synthetic image is thus a pure function of ``(seed, step or refresh, row)`
 uint8 as a store would hold them (NVlabs/edm ``generate.py`` rounding), so online and offline
 rows take the same path through the train step.
 
+The edit generator online (``kind = 'edit'``, :class:`OnlineEdit`): fresh EDM SDEdit edits of
+the step's real rows made into DiffuseMix hybrids with an online mask (seed 000 §4.6), also a
+pure function of (seed, step, row) and the batch's real images.
+
+Provenance (``spill_every = N > 0``): every N-th synthetic row the classifier saw (global row
+``s · m + j ≡ 0 mod N``) is written to a synthetic store with its seed, step, row, label and
+source fields, committed at every checkpoint, so ``augdiff inspect`` / ``export`` read it and
+a resumed run's store equals the uninterrupted run's.
+
+Cost knob: generator work per step is ``buffer_size / R`` images × ``NFE`` network calls
+(``benchmarks/bench_online.py`` measures FLOPs and the share of the step; ``run.json``
+records ``generator_s`` and ``generator_share`` of every run). Refreshes run in line: JAX's
+asynchronous dispatch queues a refresh behind the previous train step, but there is no
+separate stream or double buffer overlapping the two.
+
 Class balance ``p`` (``synthetic.online.balance``): ``uniform`` (``p_c = 1/C``) or ``balance``
 (long-tail balancing as in augmented conditioning: ``p_c ∝ g_c = max(max_k n_k − n_c, 0)``,
 :func:`augdiff.methods.augcond.generation_counts`; uniform when the real split is balanced).
