@@ -37,7 +37,9 @@ config is *derived* from the experiment config, never written by hand:
 4. set the wiring fields from earlier stages' outputs: ``sample.store`` / ``num_samples``
    (generate), ``synthetic.path`` and ``synthetic.schedule`` (``train_synthetic``: ρ = 1;
    ``train_mixed``: ``config.mixed``, where ``rho = "union"`` means the share
-   ``n_syn / (n_real + n_syn)`` of training on the union), ``steps_per_epoch`` (one pass over
+   ``n_syn / (n_real + n_syn)`` of training on the union; with ``config.mixed.online`` the
+   synthetic rows are sampled during training instead, :func:`mixed_online`),
+   ``steps_per_epoch`` (one pass over
    the data the stage trains on: real, synthetic or their union, unless the overrides set
    it), and for ``evaluate`` the store and, with the ``classifier`` extractor, the checkpoint
    of ``train_real``'s first seed with that classifier's architecture.
@@ -265,6 +267,14 @@ def validate_stages(config: ml_collections.ConfigDict) -> list[str]:
         if kind == "store" and not gen.get("store", ""):
             raise ConfigError("generator.kind='store' needs generator.store=<store dir>")
     needs_store = has & {"train_synthetic", "train_mixed", "evaluate", "pca"}
+    if mixed_online(config) is not None:  # train_mixed samples the generator itself
+        needs_store -= {"train_mixed"}
+        named = (str(config.mixed.online.get("checkpoint", "") or "")
+                 or (str(gen.get("checkpoint", "") or "") if kind == "edm" else ""))
+        if "train_mixed" in has and not named and "train_generator" not in has:
+            raise ConfigError("mixed.online samples an EDM checkpoint: set "
+                              "mixed.online.checkpoint, generator.checkpoint, or list the "
+                              "train_generator stage")
     if needs_store and "generate" not in has:
         raise ConfigError(f"stage(s) {sorted(needs_store)} need the synthetic store: list the "
                           "generate stage")
@@ -334,6 +344,27 @@ def mixed_schedule(config: ml_collections.ConfigDict, n_real: int, n_syn: int) -
     return sched
 
 
+def mixed_online(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """``config.mixed.online`` (the ``synthetic.online`` fields of :mod:`augdiff.data.online`)
+    when its ``kind`` is not ``none``, with ``checkpoint`` defaulting to the experiment's EDM
+    generator (``generator.checkpoint``, else ``<workdir>/train_generator``); else None."""
+    mixed = config.get("mixed", None)
+    on = mixed.get("online", None) if mixed is not None else None
+    if on is None or str(on.get("kind", "none") or "none") == "none":
+        return None
+    out = to_dict(on)
+    if not str(out.get("checkpoint", "") or ""):
+        gen = config.get("generator", None)
+        if gen is not None and str(gen.get("kind", "edm")) == "edm":
+            user = resolve_path(str(gen.get("checkpoint", "") or ""))
+            out["checkpoint"] = user or stage_dir(config, "train_generator")
+        else:
+            out["checkpoint"] = ""
+    else:
+        out["checkpoint"] = resolve_path(str(out["checkpoint"]))
+    return out
+
+
 def classifier_config(
     config: ml_collections.ConfigDict,
     kind: str,
@@ -356,6 +387,12 @@ def classifier_config(
     fixed_steps = int(sub.get("steps_per_epoch", 0) or 0)
     if kind == "real":
         sub.synthetic.path = ""
+        n = num_real
+    elif kind == "mixed" and mixed_online(config) is not None:
+        # The synthetic share of every batch sampled during training (augdiff.data.online)
+        # instead of read from the store; an epoch is one pass over the real images.
+        sub.synthetic.path = ""
+        merge_overrides(sub.synthetic.online, mixed_online(config), "mixed.online")
         n = num_real
     else:
         if not store:

@@ -1,7 +1,7 @@
 """Cost of online EDM generation (``synthetic.online``) against the classifier step it feeds.
 
     python benchmarks/bench_online.py [--batch 64] [--share 0.5] [--steps 10,4]
-        [--refresh 1,4] [--rounds 3] [--json OUT]
+        [--refresh 1,4] [--rounds 3] [--json OUT] [--flops-only] [--checkpoint DIR]
 
 Quickstart scale (configs/quickstart.py): a class-conditional EDM SongUNet preset ``tiny``
 (32 channels, 16²) and the ``preact_resnet_tiny`` (width 16) classifier, batch 64, half of it
@@ -13,7 +13,10 @@ synthetic. For each Heun step count ``N`` (NFE ``2N − 1``) and refresh period 
 - generator seconds per train step (one refresh / ``R``) and its share of the whole step
   (generator + classifier step), in wall and process CPU seconds, timed interleaved.
 
-Weights are random (cost does not depend on them).
+Weights are random (cost does not depend on them) unless ``--checkpoint`` names a generator.
+The edit source (``synthetic.online.kind = 'edit'``) costs the same per network call: an
+SDEdit of ``N`` Heun steps from ``σ_start`` is ``2N − 1`` calls per image (plus a hybrid and
+fractal blend, elementwise).
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default="")
     ap.add_argument("--flops-only", action="store_true", help="compile, do not time")
+    ap.add_argument("--checkpoint", default="",
+                    help="a train-diffusion workdir (e.g. augdiff/assets/generator_cifar10): "
+                         "its generator instead of the random-weight tiny preset")
     a = ap.parse_args()
 
     mesh = distributed.make_mesh()
@@ -95,6 +101,12 @@ def main() -> None:
                                (1, SIZE, SIZE, 3),
                                edm_train.StepConfig.from_config(ecfg, num_classes=C))
     eparams = distributed.replicate(est.ema, mesh)
+    net_apply = edm_train.make_net_apply(emodel)
+    if a.checkpoint:
+        from augdiff.data.online import load_generator
+
+        g = load_generator(a.checkpoint, mesh)
+        net_apply, eparams = g["net_apply"], g["params"]
 
     # the classifier step (quickstart classifier overrides)
     optim = ml_collections.ConfigDict({"name": "sgd", "lr": 0.1, "momentum": 0.9,
@@ -116,7 +128,7 @@ def main() -> None:
     from augdiff.edm.core import denoise
 
     def one_call(params, x, sigma, labels):
-        return denoise(edm_train.make_net_apply(emodel), params, x, sigma, {"class": labels})
+        return denoise(net_apply, params, x, sigma, {"class": labels})
 
     xs = jnp.zeros((m, SIZE, SIZE, 3), jnp.float32)
     per_nfe = _flops(jax.jit(one_call).lower(eparams, xs, jnp.float32(1.0),
@@ -124,7 +136,7 @@ def main() -> None:
     rows = []
     for n_steps in [int(s) for s in a.steps.split(",")]:
         for refresh in [int(r) for r in a.refresh.split(",")]:
-            gen = OnlineEDM(net_apply=edm_train.make_net_apply(emodel), params=eparams,
+            gen = OnlineEDM(net_apply=net_apply, params=eparams,
                             edm_cfg=EDMConfig(), image_shape=(SIZE, SIZE, 3),
                             probs=np.full(C, 1 / C), rows=m, mesh=mesh, num_steps=n_steps,
                             refresh_every=refresh, buffer_size=m)

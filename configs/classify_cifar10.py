@@ -46,7 +46,7 @@ def base_config(num_classes_hint: int = 10) -> ml_collections.ConfigDict:
     c.synthetic.schedule.t2 = 0
     # Online generation (augdiff.data.online): an EDM checkpoint sampled into each batch.
     c.synthetic.online = ml_collections.ConfigDict()
-    c.synthetic.online.kind = "none"  # none | edm
+    c.synthetic.online.kind = "none"  # none | edm (samples) | edit (SDEdit + DiffuseMix)
     c.synthetic.online.checkpoint = ""  # a train-diffusion workdir (class-conditional)
     c.synthetic.online.share = 0.5  # synthetic rows per batch = round(share * batch_size)
     c.synthetic.online.num_steps = 10  # Heun steps N (NFE = 2N - 1)
@@ -54,6 +54,15 @@ def base_config(num_classes_hint: int = 10) -> ml_collections.ConfigDict:
     c.synthetic.online.buffer_size = 0  # 0 = rows * R (each image seen once)
     c.synthetic.online.balance = "uniform"  # uniform | balance (long-tail balancing)
     c.synthetic.online.seed = -1  # -1 = the run's seed
+    c.synthetic.online.spill_every = 0  # N > 0: every N-th synthetic row seen -> spill_store
+    c.synthetic.online.spill_store = ""  # '' = <workdir>/online_store (augdiff inspect/export)
+    # kind = edit: fresh SDEdit edits of the batch's real rows, then DiffuseMix hybrids
+    # (online mask; num_steps = the edit's Heun steps from sigma_start)
+    c.synthetic.online.sigma_start = 1.0
+    c.synthetic.online.hybrid = ml_collections.ConfigDict({
+        "mask": "concat", "orientation": "random", "fractal": True, "lam": 0.2,
+        "label_scaling": False})
+    c.synthetic.online.fractal_bank_size = 64
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"

@@ -21,7 +21,8 @@ defaults to ``../shared/data/cifar10-jpeg.zip`` beside the repository; elsewhere
 
 Started again it redoes nothing; killed midway it resumes (see :mod:`augdiff.runner`).
 
-Variants: default; ``train_generator`` (train a tiny EDM on the run's 1,000 real images
+Variants: default; ``online`` (``train_mixed`` samples the generator during training,
+``mixed.online``); ``train_generator`` (train a tiny EDM on the run's 1,000 real images
 instead of the shipped one: a few minutes, and its samples are still noise-like); ``test``
 (a ~1-2 minute version of ``train_generator`` for the test suite: two seeds, a few dozen EDM
 steps, 40 synthetic images, the ``train_real`` network as extractor).
@@ -101,6 +102,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mixed = ml_collections.ConfigDict()
     c.mixed.schedule = ml_collections.ConfigDict({"kind": "constant", "rho": "union", "total": 0,
                                                   "warmup": 0, "t1": 0, "t2": 0})
+    # kind = "edm": train_mixed samples the generator during training instead of reading the
+    # store (augdiff.data.online; fields as the classifier's synthetic.online, checkpoint ""
+    # = generator.checkpoint); variant ``online``.
+    c.mixed.online = ml_collections.ConfigDict({
+        "kind": "none", "checkpoint": "", "share": 0.5, "num_steps": 12, "refresh_every": 1,
+        "buffer_size": 0, "balance": "uniform", "seed": -1})
 
     c.evaluate = ml_collections.ConfigDict()
     # Features (and "classifier accuracy on generated samples") from the reference
@@ -121,6 +128,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif variant == "train_generator":
         c.workdir = "runs/quickstart_train_generator"
         train_generator_section(c)
+    elif variant == "online":
+        c.workdir = "runs/quickstart_online"
+        c.description += (" train_mixed: the generator sampled during training (a fresh image "
+                          "for every synthetic row of every step, half of each batch) instead "
+                          "of the store.")
+        c.mixed.online.kind = "edm"
     elif variant == "test":
         train_generator_section(c)
         c.evaluate.config = "configs/evaluate_cifar10.py:smoke"
@@ -149,5 +162,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.report.samples_per_class = 4
     else:
         raise ValueError(f"quickstart: unknown variant {variant!r} "
-                         "(default | train_generator | test)")
+                         "(default | train_generator | online | test)")
     return c

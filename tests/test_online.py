@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from augdiff import distributed
+from augdiff.config import ConfigError
 from augdiff.data.online import OnlineEDM, class_probs
 from augdiff.edm import samplers
 from augdiff.edm import train as edm_train
@@ -147,6 +148,99 @@ def test_class_histogram_matches_long_tail_balance(generator):
     assert chi2 < 13.82, (hist, chi2)  # χ²(2 dof) at p = 0.001
 
 
+def test_spill_store_holds_every_nth_row_seen_and_resumes(generator, tmp_path):
+    """Every 3rd synthetic row the classifier saw (global row index s·m + j ≡ 0 mod 3) lands in
+    a store with its provenance; a writer dropped after a commit at step 4 ("killed") and a new
+    source resumed from step 4 give exactly the rows of an uninterrupted pass, once each."""
+    from augdiff.data.store import SyntheticStore, export_store, inspect_store
+
+    m, steps, n = 8, 8, 3
+    kw = dict(num_steps=2, rows=m, refresh_every=3, buffer_size=16)
+    real = {"image": np.zeros((m, SIZE, SIZE, 3), np.uint8), "label": np.zeros(m, np.int32),
+            "weight": np.ones(m, np.float32), "source": np.zeros(m, np.int32)}
+    store = tmp_path / "spill"
+    gen = _online(generator, jax.devices()[:1], spill_every=n, spill_store=str(store), **kw)
+    seen = {}
+    for step in range(6):
+        out = jax.device_get(gen.complete(distributed.shard_batch(real, gen.mesh), step))
+        seen.update({(step, j): (out["image"][m + j], int(out["label"][m + j]))
+                     for j in range(m)})
+        if step == 3:
+            gen.flush_spill()  # the checkpoint after 4 completed steps
+    gen.close(commit=False)  # killed during step 5: steps 4-5 were not committed
+    gen = _online(generator, jax.devices()[:1], spill_every=n, spill_store=str(store), **kw)
+    for step in range(4, steps):
+        out = jax.device_get(gen.complete(distributed.shard_batch(real, gen.mesh), step))
+        seen.update({(step, j): (out["image"][m + j], int(out["label"][m + j]))
+                     for j in range(m)})
+    gen.close()
+    want = sorted((s, j) for s in range(steps) for j in range(m) if (s * m + j) % n == 0)
+    syn = SyntheticStore(str(store))
+    got = {}
+    for i in range(len(syn)):
+        prov = syn.provenance(i)
+        got[(prov["step"], prov["row"])] = (syn[i]["image"], int(syn[i]["label"]), prov)
+    assert sorted(got) == want and len(syn) == len(want) == 22
+    for key, (image, label, prov) in got.items():
+        np.testing.assert_array_equal(image, seen[key][0])
+        assert label == prov["label"] == seen[key][1]
+        assert prov["seed"] == 11 and prov["method"] == "online/edm"
+        assert prov["refresh"] == key[0] // 3 and 0 <= prov["buffer_row"] < 16
+    info = inspect_store(str(store))
+    assert info["methods"] == {"online/edm": 22}
+    export_store(str(store), str(tmp_path / "png"))
+    assert len(list((tmp_path / "png").rglob("*.png"))) == 22
+
+
+def test_edit_mode_equals_the_offline_edit_and_hybrid_functions_on_the_same_keys(generator):
+    """kind='edit': row j of step s = diffusemix(fold_in(K,4), I_j, SDEdit(I_j, n), [j],
+    epoch=s, policy online) with n from fold_in(fold_in(fold_in(K,3),s),j) — the offline
+    functions (augdiff.edm.edit.make_edit_fn, augdiff.methods.hybrids.diffusemix) called here
+    on keys derived in the test; and over 6 steps of the SAME real batch no synthetic row
+    repeats (fresh edits and masks every step)."""
+    from augdiff.data.online import OnlineEdit
+    from augdiff.edm.edit import make_edit_fn
+    from augdiff.methods import hybrids
+
+    cfg, model, state = generator
+    mesh = distributed.make_mesh(devices=jax.devices()[:1])
+    m, seed, sig, n_steps = 4, 7, 1.5, 2
+    spec = hybrids.DiffuseMixSpec(mask="concat", orientation="random", fractal=True, lam=0.2)
+    gen = OnlineEdit(net_apply=edm_train.make_net_apply(model),
+                     params=distributed.replicate(state.ema, mesh), edm_cfg=EDMConfig(),
+                     image_shape=(SIZE, SIZE, 3), rows=m, mesh=mesh, spec=spec, seed=seed,
+                     num_steps=n_steps, sigma_start=sig, fractal_bank_size=4)
+    rng = np.random.default_rng(0)
+    real = {"image": np.stack([_image(rng, c) for c in range(m)]),
+            "label": np.arange(m, dtype=np.int32), "weight": np.ones(m, np.float32),
+            "source": np.zeros(m, np.int32)}
+    base = jax.random.PRNGKey(seed)
+    edit = make_edit_fn({"net_apply": edm_train.make_net_apply(model), "edm": EDMConfig(),
+                         "size": SIZE, "class_conditional": True}, sigma_start=sig,
+                        num_steps=n_steps)
+    bank = hybrids.fractal_bank(jax.random.fold_in(base, 5), 4, SIZE)
+    parent = real["image"].astype(np.float32) / 127.5 - 1.0
+    seen = set()
+    for step in range(6):
+        out = jax.device_get(gen.complete(distributed.shard_batch(real, mesh), step))
+        np.testing.assert_array_equal(out["source"], [0] * m + [1] * m)
+        np.testing.assert_array_equal(out["label"][m:], real["label"])
+        seen |= {hashlib.sha1(im.tobytes()).hexdigest() for im in out["image"][m:]}
+        if step in (0, 5):
+            keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
+                base, 3), step), j) for j in range(m)])
+            edited = edit(state.ema, keys, jnp.asarray(parent), jnp.asarray(real["label"]))
+            spec_on = hybrids.DiffuseMixSpec(mask="concat", orientation="random",
+                                             fractal=True, lam=0.2, policy="online")
+            want, _ = hybrids.diffusemix(jax.random.fold_in(base, 4), jnp.asarray(parent),
+                                         edited, jnp.arange(m), bank, spec=spec_on, epoch=step)
+            want = np.clip(np.rint(np.asarray(want) * 127.5 + 127.5), 0, 255)
+            d = np.abs(out["image"][m:].astype(int) - want.astype(int))
+            assert d.max() <= 1 and np.mean(d == 0) > 0.99, (step, d.max())
+            assert not np.array_equal(out["image"][m:], real["image"])  # edited, not copied
+    assert len(seen) == 6 * m
+
+
 def _image(rng, c):
     img = rng.integers(0, 90, (SIZE, SIZE, 3)).astype(np.int32)
     img[..., c % 3] += 120
@@ -194,6 +288,7 @@ def _train_config(root, workdir):
     c.synthetic.online.num_steps = 2
     c.synthetic.online.refresh_every = 3
     c.synthetic.online.buffer_size = 16
+    c.synthetic.online.spill_every = 5  # into <workdir>/online_store
     return c
 
 
@@ -218,8 +313,18 @@ def test_online_run_killed_and_resumed_equals_uninterrupted(online_setup, tmp_pa
         train_and_evaluate(cfg, step_hook=crash)
     assert Checkpointer(tmp_path / "resumed" / "checkpoints").latest_step() == 4
     resumed = train_and_evaluate(cfg)
-    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["resumed_from_step"] == 4
+    run = json.loads((tmp_path / "resumed" / "run.json").read_text())
+    assert run["resumed_from_step"] == 4 and run["generated_images"] == 16  # refresh 1 again
     assert resumed == full
+    # The spill store of the killed + resumed run holds exactly the uninterrupted run's rows.
+    from augdiff.data.store import SyntheticStore
+
+    def spilled(wd):
+        st = SyntheticStore(str(wd / "online_store"))
+        return {st.provenance(i)["key"]: st[i]["image"].tobytes() for i in range(len(st))}
+
+    a, b = spilled(tmp_path / "full"), spilled(tmp_path / "resumed")
+    assert a == b and len(a) == (6 * 8 + 4) // 5  # rows s·8 + j ≡ 0 (mod 5) of 6 steps
 
 
 def test_the_shipped_generator_loads_as_an_online_source(repo_root):
@@ -236,3 +341,23 @@ def test_the_shipped_generator_loads_as_an_online_source(repo_root):
     assert gen["image_shape"] == (16, 16, 3)
     assert sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(gen["params"])) \
         == record["num_params"]
+    # kind='edit' builds the edit source from the config's fields (policy forced online).
+    from augdiff.data.online import OnlineEdit, make_online_source
+
+    c = _config_module("classify_cifar10").get_config("smoke")
+    c.data.image_size, c.batch_size = 16, 16
+    on = c.synthetic.online
+    on.kind, on.checkpoint, on.sigma_start, on.num_steps = "edit", str(asset), 0.7, 3
+    on.hybrid.mask, on.hybrid.fractal, on.spill_every = "random", False, 0
+    real = type("Real", (), {"num_classes": 10, "labels": np.arange(10)})()
+    src = make_online_source(c, real, mesh)
+    assert isinstance(src, OnlineEdit) and src.rows == 8
+    assert (src.sigma_start, src.num_steps, src.spec.mask, src.spec.policy) == \
+        (0.7, 3, "random", "online")
+    on.share, c.batch_size = 0.75, 32  # edits need a real parent per synthetic row
+    with pytest.raises(ConfigError, match="share <= 0.5"):
+        make_online_source(c, real, mesh).complete(
+            distributed.shard_batch({"image": np.zeros((8, 16, 16, 3), np.uint8),
+                                     "label": np.zeros(8, np.int32),
+                                     "weight": np.ones(8, np.float32),
+                                     "source": np.zeros(8, np.int32)}, mesh), 0)

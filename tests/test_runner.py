@@ -25,7 +25,7 @@ from augdiff.report import fmt_pct, parse_results_table
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 EXPERIMENTS = {
-    "quickstart.py": ["default", "train_generator", "test"],
+    "quickstart.py": ["default", "train_generator", "online", "test"],
     "exp_seed000_diffusemix.py": ["smoke", "vanilla", "baseline", "dm_lin", "dm_warm", "dm_step",
                                   "hybrid_0.10_0.20", "fractal_0.20_lsf0.80", "shb", "random"],
     "exp_seed001_augcond.py": ["smoke", "fewshot", "longtail", "fewshot_smoke",
@@ -130,6 +130,38 @@ def test_derived_configs_wire_stages_together():
     ev = runner.evaluate_config(c, store="/s", extractor_checkpoint="/ck")
     assert ev.extractor.checkpoint == "/ck" and ev.extractor.classifier == real.model.name
     assert ev.extractor.width == real.model.width and ev.workdir == "/tmp/wd/evaluate"
+
+
+def test_train_mixed_with_mixed_online_samples_the_generator():
+    """``mixed.online``: train_mixed gets ``synthetic.online`` (the shipped generator by
+    default), no store, one pass over the real images per epoch; without a checkpoint to
+    sample, the stage list is refused with a line naming the fix."""
+    c = _load("quickstart.py", "online")
+    c.workdir = "/tmp/wd"
+    c.mixed.online.num_steps, c.mixed.online.refresh_every = 4, 3
+    assert "generate" in runner.validate_stages(c)
+    mixed = runner.classifier_config(c, "mixed", 1, num_real=640, num_synthetic=500,
+                                     store="/s")
+    on = mixed.synthetic.online
+    assert mixed.synthetic.path == "" and on.kind == "edm"
+    assert on.checkpoint == str(REPO / "augdiff" / "assets" / "generator_cifar10")
+    assert (on.num_steps, on.refresh_every, on.share) == (4, 3, 0.5)
+    assert mixed.steps_per_epoch == 640 // int(mixed.batch_size)
+    # The store rows still get the store; the real rows nothing synthetic.
+    assert runner.classifier_config(c, "synthetic", 0, num_real=640, num_synthetic=500,
+                                    store="/s").synthetic.online.kind == "none"
+    # No generate stage needed for train_mixed alone.
+    c.stages = ("prepare", "train_real", "train_mixed")
+    runner.validate_stages(c)
+    c.generator.checkpoint = ""
+    with pytest.raises(ConfigError, match="mixed.online.checkpoint"):
+        runner.validate_stages(c)
+    c.mixed.online.checkpoint = "/gen"
+    assert runner.classifier_config(c, "mixed", 0, num_real=64).synthetic.online.checkpoint \
+        == "/gen"
+    c.mixed.online.kind = "none"  # back to the store
+    with pytest.raises(ConfigError, match="generate"):
+        runner.validate_stages(c)
 
 
 def test_seed_statistics_closed_form():

@@ -23,6 +23,21 @@ Every synthetic image is thus a pure function of ``(seed, step or refresh, row)`
 uint8 as a store would hold them (NVlabs/edm ``generate.py`` rounding), so online and offline
 rows take the same path through the train step.
 
+The edit generator online (``kind = 'edit'``, :class:`OnlineEdit`): fresh EDM SDEdit edits of
+the step's real rows made into DiffuseMix hybrids with an online mask (seed 000 §4.6), also a
+pure function of (seed, step, row) and the batch's real images.
+
+Provenance (``spill_every = N > 0``): every N-th synthetic row the classifier saw (global row
+``s · m + j ≡ 0 mod N``) is written to a synthetic store with its seed, step, row, label and
+source fields, committed at every checkpoint, so ``augdiff inspect`` / ``export`` read it and
+a resumed run's store equals the uninterrupted run's.
+
+Cost knob: generator work per step is ``buffer_size / R`` images × ``NFE`` network calls
+(``benchmarks/bench_online.py`` measures FLOPs and the share of the step; ``run.json``
+records ``generator_s`` and ``generator_share`` of every run). Refreshes run in line: JAX's
+asynchronous dispatch queues a refresh behind the previous train step, but there is no
+separate stream or double buffer overlapping the two.
+
 Class balance ``p`` (``synthetic.online.balance``): ``uniform`` (``p_c = 1/C``) or ``balance``
 (long-tail balancing as in augmented conditioning: ``p_c ∝ g_c = max(max_k n_k − n_c, 0)``,
 :func:`augdiff.methods.augcond.generation_counts`; uniform when the real split is balanced).
@@ -32,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,13 +64,14 @@ BALANCES = ("uniform", "balance")
 
 
 def online_config(cfg: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict | None:
-    """``synthetic.online`` when it names a generator (``kind = 'edm'``), else None."""
+    """``synthetic.online`` when it names a generator (``kind = 'edm'`` or ``'edit'``), else
+    None."""
     syn = cfg.get("synthetic", None) if cfg is not None else None
     on = syn.get("online", None) if syn is not None else None
     if on is None or str(on.get("kind", "") or "") in ("", "none"):
         return None
-    if str(on.kind) != "edm":
-        raise ConfigError(f"synthetic.online.kind {on.kind!r} unknown; choose none or edm")
+    if str(on.kind) not in ("edm", "edit"):
+        raise ConfigError(f"synthetic.online.kind {on.kind!r} unknown; choose none, edm or edit")
     return on
 
 
@@ -88,8 +105,81 @@ def to_uint8(x: jax.Array) -> jax.Array:
     return jnp.clip(jnp.rint(x * 127.5 + 127.5), 0, 255).astype(jnp.uint8)
 
 
+class _Spill:
+    """Provenance spill shared by the online sources: every ``spill_every``-th synthetic row the
+    classifier saw goes into a :class:`augdiff.data.store.SyntheticStore` (process 0 writes)."""
+
+    rows: int
+    seed: int
+    num_steps: int
+    spill_every: int
+    spill_store: str
+    provenance: dict[str, Any]
+
+    def _open_spill(self, method: str, config: dict[str, Any]) -> None:
+        self.spill_every = int(self.spill_every or 0)
+        self._spill = None
+        if self.spill_every <= 0:
+            return
+        if not self.spill_store:
+            raise ConfigError("synthetic.online.spill_every needs synthetic.online.spill_store")
+        if jax.process_index() == 0:
+            from augdiff.data.store import StoreWriter
+
+            self._spill = StoreWriter(self.spill_store, method=method, process_index=0,
+                                      config={**config, "spill_every": self.spill_every,
+                                              **self.provenance})
+
+    def _row_provenance(self, step: int, pick: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def spill_rows(self, step: int) -> list[int]:
+        """Synthetic rows ``j`` of ``step`` that are spilled: global synthetic row index
+        ``step · m + j`` divisible by ``spill_every`` (every N-th image the classifier saw)."""
+        m, n = int(self.rows), self.spill_every
+        first = (-step * m) % n
+        return list(range(first, m, n))
+
+    def _spill_rows(self, batch: dict[str, jax.Array], pick: jax.Array, step: int) -> None:
+        """Write the spilled rows of ``batch`` (its last ``m`` rows) into ``spill_store`` with
+        provenance ``seed, step, row, label, num_steps`` and the source's own fields; keys
+        ``online-s<step>-r<row>`` (a resumed run skips the keys already written)."""
+        rows = self.spill_rows(step)
+        if not rows:
+            return
+        m = int(self.rows)
+        host = distributed.gather_to_host({"image": batch["image"][-m:],
+                                           "label": batch["label"][-m:], "pick": pick})
+        if self._spill is None:
+            return
+        for j in rows:
+            label = int(host["label"][j])
+            self._spill.add(
+                f"online-s{step:08d}-r{j:04d}", np.asarray(host["image"][j]), label,
+                provenance={"seed": int(self.seed), "step": step, "row": j, "label": label,
+                            "sampler": "heun", "num_steps": int(self.num_steps),
+                            **self._row_provenance(step, int(host["pick"][j])),
+                            **self.provenance})
+
+    def flush_spill(self) -> None:
+        """Commit the spilled rows so far as a complete shard (call at every checkpoint, so a
+        run resumed from it re-spills exactly the rows after it)."""
+        if self._spill is not None:
+            self._spill.flush()
+
+    def close(self, *, commit: bool = True) -> None:
+        """Close the spill store; ``commit = False`` drops the uncommitted rows like a kill."""
+        if self._spill is not None:
+            if commit:
+                self._spill.close()
+            else:
+                self._spill.__exit__(RuntimeError, None, None)
+            self._spill = None
+
+
+
 @dataclasses.dataclass
-class OnlineEDM:
+class OnlineEDM(_Spill):
     """A class-conditional EDM sampled into the synthetic share of every batch (module doc).
 
     ``net_apply``/``params``: the raw network and its (EMA) parameters (replicated on
@@ -111,6 +201,10 @@ class OnlineEDM:
     mode: str = "dm"
     num_sources: int = 1
     classes: tuple[int, ...] = ()
+    timed: bool = True
+    spill_every: int = 0
+    spill_store: str = ""
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from augdiff.edm.sampling import make_sample_fn
@@ -165,28 +259,159 @@ class OnlineEDM:
             syn = {"image": syn["image"], "label": syn["label"],
                    "weight": jnp.full((m,), w, jnp.float32),
                    "source": jnp.ones((m,), jnp.int32)}
-            return {k: jnp.concatenate([real[k], syn[k].astype(real[k].dtype)])
-                    for k in real}
+            out = {k: jnp.concatenate([real[k], syn[k].astype(real[k].dtype)]) for k in real}
+            return out, (jnp.arange(m, dtype=jnp.int32) if fresh else pick.astype(jnp.int32))
 
-        self._merge = jax.jit(merge, out_shardings=bsh)
+        self._merge = jax.jit(merge, out_shardings=(bsh, rep))
         self._buffer: tuple[int, Any] | None = None
+        self.generator_s = 0.0  # wall seconds spent in refreshes (see ``buffer``)
+        self.refreshes = 0
+        self._open_spill("online/edm", {"seed": int(self.seed), "num_steps": int(self.num_steps),
+                                        "refresh_every": self.refresh_every,
+                                        "buffer_size": n_buf, "rows": m})
 
     def buffer(self, r: int) -> dict[str, jax.Array]:
-        """The replay buffer of refresh ``r`` (cached; regenerated when ``r`` changes)."""
+        """The replay buffer of refresh ``r`` (cached; regenerated when ``r`` changes).
+
+        With ``timed`` each refresh is waited for and its wall time added to ``generator_s``
+        (the generator's share of the step in ``run.json``); this serialises the refresh with
+        the train step, so set ``timed = False`` where dispatch overlap matters more than the
+        measurement."""
         if self._buffer is None or self._buffer[0] != r:
-            self._buffer = (r, self._refresh(self.params, jnp.asarray(r, jnp.int32)))
+            t0 = time.perf_counter()
+            buf = self._refresh(self.params, jnp.asarray(r, jnp.int32))
+            if self.timed:
+                jax.block_until_ready(buf)
+                self.generator_s += time.perf_counter() - t0
+            self.refreshes += 1
+            self._buffer = (r, buf)
         return self._buffer[1]
 
     def complete(self, real: dict[str, jax.Array], step: int) -> dict[str, jax.Array]:
         """``real`` (``B − m`` rows on the mesh) with the ``m`` synthetic rows of ``step``
         appended (``source = 1``, ``weight = label_weight``)."""
         buf = self.buffer(int(step) // self.refresh_every)
-        return self._merge(real, buf, jnp.asarray(step, jnp.int32))
+        out, pick = self._merge(real, buf, jnp.asarray(step, jnp.int32))
+        if self.spill_every > 0:
+            self._spill_rows(out, pick, int(step))
+        return out
+
+    def _row_provenance(self, step: int, pick: int) -> dict[str, Any]:
+        return {"refresh": step // self.refresh_every, "buffer_row": pick}
 
     @property
     def images_per_step(self) -> float:
         """Generated images per train step, ``buffer_size / refresh_every``."""
         return self.buffer_size / self.refresh_every
+
+
+@dataclasses.dataclass
+class OnlineEdit(_Spill):
+    """The edit generator online (``synthetic.online.kind = 'edit'``): each step's synthetic rows
+    are fresh EDM SDEdit edits of the step's real images, made into DiffuseMix hybrids with an
+    online mask (seed 000 §4.6: no pair is ever seen with the same generated content twice).
+
+    Row ``j < m`` of step ``s`` takes the batch's real row ``j`` (image ``I``, class ``c``):
+
+    - edit ``Î = SDEdit(I, n, σ_start, N)`` under ``c`` (:func:`augdiff.edm.edit.make_edit_fn`),
+      ``n ~ N(0, I)`` from ``fold_in(fold_in(fold_in(K, 3), s), j)``;
+    - hybrid and fractal blend :func:`augdiff.methods.hybrids.diffusemix` with the
+      ``online`` policy, hybrid key ``fold_in(K, 4)``, ``epoch = s``, ``pair_id = j`` (pair
+      key ``fold_in(fold_in(fold_in(K, 4), s), j)``), fractal bank
+      ``hybrids.fractal_bank(fold_in(K, 5), fractal_bank_size, size)``;
+    - label ``c``, weight ``label_weight · (1 − λ)`` under label scaling (else
+      ``label_weight``), quantised to uint8 as a store holds it.
+
+    ``K = PRNGKey(seed)``: every row is a pure function of (seed, step, row) and the batch's
+    real images. Needs ``m ≤ B − m`` (share ≤ 0.5).
+    """
+
+    net_apply: Callable[..., jax.Array]
+    params: Any
+    edm_cfg: Any
+    image_shape: tuple[int, int, int]
+    rows: int
+    mesh: Mesh
+    spec: Any = None  # hybrids.DiffuseMixSpec (policy forced to 'online')
+    seed: int = 0
+    num_steps: int = 6
+    sigma_start: float = 2.0
+    fractal_bank_size: int = 64
+    label_weight: float = 1.0
+    timed: bool = True
+    spill_every: int = 0
+    spill_store: str = ""
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from augdiff.edm.edit import make_edit_fn
+        from augdiff.methods import hybrids
+
+        spec = self.spec or hybrids.DiffuseMixSpec()
+        self.spec = dataclasses.replace(spec, policy="online")
+        shards = distributed.num_batch_shards(self.mesh)
+        if self.rows % shards:
+            raise ConfigError(f"synthetic rows per batch ({self.rows}) must be a multiple of "
+                              f"the {shards} batch shards of the mesh")
+        size = int(self.image_shape[0])
+        edit = make_edit_fn({"net_apply": self.net_apply, "edm": self.edm_cfg, "size": size,
+                             "class_conditional": True},
+                            sigma_start=float(self.sigma_start), num_steps=int(self.num_steps))
+        base = jax.random.PRNGKey(int(self.seed))
+        k_hyb = jax.random.fold_in(base, 4)
+        bank = (hybrids.fractal_bank(jax.random.fold_in(base, 5), int(self.fractal_bank_size),
+                                     size) if self.spec.fractal else None)
+        m, w, spec = int(self.rows), float(self.label_weight), self.spec
+        bsh = distributed.batch_sharding(self.mesh)
+        rep = distributed.replicated(self.mesh)
+
+        def make(params, real, s):
+            if real["image"].shape[0] < m:
+                raise ConfigError(f"synthetic.online.kind='edit' edits the batch's real rows: "
+                                  f"{m} synthetic rows need share <= 0.5 (got "
+                                  f"{real['image'].shape[0]} real rows)")
+            rows = jnp.arange(m, dtype=jnp.int32)
+            k_edit = jax.random.fold_in(jax.random.fold_in(base, 3), s)
+            keys = jax.vmap(lambda j: jax.random.fold_in(k_edit, j))(rows)
+            parent = real["image"][:m].astype(jnp.float32) / 127.5 - 1.0
+            label = real["label"][:m].astype(jnp.int32)
+            edited = edit(params, keys, parent, label)
+            mixed, lw = hybrids.diffusemix(k_hyb, parent, edited, rows, bank, spec=spec,
+                                           epoch=s)
+            syn = {"image": to_uint8(mixed), "label": label, "weight": w * lw,
+                   "source": jnp.ones((m,), jnp.int32)}
+            out = {k: jnp.concatenate([real[k], syn[k].astype(real[k].dtype)]) for k in real}
+            return out, rows
+
+        self._make = jax.jit(make, in_shardings=(rep, bsh, rep), out_shardings=(bsh, rep))
+        self.generator_s = 0.0
+        self.refreshes = 0
+        self.buffer_size = m
+        self.refresh_every = 1
+        self._open_spill("online/edit", {"seed": int(self.seed), "num_steps": int(self.num_steps),
+                                         "sigma_start": float(self.sigma_start), "rows": m,
+                                         "hybrid": dataclasses.asdict(self.spec)})
+
+    def complete(self, real: dict[str, jax.Array], step: int) -> dict[str, jax.Array]:
+        """``real`` (``B − m`` rows) with ``m`` hybrids of fresh edits of its first ``m`` rows
+        appended (``source = 1``)."""
+        t0 = time.perf_counter()
+        out, pick = self._make(self.params, real, jnp.asarray(step, jnp.int32))
+        if self.timed:
+            jax.block_until_ready(out)
+            self.generator_s += time.perf_counter() - t0
+        self.refreshes += 1
+        if self.spill_every > 0:
+            self._spill_rows(out, pick, int(step))
+        return out
+
+    def _row_provenance(self, step: int, pick: int) -> dict[str, Any]:
+        return {"parent_row": pick, "sigma_start": float(self.sigma_start),
+                "editor": "edm-sdedit", "hybrid": self.spec.mask}
+
+    @property
+    def images_per_step(self) -> float:
+        return float(self.rows)
 
 
 def load_generator(workdir: str, mesh: Mesh) -> dict[str, Any]:
@@ -223,13 +448,18 @@ def load_generator(workdir: str, mesh: Mesh) -> dict[str, Any]:
 
 
 def make_online_source(config: ml_collections.ConfigDict, real: Any,
-                       mesh: Mesh) -> OnlineEDM | None:
+                       mesh: Mesh) -> OnlineEDM | OnlineEdit | None:
     """The :class:`OnlineEDM` of ``config.synthetic.online`` (None when not configured).
 
     Fields: ``kind`` ('edm'), ``checkpoint`` (a train-diffusion workdir), ``share`` (synthetic
     fraction of each batch), ``num_steps`` (Heun ``N``), ``refresh_every`` (``R``),
-    ``buffer_size`` (0: ``m · R``), ``balance`` (uniform | balance), ``seed`` (-1: the run's
-    seed). The label weight is ``synthetic.label_weight``.
+    ``buffer_size`` (0: ``m · R``), ``balance`` (uniform | balance); for ``kind = 'edit'``
+    (:class:`OnlineEdit`): ``sigma_start`` (SDEdit strength), ``hybrid`` (the DiffuseMix
+    fields of :class:`augdiff.methods.hybrids.DiffuseMixSpec`; policy online),
+    ``fractal_bank_size``; ``seed`` (-1: the run's
+    seed), ``spill_every`` (N > 0: every N-th synthetic row the classifier saw goes into the
+    store ``spill_store``, '' = ``<workdir>/online_store``, with its provenance; 0: off).
+    The label weight is ``synthetic.label_weight``.
     """
     on = online_config(config)
     if on is None:
@@ -248,14 +478,39 @@ def make_online_source(config: ml_collections.ConfigDict, real: Any,
     if gen["num_classes"] > int(real.num_classes):
         raise ConfigError(f"synthetic.online generator has {gen['num_classes']} classes, the "
                           f"real data {real.num_classes}")
-    counts = np.bincount(np.asarray(real.labels), minlength=gen["num_classes"])
     seed = int(on.get("seed", -1))
+    seed = int(config.seed) if seed < 0 else seed
+    spill = dict(spill_every=int(on.get("spill_every", 0) or 0),
+                 spill_store=_spill_path(config, str(on.get("spill_store", "") or "")),
+                 provenance={"generator": os.path.basename(os.path.abspath(str(on.checkpoint))),
+                             "generator_step": int(gen["step"])})
+    if str(on.kind) == "edit":
+        from augdiff.methods.hybrids import spec_from_config
+
+        if gen["mode"] == "casd":
+            raise ConfigError("synthetic.online.kind='edit' needs a dm/sda generator, not casd")
+        hyb = on.get("hybrid", None)
+        return OnlineEdit(
+            net_apply=gen["net_apply"], params=gen["params"], edm_cfg=gen["edm_cfg"],
+            image_shape=gen["image_shape"], rows=online_rows(config), mesh=mesh,
+            spec=spec_from_config(hyb.to_dict() if hyb is not None else {}), seed=seed,
+            num_steps=int(on.get("num_steps", 6)),
+            sigma_start=float(on.get("sigma_start", 1.0)),
+            fractal_bank_size=int(on.get("fractal_bank_size", 64)),
+            label_weight=float(config.synthetic.get("label_weight", 1.0)), **spill)
+    counts = np.bincount(np.asarray(real.labels), minlength=gen["num_classes"])
     return OnlineEDM(
         net_apply=gen["net_apply"], params=gen["params"], edm_cfg=gen["edm_cfg"],
         image_shape=gen["image_shape"],
         probs=class_probs(str(on.get("balance", "uniform")), counts[:gen["num_classes"]]),
-        rows=online_rows(config), mesh=mesh, seed=int(config.seed) if seed < 0 else seed,
+        rows=online_rows(config), mesh=mesh, seed=seed,
         num_steps=int(on.get("num_steps", 10)), refresh_every=int(on.get("refresh_every", 1)),
         buffer_size=int(on.get("buffer_size", 0)),
         label_weight=float(config.synthetic.get("label_weight", 1.0)),
-        mode=gen["mode"], num_sources=gen["num_sources"])
+        mode=gen["mode"], num_sources=gen["num_sources"], **spill)
+
+
+def _spill_path(config: ml_collections.ConfigDict, path: str) -> str:
+    """``synthetic.online.spill_store``; '' = ``<workdir>/online_store``."""
+    return os.path.abspath(path) if path else os.path.join(os.path.abspath(str(config.workdir)),
+                                                          "online_store")

@@ -591,6 +591,8 @@ def train_and_evaluate(
                   "epoch_share": epoch_share, "meta": meta, "config": to_dict(config)}
         ckpt.save(step, state, extras)
         last_good = step
+        if generator is not None:  # spilled rows up to here are committed with the checkpoint
+            generator.flush_spill()
 
     def summary() -> dict[str, Any]:
         out: dict[str, Any] = {"epochs": history, **meta}
@@ -603,6 +605,8 @@ def train_and_evaluate(
                disable=not is_main or not config.get("progress", True), dynamic_ncols=True)
     it = iter(loader)
     t_train = time.time()
+    eval_s = 0.0  # test-split evaluation inside the loop (run.json: eval_s)
+    finished = False
     try:
         for step in range(start_step, total_steps):
             host_batch = next(it)
@@ -625,7 +629,9 @@ def train_and_evaluate(
             bar.update(1)
             if end_of_epoch:
                 epoch = done // steps_per_epoch
+                t_eval = time.time()
                 ev = evaluate(eval_step, state, test, eval_bs, mesh, eval_cache)
+                eval_s += time.time() - t_eval
                 row = {
                     "epoch": epoch,
                     "step": done,
@@ -650,9 +656,12 @@ def train_and_evaluate(
             elif ckpt_every and done % ckpt_every == 0:
                 save(done)
         flush_pending()
+        finished = True
     finally:
         bar.close()
         ckpt.close()
+        if generator is not None:  # a failed run keeps only what its checkpoints committed
+            generator.close(commit=finished)
         if tb is not None:
             tb.close()
         close = getattr(loader, "close", None)
@@ -661,10 +670,16 @@ def train_and_evaluate(
     result = summary()
     if is_main:
         _write_json(os.path.join(workdir, "metrics.json"), result)
+        loop_s = time.time() - t_train
         _write_json(os.path.join(workdir, "run.json"), {
             "wall_time_s": time.time() - t_start,
-            "train_loop_s": time.time() - t_train,
+            "train_loop_s": loop_s,
+            "eval_s": eval_s,  # inside train_loop_s; the steps took train_loop_s - eval_s
             "resumed_from_step": start_step,
             "devices": distributed.describe(mesh),
+            **({"generator_s": generator.generator_s, "generator_refreshes": generator.refreshes,
+                "generated_images": generator.refreshes * generator.buffer_size,
+                "generator_share": generator.generator_s / max(loop_s - eval_s, 1e-9)}
+               if generator is not None else {}),
         })
     return result
