@@ -93,6 +93,7 @@ def _generation() -> ml_collections.ConfigDict:
     g.resolution = 256  # edits are made at resolution², stored at data.image_size
     g.batch_size = 16
     g.max_images = 0  # 0 = every real training image of the data subset
+    g.edits_store = ""  # an existing edits store to adopt (no edit is made); '' = make edits
     g.shard_size = 256  # examples per store shard (a killed run loses at most one shard)
     g.black_threshold = 0.0  # an edit whose every pixel is <= this (in [0, 1]) is dropped
     g.write_hybrids = True  # offline hybrids into <store_dir>/hybrids (offline policy only)

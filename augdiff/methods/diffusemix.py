@@ -579,6 +579,12 @@ def store_dirs(config: Any) -> tuple[str, str]:
     return os.path.join(root, "edits"), os.path.join(root, "hybrids")
 
 
+def needs_edits(config: Any) -> bool:
+    """Whether the variant uses generated images: every mask but ``original`` (Table 1's
+    Fractal rows, ``C = (1 − λ) I + λ F``), which runs no edit stage."""
+    return str(config.diffusemix.hybrid.get("mask", "concat")) != "original"
+
+
 def writes_hybrids(config: Any) -> bool:
     """Whether generation writes offline hybrids (``diffusemix.write_hybrids`` and an offline
     policy); otherwise classifiers train on the edits (raw, or online hybrids)."""
@@ -765,7 +771,7 @@ def _generate_edits_edm(
 
 def _generate_hybrids(
     config: Any, real: Any, edits_dir: str, hybrids_dir: str, hybrid_key: jax.Array,
-    fractal_key: jax.Array, progress: bool,
+    fractal_key: jax.Array, progress: bool, num_prompts: int = 1,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -773,12 +779,19 @@ def _generate_hybrids(
 
     dm = config.diffusemix
     spec, is_semantic = hybrid_spec(dm.hybrid)
-    edits = SyntheticStore(edits_dir)
-    rows = np.arange(len(edits))[distributed.process_slice(len(edits))]
+    if edits_dir:
+        edits = SyntheticStore(edits_dir)
+        n_items = len(edits)
+    else:  # mask 'original': one hybrid per planned edit, made from the real image alone
+        edits = None
+        n_real = len(real) if not int(dm.max_images) else min(len(real), int(dm.max_images))
+        plan = plan_edits(n_real, num_prompts)
+        n_items = len(plan)
+    rows = np.arange(n_items)[distributed.process_slice(n_items)]
     size = int(config.data.image_size)
     bank = fractal_bank_from_config(dm, fractal_key, size) if spec.fractal else None
     variant = {f: getattr(spec, f) for f in _SPEC_FIELDS}
-    manifest = dict(edits=os.path.abspath(edits_dir), hybrid=variant,
+    manifest = dict(edits=os.path.abspath(edits_dir) if edits_dir else "", hybrid=variant,
                     mask="semantic" if is_semantic else spec.mask,
                     num_classes=real.num_classes, class_names=list(real.class_names),
                     seed=_generation_seed(config))
@@ -802,16 +815,24 @@ def _generate_hybrids(
         for start in tqdm(range(0, len(rows), chunk), desc="diffusemix hybrids",
                           disable=not progress):
             part = rows[start : start + chunk]
-            provs = [edits.provenance(int(r)) for r in part]
+            if edits is not None:
+                provs = [edits.provenance(int(r)) for r in part]
+            else:
+                provs = [dict(plan[int(r)], parent_name=real.name_of(plan[int(r)]["parent"]),
+                              key=None, seed=_generation_seed(config)) for r in part]
             keep = [k for k, p in enumerate(provs)
                     if f"hybrid-{int(p['example'])}" not in writer.completed_keys]
             if not keep:
                 continue
             part, provs = part[keep], [provs[k] for k in keep]
-            recs = [edits[int(r)] for r in part]
-            generated = np.stack([r["image"] for r in recs])
             original = np.stack([real[int(p["parent"])]["image"] for p in provs])
-            labels = np.asarray([int(r["label"]) for r in recs])
+            if edits is not None:
+                recs = [edits[int(r)] for r in part]
+                generated = np.stack([r["image"] for r in recs])
+                labels = np.asarray([int(r["label"]) for r in recs])
+            else:  # M = 1: the generated half is never used
+                generated = original
+                labels = np.asarray([int(real.labels[int(p["parent"])]) for p in provs])
             ids = np.asarray([int(p["example"]) for p in provs])
             prov = [dict(parent=int(p["parent"]), parent_name=p.get("parent_name"),
                          prompt=p.get("prompt"), edit_key=p["key"], seed=p.get("seed"))
@@ -849,19 +870,30 @@ def generate(config: Any) -> dict[str, Any]:
     real = open_real_source(config.data, config.data.get("train_split", "train"))
     edits_dir, hybrids_dir = store_dirs(config)
     progress = jax.process_index() == 0 and bool(config.get("progress", True))
-    summary: dict[str, Any] = {
-        "store": edits_dir,
-        "edits": edits_dir,
-        "prompts": list(prompts),
-        "edits_summary": (_generate_edits if editor == "ip2p" else _generate_edits_edm)(
-            config, real, prompts, edits_dir, edit_key, progress),
-    }
-    _sync(f"augdiff diffusemix edits {edits_dir}")
+    adopted = str(dm.get("edits_store", "") or "")
+    summary: dict[str, Any] = {"prompts": list(prompts)}
+    if not needs_edits(config):
+        # Fractal rows (mask 'original'): C = (1 − λ) I + λ F has no generated content, so no
+        # edit is made; the hybrids are planned from the real images alone.
+        edits_dir = ""
+        summary["edits_summary"] = {"skipped": "mask 'original' uses no edits"}
+    elif adopted:
+        from augdiff.data.store import SyntheticStore
+
+        SyntheticStore(adopted)  # a one-line StoreError when it is not a complete store
+        edits_dir = adopted
+        summary["edits_summary"] = {"adopted": os.path.abspath(adopted)}
+    else:
+        summary["edits_summary"] = (_generate_edits if editor == "ip2p" else
+                                    _generate_edits_edm)(config, real, prompts, edits_dir,
+                                                         edit_key, progress)
+        _sync(f"augdiff diffusemix edits {edits_dir}")
+    summary.update(store=edits_dir, edits=edits_dir)
     if writes_hybrids(config):
         summary["hybrids"] = hybrids_dir
         summary["hybrids_summary"] = _generate_hybrids(
-            config, real, edits_dir, hybrids_dir, hybrid_key, fractal_key, progress
-        )
+            config, real, edits_dir, hybrids_dir, hybrid_key, fractal_key, progress,
+            num_prompts=len(prompts))
         summary["store"] = hybrids_dir
         _sync(f"augdiff diffusemix hybrids {hybrids_dir}")
     return summary
