@@ -215,3 +215,76 @@ def test_sdedit_follows_the_gaussian_probability_flow():
     assert edit_prompt(1.0, 3) == "sdedit sigma_start=1 class=3"
     with pytest.raises(ValueError, match="sigma_start"):
         sdedit(den, x0, noise, 0.001, 4)
+
+
+def _image_folder(root: pathlib.Path, n_per_class: int = 2, size: int = 16) -> pathlib.Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n_per_class):
+                a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(a).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_shb_blends_the_full_resolution_edit(tmp_path):
+    """SHB reads the edits at the resolution they were made at (32² here, stored at 16²): with
+    the stored 16² edits black and the full 32² edits equal to the bicubic 32² original, the
+    hybrid is the original brought back to 16² (no black); with white full edits about half
+    of it is bright; without the full edits the run stops with a one-line error."""
+    from PIL import Image
+
+    from augdiff.config import load_config
+    from augdiff.data.sources import open_real_source
+    from augdiff.data.store import StoreWriter, SyntheticStore
+    from augdiff.methods import diffusemix as DM
+
+    data = _image_folder(tmp_path / "data")
+    cfg = load_config(f"{REPO / 'configs' / 'diffusemix_cifar100.py'}:shb", [
+        f"workdir={tmp_path / 'w'}", f"data.path={data}", "data.tfds_name=",
+        "data.image_size=16", "data.per_class=0", "diffusemix.shb.clip=",
+        "diffusemix.shb.tiny=True", "diffusemix.hybrid_batch_size=4", "progress=False"])
+    real = open_real_source(cfg.data, "train")
+    n = len(real)
+    up = lambda a, s: np.asarray(Image.fromarray(a).resize((s, s), Image.BICUBIC))  # noqa: E731
+    o32 = [up(real[i]["image"], 32) for i in range(n)]
+    _, hkey, fkey = DM.run_keys(0)
+
+    def stores(root, full_images):
+        man = dict(resolution=32, image_size=16, num_classes=2, class_names=["cat", "dog"])
+        for sub, images in (("edits", [np.zeros((16, 16, 3), np.uint8)] * n),
+                            ("edits_full", full_images)):
+            if images is None:
+                continue
+            with StoreWriter(str(root / sub), method="diffusemix", config=man) as w:
+                for i in range(n):
+                    w.add(f"edit-r{i:07d}-p00", images[i], int(real.labels[i]), 1,
+                          dict(parent=i, parent_name=real.name_of(i), prompt="p",
+                               prompt_index=0, example=i, seed=0))
+        return str(root / "edits")
+
+    edits = stores(tmp_path / "a", o32)
+    DM._generate_hybrids(cfg, real, edits, str(tmp_path / "a" / "h"), hkey, fkey, False)
+    h = SyntheticStore(str(tmp_path / "a" / "h"))
+    for r in range(len(h)):
+        i = h.provenance(r)["parent"]
+        want = up(o32[i], 16).astype(int)
+        assert np.abs(h[r]["image"].astype(int) - want).max() <= 2
+        assert h.provenance(r)["hybrid"]["resolution"] == 32
+
+    rng = np.random.default_rng(1)  # bright, textured edits (crops differ, so S has no ties)
+    white = [rng.integers(200, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)]
+    edits = stores(tmp_path / "b", white)
+    DM._generate_hybrids(cfg, real, edits, str(tmp_path / "b" / "h"), hkey, fkey, False)
+    h = SyntheticStore(str(tmp_path / "b" / "h"))
+    for r in range(len(h)):
+        i = h.provenance(r)["parent"]
+        half = 0.5 * up(o32[i], 16).astype(float) + 0.5 * up(white[i], 16).astype(float)
+        assert abs(h[r]["image"].mean() - half.mean()) < 12
+
+    edits = stores(tmp_path / "c", None)
+    with pytest.raises(ValueError, match="full-resolution edits"):
+        DM._generate_hybrids(cfg, real, edits, str(tmp_path / "c" / "h"), hkey, fkey, False)

@@ -107,19 +107,22 @@ def rows_report(config: Any, info: Mapping[str, Mapping[str, Any]],
         lines += ["Rows reported with another row's result (same definition): " +
                   ", ".join(f"`{a}` = `{b}`" for a, b in aliases.items()), ""]
     lines += ["## Findings (Top-1; one seed per row unless stated)", "",
-              "| finding | paper | augdiff | gap (points, b − a) | agrees |", "|---|---|---|---|---|"]
+              "| finding | paper | augdiff | gap (points, b − a) | agrees |",
+              "|---|---|---|---|---|"]
     yn = {True: "yes", False: "no", None: "—"}
     for d in finding_directions(getattr(mod, "FINDINGS", ()), results):
         a, b = d["rows"]
         gap = "—" if d["gap"] is None else f"{d['gap']:+.2f}"
         lines.append(f"| {d['finding']} (`{a}` < `{b}`) | {yn[d['paper']]} | {yn[d['augdiff']]} "
                      f"| {gap} | {yn[d['agrees']]} |")
-    lines += ["", "## Rows", "", "| row | stage | seeds | wall s | workdir |", "|---|---|---|---|---|"]
+    lines += ["", "## Rows", "", "| row | stage | seeds | wall s | workdir |",
+              "|---|---|---|---|---|"]
     for r in rows:
         i = info[r]
         res = i.get("result", {})
+        rel = os.path.relpath(i["workdir"], str(config.workdir))
         lines.append(f"| `{r}` | {res.get('stage', '—')} | {res.get('num_seeds', '—')} | "
-                     f"{i.get('seconds', 0):.0f} | `{os.path.relpath(i['workdir'], str(config.workdir))}` |")
+                     f"{i.get('seconds', 0):.0f} | `{rel}` |")
     total = sum(float(i.get("seconds", 0)) for r, i in info.items() if not i.get("alias_of"))
     lines += ["", f"Total wall time of the rows' stages: {total:.0f} s.", ""]
     for name, out in analyses.items():
