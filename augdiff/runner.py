@@ -919,7 +919,7 @@ def load_experiment(spec: str, overrides: Sequence[str] = ()) -> ml_collections.
 
 ANALYSES = {
     "fig3": "augdiff.analysis.fig3:run_fig3",
-    "shb_measure": "augdiff.methods.semantic:run_shb_measure",
+    "shb_measure": "augdiff.analysis.shb_measure:run_shb_measure",
 }
 """Table-level analyses (``config.analyses``): ``name -> module:function``, each called as
 ``fn(config, rows, log)`` with ``rows`` = ``{row: {"workdir", "outputs"}}``; the result is

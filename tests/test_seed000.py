@@ -2,6 +2,7 @@
 000 code's loss and schedules, one definition of an epoch, and the Table 1-2 report rows."""
 
 import importlib.util
+import os
 import pathlib
 
 import jax
@@ -288,3 +289,81 @@ def test_shb_blends_the_full_resolution_edit(tmp_path):
     edits = stores(tmp_path / "c", None)
     with pytest.raises(ValueError, match="full-resolution edits"):
         DM._generate_hybrids(cfg, real, edits, str(tmp_path / "c" / "h"), hkey, fkey, False)
+
+
+def test_fig3_pca_is_fitted_on_the_originals_only():
+    """Fig. 3's axes are the originals' principal axes (the seed 000 code fits PCA on the
+    original set and transforms the others): against the eigenvectors of the originals'
+    covariance, and unchanged by the other sets."""
+    from augdiff.analysis.pca import project_on_originals
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 6)) * np.array([3.0, 2.0, 1.0, 0.5, 0.3, 0.1])
+    b = rng.normal(size=(50, 6)) + 5.0
+    pca, xy = project_on_originals({"original": a, "generated": b})
+    w, v = np.linalg.eigh(np.cov(a.T))  # ascending
+    top = v[:, ::-1][:, :2].T
+    np.testing.assert_allclose(pca.explained_variance, w[::-1][:2], rtol=1e-4)
+    np.testing.assert_allclose(np.abs(pca.components @ top.T), np.eye(2), atol=1e-4)
+    signs = np.sign(np.sum(pca.components * top, axis=1))
+    np.testing.assert_allclose(xy["generated"], ((b - a.mean(0)) @ top.T) * signs, atol=1e-3)
+    np.testing.assert_allclose(xy["original"].mean(0), 0.0, atol=1e-6)
+    pca2, _ = project_on_originals({"original": a, "generated": b * 10 - 3})
+    np.testing.assert_allclose(pca2.components, pca.components)
+    # Pooled PCA (the old default) would be pulled towards the far-away generated set.
+    from augdiff.analysis.pca import fit_pca
+
+    pooled = fit_pca(np.concatenate([a, b]), 2)
+    assert np.abs(pooled.components[0] @ top[0]) < 0.9
+
+
+def test_rows_experiment_wiring(tmp_path, monkeypatch):
+    """The table experiment runs every row as its own sub-experiment: rows other than
+    baseline adopt baseline's edits, vanilla trains on real data only, dc reports baseline's
+    result, and report.md holds the paper-layout table and the findings' directions."""
+    from augdiff import runner
+    from augdiff.config import load_config
+
+    seen = {}
+
+    def fake(stage):
+        def fn(config, outputs, units):
+            row = os.path.basename(str(config.workdir))
+            seen.setdefault(row, []).append(stage)
+            if stage == "generate":
+                seen[f"{row}:edits_store"] = str(
+                    config.generator.overrides.diffusemix.edits_store)
+                return {"store": str(tmp_path / row / "s"), "num_images": 20}
+            if stage.startswith("train"):
+                top1 = {"baseline": 0.30, "vanilla": 0.25, "random": 0.32}.get(row, 0.2)
+                return {"test_top1_mean": top1, "test_top5_mean": 0.8, "num_seeds": 1}
+            return {}
+        return fn
+
+    for s in runner.STAGE_FUNCTIONS:
+        monkeypatch.setitem(runner.STAGE_FUNCTIONS, s, fake(s))
+    cfg = load_config(f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:ci",
+                      [f"workdir={tmp_path}", "rows=baseline,vanilla,random", "analyses="])
+    out = runner.run_experiment(cfg, log=lambda m: None)["rows"]
+    assert seen["vanilla"] == ["prepare", "train_real", "report"]
+    assert seen["baseline"] == ["prepare", "generate", "train_mixed", "report"]
+    assert seen["baseline:edits_store"] == ""
+    assert seen["random:edits_store"] == str(tmp_path / "baseline" / "generate/store/edits")
+    assert out["rows"]["dc"]["alias_of"] == "baseline"
+    md = open(out["report"]).read()
+    assert "| Baseline | Con | 0.0 | 1.00 | 68.63 | 30.00 |" in md
+    assert "| Vanilla | Con | 0.0 | 1.00 | 75.35 | 25.00 |" in md
+    # DC below vanilla? augdiff: no (30 > 25); random below DC? no (32 > 30).
+    assert "| DC falls below vanilla (`dc` < `vanilla`) | yes | no | -5.00 | no |" in md
+    assert "| random falls below DC (`random` < `dc`) | yes | no | -2.00 | no |" in md
+    # Table 1's Fractal rows (mask 'original') make no edit.
+    from augdiff.methods import diffusemix as DM
+
+    dm_cfg = REPO / "configs" / "diffusemix_cifar100.py"
+    assert not DM.needs_edits(load_config(f"{dm_cfg}:fractal_0.20_lsf1.00"))
+    assert DM.needs_edits(load_config(f"{dm_cfg}:baseline"))
+    with pytest.raises(Exception, match="needs row 'baseline' first"):
+        runner.run_experiment(load_config(
+            f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:ci",
+            [f"workdir={tmp_path / 'b'}", "rows=random,baseline", "analyses="]),
+            log=lambda m: None)
