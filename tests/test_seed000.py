@@ -367,3 +367,52 @@ def test_rows_experiment_wiring(tmp_path, monkeypatch):
             f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:ci",
             [f"workdir={tmp_path / 'b'}", "rows=random,baseline", "analyses="]),
             log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def cifar_small(cifar_zip, tmp_path_factory) -> pathlib.Path:
+    """2 train + 2 test images per class cut from the CIFAR-10 zip."""
+    import zipfile
+
+    root = tmp_path_factory.mktemp("cifar_small")
+    with zipfile.ZipFile(cifar_zip) as z:
+        seen: dict[tuple[str, str], int] = {}
+        for n in sorted(x for x in z.namelist() if x.endswith(".jpg")):
+            _, split, cls, fname = n.split("/")
+            if seen.get((split, cls), 0) >= 2:
+                continue
+            seen[(split, cls)] = seen.get((split, cls), 0) + 1
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            (root / split / cls / fname).write_bytes(z.read(n))
+    return root
+
+
+@pytest.mark.slow
+def test_ci_table_experiment_end_to_end(cifar_small, tmp_path):
+    """The ``ci`` profile of the seed 000 table through ``augdiff run`` on real CIFAR-10
+    images with the shipped EDM as the SDEdit editor: baseline edits once, the Fractal row
+    makes no edit, SHB + fractal adopts baseline's edits, and report.md holds the table and
+    the SHB measurement."""
+    import json
+
+    from augdiff import runner
+    from augdiff.config import load_config
+
+    cfg = load_config(f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:ci", [
+        f"workdir={tmp_path}", f"data.path={cifar_small}", "analyses=shb_measure"])
+    out = runner.run_experiment(cfg, log=lambda m: None)["rows"]
+    assert set(out["rows"]) == {"baseline", "fractal_0.20_lsf0.80", "shb_fractal", "dc"}
+
+    def gen(row):
+        book = json.load(open(tmp_path / row / "stages.json"))
+        return book["stages"]["generate"]["outputs"]
+
+    assert gen("baseline")["summary"]["edits_summary"]["written"] == 20
+    assert "skipped" in gen("fractal_0.20_lsf0.80")["summary"]["edits_summary"]
+    assert gen("shb_fractal")["summary"]["edits_summary"]["adopted"].endswith(
+        "baseline/generate/store/edits")
+    assert gen("shb_fractal")["num_images"] == 20
+    md = open(out["report"]).read()
+    assert "| SHB + fractal | Con | 0.20 | 1.00 | — |" in md and "## Analysis: shb_measure" in md
+    st = out["analyses"]["shb_measure"]["stats"]["256: paper (P50, k=5 reflect)"]
+    assert st["original_share_mean"] == pytest.approx(0.5, abs=0.02)
