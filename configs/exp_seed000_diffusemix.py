@@ -22,6 +22,19 @@ concatenation + 0.8/0.2 fractal, constant 1:1), ``vanilla`` (real only), ``dm_li
 ``bce_softmax`` (the seed 000 code's BCE on softmax outputs; label scaling changes only the
 targets). ``smoke``: the CPU version on the shared CIFAR-10 zip with that file's ``smoke``
 generation (tiny random-weight SD). ``PAPER`` holds the paper's numbers for the report.
+
+Every row in one run (the table experiments, ``experiment = 'rows'``)::
+
+    augdiff run --config configs/exp_seed000_diffusemix.py:cpu --config.workdir=DIR
+
+``cpu`` runs each row of :data:`TABLE_ROWS` as the sub-experiment ``cpu-<row>`` in
+``DIR/<row>`` (real CIFAR-10 zip at 16², 100 images per class, the shipped class-conditional
+EDM as an SDEdit editor at σ_start = 1, a tiny PreActResNet for 12 epochs; baseline makes the
+edits, every other row adopts them, the Fractal rows make none), then the analyses ``fig3``
+(Fig. 3, PCA fitted on the originals' CLIP embeddings) and ``shb_measure`` (SHB masks at
+256²), and writes ``DIR/report.md``: the paper-layout table, the direction of each finding
+(:data:`FINDINGS`), wall times, the analyses. Rows resume on their own;
+``--config.rerun_rows=shb,shb_fractal`` starts rows over. ``ci`` is the same at CI size.
 """
 
 from __future__ import annotations
@@ -63,7 +76,7 @@ PAPER = {
 # milestones keep the paper's fractions of training (w = T/6, t₁ = T/3, t₂ = 2T/3).
 PROFILES = {
     "cpu": dict(per_class=100, epochs=12, edm_steps=8, steps_per_epoch=0, batch_size=100),
-    "ci": dict(per_class=2, epochs=1, edm_steps=2, steps_per_epoch=1, batch_size=10),
+    "ci": dict(per_class=2, epochs=1, edm_steps=2, steps_per_epoch=1, batch_size=16),
 }
 # The table experiments run every row (dc = baseline: the same definition, not trained twice;
 # baseline first: it makes the edits every other row reuses).
@@ -99,7 +112,7 @@ def _table_config(profile: str) -> ml_collections.ConfigDict:
     c.analyses = "fig3,shb_measure"
     # Fig. 3 with the tiny RANDOM CLIP unless fig3.clip names real weights; the "prompts" are
     # SDEdit strengths (the table's single prompt is σ_start = 1).
-    c.fig3 = ml_collections.ConfigDict({"max_images": 200 if profile == "cpu" else 8,
+    c.fig3 = ml_collections.ConfigDict({"max_images": 150 if profile == "cpu" else 8,
                                         "clip": "", "tiny": True, "row": "baseline",
                                         "strengths": "0.5|1|2" if profile == "cpu" else "1"})
     c.shb_measure = ml_collections.ConfigDict({"max_images": 64 if profile == "cpu" else 4})
