@@ -852,6 +852,8 @@ def run_experiment(
         from augdiff.edm.mismatch import run_mismatch
 
         return {"casd_mismatch": run_mismatch(resolve_config(config), log=log)}
+    if str(config.get("experiment", "")) == "rows":
+        return {"rows": run_rows(resolve_config(config), log=log)}
     config = resolve_config(config)
     stages = validate_stages(config)
     fns = {**STAGE_FUNCTIONS, **(stage_functions or {})}
@@ -947,3 +949,126 @@ def load_experiment(spec: str, overrides: Sequence[str] = ()) -> ml_collections.
     path, _, variant = spec.partition(":")
     full = resolve_path(path)
     return load_config(f"{full}:{variant}" if variant else full, overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Table experiments: every row of a paper's table as a sub-experiment
+
+ANALYSES = {
+    "fig3": "augdiff.analysis.fig3:run_fig3",
+    "shb_measure": "augdiff.analysis.shb_measure:run_shb_measure",
+}
+"""Table-level analyses (``config.analyses``): ``name -> module:function``, each called as
+``fn(config, rows, log)`` with ``rows`` = ``{row: {"workdir", "outputs"}}``; the result is
+kept in ``<workdir>/analyses/<name>.json`` (done once; delete it to redo)."""
+
+
+def row_config(config: ml_collections.ConfigDict, row: str,
+               done: Mapping[str, str]) -> ml_collections.ConfigDict:
+    """The experiment config of ``row`` in a table experiment (``config.experiment='rows'``):
+    ``config.row_config`` with ``{row}`` filled in, workdir ``<workdir>/<row>``, the table's
+    ``data`` / ``seeds`` / ``mesh`` copied in, and every ``config.links`` entry
+    ``field=src_row:relpath`` set to ``<workdir>/<src_row>/<relpath>`` (rows other than
+    ``src_row``, which must have run before: ``done`` maps finished rows to workdirs)."""
+    sub = load_spec(str(config.row_config).format(row=row))
+    with sub.unlocked():
+        sub.workdir = os.path.join(str(config.workdir), row)
+    for key in config.data.keys():
+        if key in sub.data:
+            _set(sub, f"data.{key}", copy.deepcopy(config.data[key]))
+    for key in ("seeds", "seed"):
+        if key in config and key in sub:
+            sub[key] = copy.deepcopy(config[key])
+    if "mesh" in config and "mesh" in sub:
+        for key in config.mesh.keys():
+            if key in sub.mesh:
+                _set(sub, f"mesh.{key}", config.mesh[key])
+    for link in _parse_list(config.get("links", "")):
+        field, _, target = link.partition("=")
+        src, _, rel = target.partition(":")
+        if not field or not src or not rel:
+            raise ConfigError(f"config.links: {link!r} must read field=row:relative/path")
+        if src == row:
+            continue
+        if src not in done:
+            raise ConfigError(f"config.links: row {row!r} needs row {src!r} first; list it "
+                              "earlier in config.rows")
+        _set(sub, field.strip(), os.path.join(done[src], rel))
+    return sub
+
+
+def row_result(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-1 / top-5 (seed means, fractions) of a row: its ``train_mixed`` stage, else
+    ``train_real``, else ``train_synthetic``."""
+    for stage in ("train_mixed", "train_real", "train_synthetic"):
+        if stage in outputs:
+            o = outputs[stage]
+            return {"test_top1": o["test_top1_mean"], "test_top5": o["test_top5_mean"],
+                    "test_top1_std": o.get("test_top1_std", 0.0), "stage": stage,
+                    "num_seeds": o.get("num_seeds", 1)}
+    return {}
+
+
+def run_rows(config: ml_collections.ConfigDict, *,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every row of ``config.rows`` (each an ``augdiff run`` of its own in
+    ``<workdir>/<row>``, resumed through its ``stages.json``), the ``config.analyses``, then
+    write ``<workdir>/report.md`` (:func:`augdiff.analysis.tables.rows_report`).
+
+    ``config.aliases`` names rows reported with another row's result (same definition, not
+    trained twice); ``config.rerun_rows`` starts rows over (their workdirs are removed).
+    """
+    from augdiff.analysis.tables import rows_report
+
+    workdir = str(config.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    rows = _parse_list(config.rows)
+    if not rows:
+        raise ConfigError("config.rows is empty")
+    for row in _parse_list(config.get("rerun_rows", "")):
+        if row not in rows:
+            raise ConfigError(f"config.rerun_rows: {row!r} is not among config.rows")
+        if _is_main():
+            log(f"rerun: starting row {row} over")
+            shutil.rmtree(os.path.join(workdir, row), ignore_errors=True)
+    done: dict[str, str] = {}
+    info: dict[str, Any] = {}
+    for row in rows:
+        sub = row_config(config, row, done)
+        log(f"== row {row} ({sub.name})")
+        t0 = time.time()
+        outputs = run_experiment(sub, log=lambda m, r=row: log(f"[{r}] {m}"))
+        book = StageBook(str(sub.workdir), writer=False)
+        seconds = sum(float(v.get("seconds", 0.0)) for v in book.stages.values())
+        info[row] = {"workdir": str(sub.workdir), "outputs": outputs,
+                     "result": row_result(outputs), "seconds": round(seconds, 1),
+                     "this_call_s": round(time.time() - t0, 1)}
+        done[row] = str(sub.workdir)
+        if _is_main():
+            _write_json(os.path.join(workdir, "rows.json"),
+                        {r: {k: v for k, v in i.items() if k != "outputs"}
+                         for r, i in info.items()})
+    for alias, target in (config.get("aliases", None) or {}).items():
+        if target in info:
+            info[alias] = {**info[target], "alias_of": target}
+    analyses: dict[str, Any] = {}
+    for name in _parse_list(config.get("analyses", "")):
+        if name not in ANALYSES:
+            raise ConfigError(f"config.analyses: unknown analysis {name!r}; known: "
+                              f"{sorted(ANALYSES)}")
+        path = os.path.join(workdir, "analyses", f"{name}.json")
+        if os.path.exists(path):
+            log(f"skipping analysis {name}: done")
+            analyses[name] = _read_json(path)
+            continue
+        log(f"running analysis {name}")
+        mod, _, fn = ANALYSES[name].partition(":")
+        t0 = time.time()
+        out = getattr(importlib.import_module(mod), fn)(config, info, log)
+        out = {**_json_roundtrip(out), "seconds": round(time.time() - t0, 1)}
+        if _is_main():
+            _write_json(path, out)
+        analyses[name] = out
+    report = rows_report(config, info, analyses) if _is_main() else ""
+    return {"rows": {r: {k: v for k, v in i.items() if k != "outputs"} for r, i in info.items()},
+            "analyses": analyses, "report": report}

@@ -93,6 +93,7 @@ def _generation() -> ml_collections.ConfigDict:
     g.resolution = 256  # edits are made at resolution², stored at data.image_size
     g.batch_size = 16
     g.max_images = 0  # 0 = every real training image of the data subset
+    g.edits_store = ""  # an existing edits store to adopt (no edit is made); '' = make edits
     g.shard_size = 256  # examples per store shard (a killed run loses at most one shard)
     g.black_threshold = 0.0  # an edit whose every pixel is <= this (in [0, 1]) is dropped
     g.write_hybrids = True  # offline hybrids into <store_dir>/hybrids (offline policy only)
@@ -113,7 +114,14 @@ def _generation() -> ml_collections.ConfigDict:
     g.shb.clip = ""  # Flax CLIP folder / hub id for SHB
     g.shb.tiny = False  # with clip = '': a tiny random CLIP in the workdir
     g.shb.template = "a photo of a {}"
-    g.shb.kernel_size = 5
+    g.shb.kernel_size = 5  # k of the mask blur, σ = k/3 (§3.4)
+    g.shb.smoothing = "paper"  # paper: k taps, reflect | code: scipy gaussian_filter(σ = k/3)
+    g.shb.percentile = 50.0  # τ = P50(S) (§3.4); the seed 000 code's default is 30
+    g.shb.binary = False  # the code re-binarises the smoothed mask at 0.5 (use_binary_replace)
+    g.shb.features = "crops"  # crops: CLIP embeddings of crops (the code) | tokens: patch tokens
+    g.shb.crop = 32  # crop and stride at 256², scaled to the edit's resolution (15 × 15 map)
+    g.shb.stride = 16
+    g.keep_full_edits = False  # also store edits at their resolution (on for SHB when needed)
     return g
 
 

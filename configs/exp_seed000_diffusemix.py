@@ -22,6 +22,19 @@ concatenation + 0.8/0.2 fractal, constant 1:1), ``vanilla`` (real only), ``dm_li
 ``bce_softmax`` (the seed 000 code's BCE on softmax outputs; label scaling changes only the
 targets). ``smoke``: the CPU version on the shared CIFAR-10 zip with that file's ``smoke``
 generation (tiny random-weight SD). ``PAPER`` holds the paper's numbers for the report.
+
+Every row in one run (the table experiments, ``experiment = 'rows'``)::
+
+    augdiff run --config configs/exp_seed000_diffusemix.py:cpu --config.workdir=DIR
+
+``cpu`` runs each row of :data:`TABLE_ROWS` as the sub-experiment ``cpu-<row>`` in
+``DIR/<row>`` (real CIFAR-10 zip at 16², 100 images per class, the shipped class-conditional
+EDM as an SDEdit editor at σ_start = 1, a tiny PreActResNet for 12 epochs; baseline makes the
+edits, every other row adopts them, the Fractal rows make none), then the analyses ``fig3``
+(Fig. 3, PCA fitted on the originals' CLIP embeddings) and ``shb_measure`` (SHB masks at
+256²), and writes ``DIR/report.md``: the paper-layout table, the direction of each finding
+(:data:`FINDINGS`), wall times, the analyses. Rows resume on their own;
+``--config.rerun_rows=shb,shb_fractal`` starts rows over. ``ci`` is the same at CI size.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from __future__ import annotations
 import ml_collections
 
 from augdiff.config import data_config, mesh_config
+from augdiff.edm.assets import SHIPPED_GENERATOR as SHIPPED_EDM
 
 ROWS = ("baseline", "vanilla", "dm_lin", "dm_warm", "dm_step", "hybrid_0.05_0.15",
         "hybrid_0.10_0.20", "hybrid_0.15_0.25", "hybrid_0.20_0.30", "fractal_0.20_lsf1.00",
@@ -56,8 +70,96 @@ PAPER = {
 }
 
 
+# Reduced profiles that run here (real CIFAR-10 zip, 16², the shipped class-conditional EDM
+# as the SDEdit editor, a tiny PreActResNet). ``cpu``: 100 images/class, 12 epochs (~30 min on
+# 2 free cores); ``ci``: 2 images/class, 1 epoch, 2 Heun steps (a test runs it). Schedules and
+# milestones keep the paper's fractions of training (w = T/6, t₁ = T/3, t₂ = 2T/3).
+PROFILES = {
+    "cpu": dict(per_class=100, epochs=12, edm_steps=8, steps_per_epoch=0, batch_size=100),
+    "ci": dict(per_class=2, epochs=1, edm_steps=2, steps_per_epoch=1, batch_size=16),
+}
+# The table experiments run every row (dc = baseline: the same definition, not trained twice;
+# baseline first: it makes the edits every other row reuses).
+TABLE_ROWS = ("baseline", "vanilla", "dm_lin", "dm_warm", "dm_step", "hybrid_0.05_0.15",
+              "hybrid_0.10_0.20", "hybrid_0.15_0.25", "hybrid_0.20_0.30",
+              "fractal_0.20_lsf1.00", "fractal_0.20_lsf0.80", "random", "shb", "shb_fractal")
+CI_ROWS = ("baseline", "fractal_0.20_lsf0.80", "shb_fractal")
+# The paper's findings, as "a<b" (row a scores below row b) with the paper's answer.
+FINDINGS = (("DC falls below vanilla", "dc<vanilla", True),
+            ("SHB beats DC", "dc<shb", True),
+            ("random falls below DC", "random<dc", True))
+
+
+def _table_config(profile: str) -> ml_collections.ConfigDict:
+    """Every row of Tables 1-2 as one ``augdiff run``: each row is a sub-experiment
+    (``<profile>-<row>``) in ``<workdir>/<row>``, resumable on its own; ``report.md`` holds the
+    paper-layout table (augdiff beside the paper) and the direction of each finding."""
+    c = ml_collections.ConfigDict()
+    c.name = f"exp_seed000_diffusemix:{profile}"
+    c.experiment = "rows"
+    c.workdir = f"runs/exp_seed000_{profile}"
+    c.rows = ",".join(TABLE_ROWS if profile == "cpu" else CI_ROWS)
+    c.row_config = f"configs/exp_seed000_diffusemix.py:{profile}-{{row}}"
+    c.aliases = ml_collections.ConfigDict({"dc": "baseline"})
+    # Rows other than baseline adopt baseline's edits (one edit stage for the table).
+    c.links = "generator.overrides.diffusemix.edits_store=baseline:generate/store/edits"
+    c.rerun_rows = ""  # rows to start over (e.g. "shb,shb_fractal" after an SHB change)
+    c.seeds = (0,)
+    c.data = data_config(path="../shared/data/cifar10-jpeg.zip", tfds_name="")
+    c.data.image_size = 16
+    c.data.per_class = PROFILES[profile]["per_class"]
+    c.mesh = mesh_config()
+    c.analyses = "fig3,shb_measure"
+    # Fig. 3 with the tiny RANDOM CLIP unless fig3.clip names real weights; the "prompts" are
+    # SDEdit strengths (the table's single prompt is σ_start = 1).
+    c.fig3 = ml_collections.ConfigDict({"max_images": 150 if profile == "cpu" else 8,
+                                        "clip": "", "tiny": True, "row": "baseline",
+                                        "strengths": "0.5|1|2" if profile == "cpu" else "1"})
+    c.shb_measure = ml_collections.ConfigDict({"max_images": 64 if profile == "cpu" else 4})
+    c.report = ml_collections.ConfigDict({"title": f"Seed 000 Tables 1-2 ({profile} profile)"})
+    return c
+
+
+def _reduced_row(c: ml_collections.ConfigDict, profile: str, row: str) -> None:
+    """Row ``row`` of the reduced ``profile`` (see :data:`PROFILES`), in place."""
+    p = PROFILES[profile]
+    e = int(p["epochs"])
+    c.name = f"exp_seed000_diffusemix:{profile}-{row}"
+    c.workdir = f"runs/exp_seed000_{profile}/{row}"
+    c.seeds = (0,)
+    c.data.path = "../shared/data/cifar10-jpeg.zip"
+    c.data.tfds_name = ""
+    c.data.image_size = 16
+    c.data.per_class = int(p["per_class"])
+    c.stages = (("prepare", "train_real", "report") if row == "vanilla"
+                else ("prepare", "generate", "train_mixed", "report"))
+    c.generator.overrides = ml_collections.ConfigDict({"diffusemix": {
+        "editor": "edm", "edm": {"workdir": SHIPPED_EDM, "sigma_start": "1.0",
+                                 "steps": int(p["edm_steps"])},
+        "batch_size": int(p["batch_size"]), "hybrid_batch_size": int(p["batch_size"]),
+        "edits_store": "", "shb": {"clip": "", "tiny": True}}, "progress": False})
+    milestones = (max(1, e // 3), max(1, 2 * e // 3))
+    c.classifier.overrides = ml_collections.ConfigDict({
+        "loss": {"kind": LOSS}, "model": {"name": "preact_resnet_tiny", "width": 16},
+        "epochs": e, "optim": {"milestones": milestones}, "progress": False,
+        "batch_size": int(p["batch_size"]), "steps_per_epoch": int(p["steps_per_epoch"])})
+    s = c.mixed.schedule
+    if row == "dm_warm":
+        s.warmup = max(1, round(e * WARMUP_EPOCHS / 300))
+    elif row == "dm_step":
+        s.t1, s.t2 = milestones
+    c.report.title = f"Seed 000 (DiffuseMix) — {profile}-{row}"
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "dc"
+    if variant in PROFILES:
+        return _table_config(variant)
+    profile, _, row = variant.partition("-")
+    if profile in PROFILES and row:
+        c = get_config(row)
+        _reduced_row(c, profile, row)
+        return c
     c = ml_collections.ConfigDict()
     c.name = f"exp_seed000_diffusemix:{variant}"
     c.description = "Seed 000: DiffuseMix-style synthetic data for CIFAR-100 classification."

@@ -494,11 +494,16 @@ def test_semantic_hybrids_with_tiny_clip(run_a, tmp_path):
     p = edits.provenance(r)
     o = hybrids.to_float(real[p["parent"]]["image"][None])
     g = hybrids.to_float(edits[r]["image"][None])
-    patches = semantic.clip_patch_embeddings(model, g, params)
-    assert patches.shape == (1, 16, 32)  # 4x4 patch grid of the tiny CLIP
-    want, mask = semantic.semantic_hybrid(o, g, patches, text, jnp.asarray([edits[r]["label"]]))
+    lab = jnp.asarray([edits[r]["label"]])
+    # The edits were made at 16² (= the training size): crops of 2 px at stride 1 (the code's
+    # 32/16 at 256², scaled), a 15 × 15 map, CLIP image embeddings of each crop.
+    embed = semantic.clip_image_embedding_fn(model, params)
+    s = semantic.crop_similarity_map(embed, g, text, lab, crop=2, stride=1)
+    assert s.shape == (1, 15, 15)
+    want, mask = semantic.semantic_hybrid(o, g, s)
     row = next(i for i in range(len(store)) if store.provenance(i)["pair_id"] == p["example"])
     diff = np.abs(hybrids.to_uint8(want)[0].astype(int) - store[row]["image"].astype(int))
     assert diff.max() <= 1
     assert store.provenance(row)["hybrid"]["clip"] == "tiny-random"
+    assert store.provenance(row)["hybrid"]["resolution"] == 16
     assert float(jnp.mean(mask)) == pytest.approx(0.5, abs=0.05)

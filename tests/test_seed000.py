@@ -2,6 +2,7 @@
 000 code's loss and schedules, one definition of an epoch, and the Table 1-2 report rows."""
 
 import importlib.util
+import os
 import pathlib
 
 import jax
@@ -215,3 +216,203 @@ def test_sdedit_follows_the_gaussian_probability_flow():
     assert edit_prompt(1.0, 3) == "sdedit sigma_start=1 class=3"
     with pytest.raises(ValueError, match="sigma_start"):
         sdedit(den, x0, noise, 0.001, 4)
+
+
+def _image_folder(root: pathlib.Path, n_per_class: int = 2, size: int = 16) -> pathlib.Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n_per_class):
+                a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(a).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_shb_blends_the_full_resolution_edit(tmp_path):
+    """SHB reads the edits at the resolution they were made at (32² here, stored at 16²): with
+    the stored 16² edits black and the full 32² edits equal to the bicubic 32² original, the
+    hybrid is the original brought back to 16² (no black); with white full edits about half
+    of it is bright; without the full edits the run stops with a one-line error."""
+    from PIL import Image
+
+    from augdiff.config import load_config
+    from augdiff.data.sources import open_real_source
+    from augdiff.data.store import StoreWriter, SyntheticStore
+    from augdiff.methods import diffusemix as DM
+
+    data = _image_folder(tmp_path / "data")
+    cfg = load_config(f"{REPO / 'configs' / 'diffusemix_cifar100.py'}:shb", [
+        f"workdir={tmp_path / 'w'}", f"data.path={data}", "data.tfds_name=",
+        "data.image_size=16", "data.per_class=0", "diffusemix.shb.clip=",
+        "diffusemix.shb.tiny=True", "diffusemix.hybrid_batch_size=4", "progress=False"])
+    real = open_real_source(cfg.data, "train")
+    n = len(real)
+    up = lambda a, s: np.asarray(Image.fromarray(a).resize((s, s), Image.BICUBIC))  # noqa: E731
+    o32 = [up(real[i]["image"], 32) for i in range(n)]
+    _, hkey, fkey = DM.run_keys(0)
+
+    def stores(root, full_images):
+        man = dict(resolution=32, image_size=16, num_classes=2, class_names=["cat", "dog"])
+        for sub, images in (("edits", [np.zeros((16, 16, 3), np.uint8)] * n),
+                            ("edits_full", full_images)):
+            if images is None:
+                continue
+            with StoreWriter(str(root / sub), method="diffusemix", config=man) as w:
+                for i in range(n):
+                    w.add(f"edit-r{i:07d}-p00", images[i], int(real.labels[i]), 1,
+                          dict(parent=i, parent_name=real.name_of(i), prompt="p",
+                               prompt_index=0, example=i, seed=0))
+        return str(root / "edits")
+
+    edits = stores(tmp_path / "a", o32)
+    DM._generate_hybrids(cfg, real, edits, str(tmp_path / "a" / "h"), hkey, fkey, False)
+    h = SyntheticStore(str(tmp_path / "a" / "h"))
+    for r in range(len(h)):
+        i = h.provenance(r)["parent"]
+        want = up(o32[i], 16).astype(int)
+        assert np.abs(h[r]["image"].astype(int) - want).max() <= 2
+        assert h.provenance(r)["hybrid"]["resolution"] == 32
+
+    rng = np.random.default_rng(1)  # bright, textured edits (crops differ, so S has no ties)
+    white = [rng.integers(200, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)]
+    edits = stores(tmp_path / "b", white)
+    DM._generate_hybrids(cfg, real, edits, str(tmp_path / "b" / "h"), hkey, fkey, False)
+    h = SyntheticStore(str(tmp_path / "b" / "h"))
+    for r in range(len(h)):
+        i = h.provenance(r)["parent"]
+        half = 0.5 * up(o32[i], 16).astype(float) + 0.5 * up(white[i], 16).astype(float)
+        assert abs(h[r]["image"].mean() - half.mean()) < 12
+
+    edits = stores(tmp_path / "c", None)
+    with pytest.raises(ValueError, match="full-resolution edits"):
+        DM._generate_hybrids(cfg, real, edits, str(tmp_path / "c" / "h"), hkey, fkey, False)
+
+
+def test_fig3_pca_is_fitted_on_the_originals_only():
+    """Fig. 3's axes are the originals' principal axes (the seed 000 code fits PCA on the
+    original set and transforms the others): against the eigenvectors of the originals'
+    covariance, and unchanged by the other sets."""
+    from augdiff.analysis.pca import project_on_originals
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 6)) * np.array([3.0, 2.0, 1.0, 0.5, 0.3, 0.1])
+    b = rng.normal(size=(50, 6)) + 5.0
+    pca, xy = project_on_originals({"original": a, "generated": b})
+    w, v = np.linalg.eigh(np.cov(a.T))  # ascending
+    top = v[:, ::-1][:, :2].T
+    np.testing.assert_allclose(pca.explained_variance, w[::-1][:2], rtol=1e-4)
+    np.testing.assert_allclose(np.abs(pca.components @ top.T), np.eye(2), atol=1e-4)
+    signs = np.sign(np.sum(pca.components * top, axis=1))
+    np.testing.assert_allclose(xy["generated"], ((b - a.mean(0)) @ top.T) * signs, atol=1e-3)
+    np.testing.assert_allclose(xy["original"].mean(0), 0.0, atol=1e-6)
+    pca2, _ = project_on_originals({"original": a, "generated": b * 10 - 3})
+    np.testing.assert_allclose(pca2.components, pca.components)
+    # Pooled PCA (the old default) would be pulled towards the far-away generated set.
+    from augdiff.analysis.pca import fit_pca
+
+    pooled = fit_pca(np.concatenate([a, b]), 2)
+    assert np.abs(pooled.components[0] @ top[0]) < 0.9
+
+
+def test_rows_experiment_wiring(tmp_path, monkeypatch):
+    """The table experiment runs every row as its own sub-experiment: rows other than
+    baseline adopt baseline's edits, vanilla trains on real data only, dc reports baseline's
+    result, and report.md holds the paper-layout table and the findings' directions."""
+    from augdiff import runner
+    from augdiff.config import load_config
+
+    seen = {}
+
+    def fake(stage):
+        def fn(config, outputs, units):
+            row = os.path.basename(str(config.workdir))
+            seen.setdefault(row, []).append(stage)
+            if stage == "generate":
+                seen[f"{row}:edits_store"] = str(
+                    config.generator.overrides.diffusemix.edits_store)
+                return {"store": str(tmp_path / row / "s"), "num_images": 20}
+            if stage.startswith("train"):
+                top1 = {"baseline": 0.30, "vanilla": 0.25, "random": 0.32}.get(row, 0.2)
+                return {"test_top1_mean": top1, "test_top5_mean": 0.8, "num_seeds": 1}
+            return {}
+        return fn
+
+    for s in runner.STAGE_FUNCTIONS:
+        monkeypatch.setitem(runner.STAGE_FUNCTIONS, s, fake(s))
+    cfg = load_config(f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:ci",
+                      [f"workdir={tmp_path}", "rows=baseline,vanilla,random", "analyses="])
+    out = runner.run_experiment(cfg, log=lambda m: None)["rows"]
+    assert seen["vanilla"] == ["prepare", "train_real", "report"]
+    assert seen["baseline"] == ["prepare", "generate", "train_mixed", "report"]
+    assert seen["baseline:edits_store"] == ""
+    assert seen["random:edits_store"] == str(tmp_path / "baseline" / "generate/store/edits")
+    assert out["rows"]["dc"]["alias_of"] == "baseline"
+    md = open(out["report"]).read()
+    assert "| Baseline | Con | 0.0 | 1.00 | 68.63 | 30.00 |" in md
+    assert "| Vanilla | Con | 0.0 | 1.00 | 75.35 | 25.00 |" in md
+    # DC below vanilla? augdiff: no (30 > 25); random below DC? no (32 > 30).
+    assert "| DC falls below vanilla (`dc` < `vanilla`) | yes | no | -5.00 | no |" in md
+    assert "| random falls below DC (`random` < `dc`) | yes | no | -2.00 | no |" in md
+    # Table 1's Fractal rows (mask 'original') make no edit.
+    from augdiff.methods import diffusemix as DM
+
+    dm_cfg = REPO / "configs" / "diffusemix_cifar100.py"
+    assert not DM.needs_edits(load_config(f"{dm_cfg}:fractal_0.20_lsf1.00"))
+    assert DM.needs_edits(load_config(f"{dm_cfg}:baseline"))
+    with pytest.raises(Exception, match="needs row 'baseline' first"):
+        runner.run_experiment(load_config(
+            f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:ci",
+            [f"workdir={tmp_path / 'b'}", "rows=random,baseline", "analyses="]),
+            log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def cifar_small(cifar_zip, tmp_path_factory) -> pathlib.Path:
+    """2 train + 2 test images per class cut from the CIFAR-10 zip."""
+    import zipfile
+
+    root = tmp_path_factory.mktemp("cifar_small")
+    with zipfile.ZipFile(cifar_zip) as z:
+        seen: dict[tuple[str, str], int] = {}
+        for n in sorted(x for x in z.namelist() if x.endswith(".jpg")):
+            _, split, cls, fname = n.split("/")
+            if seen.get((split, cls), 0) >= 2:
+                continue
+            seen[(split, cls)] = seen.get((split, cls), 0) + 1
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            (root / split / cls / fname).write_bytes(z.read(n))
+    return root
+
+
+@pytest.mark.slow
+def test_ci_table_experiment_end_to_end(cifar_small, tmp_path):
+    """The ``ci`` profile of the seed 000 table through ``augdiff run`` on real CIFAR-10
+    images with the shipped EDM as the SDEdit editor: baseline edits once, the Fractal row
+    makes no edit, SHB + fractal adopts baseline's edits, and report.md holds the table and
+    the SHB measurement."""
+    import json
+
+    from augdiff import runner
+    from augdiff.config import load_config
+
+    cfg = load_config(f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:ci", [
+        f"workdir={tmp_path}", f"data.path={cifar_small}", "analyses=shb_measure"])
+    out = runner.run_experiment(cfg, log=lambda m: None)["rows"]
+    assert set(out["rows"]) == {"baseline", "fractal_0.20_lsf0.80", "shb_fractal", "dc"}
+
+    def gen(row):
+        book = json.load(open(tmp_path / row / "stages.json"))
+        return book["stages"]["generate"]["outputs"]
+
+    assert gen("baseline")["summary"]["edits_summary"]["written"] == 20
+    assert "skipped" in gen("fractal_0.20_lsf0.80")["summary"]["edits_summary"]
+    assert gen("shb_fractal")["summary"]["edits_summary"]["adopted"].endswith(
+        "baseline/generate/store/edits")
+    assert gen("shb_fractal")["num_images"] == 20
+    md = open(out["report"]).read()
+    assert "| SHB + fractal | Con | 0.20 | 1.00 | — |" in md and "## Analysis: shb_measure" in md
+    st = out["analyses"]["shb_measure"]["stats"]["256: paper (P50, k=5 reflect)"]
+    assert st["original_share_mean"] == pytest.approx(0.5, abs=0.02)

@@ -26,30 +26,6 @@ def test_cosine_map_closed_form():
         S.cosine_map(z, t[:2])
 
 
-@pytest.mark.parametrize("grid", [4, 7, 16])
-def test_median_mask_matches_percentile_formula_without_ties(grid):
-    s = jax.random.normal(jax.random.key(grid), (5, grid, grid))
-    m = np.asarray(S.median_patch_mask(s))
-    sn = np.asarray(s).reshape(5, -1)
-    tau = np.percentile(sn, 50, axis=1, keepdims=True)
-    np.testing.assert_array_equal(m.reshape(5, -1), (sn <= tau).astype(np.float32))
-    p = grid * grid
-    np.testing.assert_array_equal(m.sum(axis=(1, 2)), (p + 1) // 2)  # ⌊P/2⌋ replaced
-
-
-def test_median_mask_ties_replace_exactly_half():
-    # All equal, and a map with a block of ties straddling the median.
-    flat = np.zeros((2, 16), np.float32)
-    flat[1] = [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]
-    m = np.asarray(S.median_patch_mask(jnp.asarray(flat).reshape(2, 4, 4))).reshape(2, 16)
-    np.testing.assert_array_equal(m.sum(1), 8)
-    # Ties are broken by patch index: the lower-index tied patches stay original.
-    np.testing.assert_array_equal(m[0], [1] * 8 + [0] * 8)
-    np.testing.assert_array_equal(m[1], [1] * 8 + [0] * 8)
-    # The plain formula 1[S <= tau] would keep 10 of 16 here.
-    assert (flat[1] <= np.percentile(flat[1], 50)).sum() == 10
-
-
 def test_gaussian_kernel_normalised_and_separable_formula():
     g = np.asarray(S.gaussian_kernel1d(5))
     sigma = 5 / 3
@@ -72,84 +48,118 @@ def test_gaussian_kernel_normalised_and_separable_formula():
         S.gaussian_kernel1d(4)
 
 
-def test_upsample_nearest_blocks():
-    m = jnp.arange(6.0).reshape(1, 2, 3)
-    up = np.asarray(S.upsample_nearest(m, 4, 6))
-    np.testing.assert_array_equal(up[0], np.kron(np.arange(6.0).reshape(2, 3), np.ones((2, 2))))
-    up = np.asarray(S.upsample_nearest(jnp.arange(9.0).reshape(1, 3, 3), 7, 7))
-    assert up.shape == (1, 7, 7) and set(np.unique(up)) == set(range(9))
+def test_crop_geometry_follows_the_seed000_code_loop():
+    """gdl_term's ``extract_spatial_features``: n = max(1, (size − c)//s + 1) crops per axis at
+    ``min(i·s, size − c)``; 32-px crops at stride 16 of 256² give a 15 × 15 map."""
+    def ref(size, c, st):
+        n = max(1, (size - c) // st + 1)
+        return [min(i * st, size - c) for i in range(n)]
+
+    for size, c, st in ((256, 32, 16), (250, 32, 16), (32, 4, 2), (16, 2, 1), (32, 32, 16)):
+        assert S.crop_starts(size, c, st).tolist() == ref(size, c, st)
+    assert len(S.crop_starts(256, 32, 16)) == 15 and S.crop_starts(250, 32, 16)[-1] == 208
+    assert S.scaled_crop_geometry(256) == (32, 16)
+    assert S.scaled_crop_geometry(32) == (4, 2) and S.scaled_crop_geometry(16) == (2, 1)
 
 
-# A "constructed CLIP": the feature of a patch is its mean colour, and the class texts are the
-# colours themselves, so a patch matches its class text exactly when it has the class colour.
-RED = jnp.array([1.0, -1.0, -1.0])
-BLUE = jnp.array([-1.0, -1.0, 1.0])
-CLASS_TEXT = jnp.stack([RED, BLUE])  # [C=2, D=3]
-
-
-def colour_patch_features(images: jax.Array, grid: int = 4) -> jax.Array:
-    b, h, w, c = images.shape
-    x = images.reshape(b, grid, h // grid, grid, w // grid, c).mean(axis=(2, 4))
-    return x.reshape(b, grid * grid, c)
-
-
-@pytest.fixture(scope="module")
-def constructed_pair():
-    """Generated images whose class-coloured patches are known; a grey original."""
+def test_crop_similarity_map_equals_loop_over_crops():
     rng = np.random.default_rng(0)
-    labels = np.array([0, 1, 0])
-    match = np.zeros((3, 16), bool)
-    gen = np.zeros((3, 4, 4, 3), np.float32)
-    for b, y in enumerate(labels):
-        idx = rng.choice(16, 8, replace=False)  # exactly half of the patches match
-        match[b, idx] = True
-        cls, other = np.asarray(CLASS_TEXT[y]), np.asarray(CLASS_TEXT[1 - y])
-        gen[b] = np.where(match[b].reshape(4, 4, 1), cls, 0.2 * other)
-    generated = jnp.asarray(np.kron(gen, np.ones((1, 8, 8, 1), np.float32)))  # 32x32
-    original = jnp.full_like(generated, 0.5)
-    return original, generated, jnp.asarray(labels), match
+    img = rng.uniform(-1, 1, (2, 40, 40, 3)).astype(np.float32)
+    text = rng.normal(size=(3, 6)).astype(np.float32)
+    labels = np.array([2, 0])
+
+    def embed(x):  # any per-crop feature: mean colour and mean squared colour
+        return jnp.concatenate([x.mean(axis=(1, 2)), (x**2).mean(axis=(1, 2))], axis=-1)
+
+    got = np.asarray(S.crop_similarity_map(embed, jnp.asarray(img), jnp.asarray(text),
+                                           jnp.asarray(labels), crop=8, stride=4, chunk=50))
+    starts = [min(i * 4, 32) for i in range(9)]
+    want = np.zeros((2, 9, 9))
+    for b in range(2):
+        t = text[labels[b]]
+        for i, y in enumerate(starts):
+            for j, x in enumerate(starts):
+                c = img[b, y:y + 8, x:x + 8]
+                f = np.r_[c.mean((0, 1)), (c**2).mean((0, 1))]
+                want[b, i, j] = f @ t / (np.linalg.norm(f) * np.linalg.norm(t))
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_shb_takes_exactly_the_matching_patches(constructed_pair):
-    original, generated, labels, match = constructed_pair
-    # Before smoothing (k = 1): exactly the class-matching patches come from the generated
-    # image, everything else from the original, and exactly 50% of pixels are replaced.
-    out, mask = S.semantic_hybrid_fn(
-        colour_patch_features, original, generated, CLASS_TEXT, labels, kernel_size=1
-    )
-    from_gen = np.kron(match.reshape(3, 4, 4), np.ones((8, 8), bool))[..., None]
-    np.testing.assert_array_equal(np.asarray(mask), (~from_gen).astype(np.float32))
-    expect = np.where(from_gen, np.asarray(generated), np.asarray(original))
-    np.testing.assert_array_equal(np.asarray(out), expect)
-    np.testing.assert_array_equal((np.asarray(mask) == 0).mean(axis=(1, 2, 3)), 0.5)
+def _reference_shb_mask(s, size, q=50.0, k=5):
+    """The paper's mask from its definition: torch bilinear upsampling (align_corners=False),
+    M = 1[S <= P_q(S)] over the pixels, k × k Gaussian (σ = k/3) on a reflect-padded map."""
+    torch = pytest.importorskip("torch")
+    up = torch.nn.functional.interpolate(torch.tensor(s[:, None], dtype=torch.float64),
+                                         size=(size, size), mode="bilinear",
+                                         align_corners=False)[:, 0].numpy()
+    m = np.stack([(u <= np.percentile(u, q)).astype(np.float64) for u in up])
+    x = np.arange(k) - (k - 1) / 2
+    g = np.exp(-(x**2) / (2 * (k / 3) ** 2))
+    g2 = np.outer(g, g) / np.outer(g, g).sum()
+    r = k // 2
+    out = np.stack([signal.convolve2d(np.pad(mi, r, mode="reflect"), g2, mode="valid")
+                    for mi in m])
+    return up, m, out
 
 
-def test_shb_smoothed_mask_keeps_region_interiors(constructed_pair):
-    original, generated, labels, match = constructed_pair
-    out, mask = S.semantic_hybrid_fn(colour_patch_features, original, generated, CLASS_TEXT, labels)
-    mask = np.asarray(mask)[..., 0]
-    hard = 1.0 - np.kron(match.reshape(3, 4, 4), np.ones((8, 8)))
-    # The 5x5 kernel reaches 2 px: pixels at distance >= 2 from every internal block boundary
-    # are untouched, so the interiors of the chosen regions stay exact.
-    inner = np.zeros(32, bool)
-    for i in range(32):
-        inner[i] = min(abs(i + 0.5 - e) for e in (8, 16, 24)) >= 2.5
-    sel = inner[:, None] & inner[None, :]
-    np.testing.assert_allclose(mask[:, sel], hard[:, sel], atol=1e-6)
-    assert mask.min() >= 0 and mask.max() <= 1 + 1e-6
-    # Smoothing moves weight only across boundaries; the generated share stays near 50%.
-    np.testing.assert_allclose((1 - mask).mean(axis=(1, 2)), 0.5, atol=0.03)
-    o, g = np.asarray(original), np.asarray(generated)
-    np.testing.assert_allclose(out, mask[..., None] * o + (1 - mask[..., None]) * g, atol=1e-6)
+@pytest.mark.parametrize("grid,size", [(7, 32), (15, 256), (15, 32), (5, 16)])
+def test_shb_mask_equals_definition_on_real_geometries(grid, size):
+    """7 × 7 → 32 (ViT-B/32 tokens at 32²) and 15 × 15 → 256 (the code's crops at 256²): grids
+    that do not divide the image. Maps of 6-bit integers keep bilinear upsampling (weights
+    k/64 and k/512, 24 bits in all) exact in float32, so the threshold sees the same values
+    as the float64 reference."""
+    rng = np.random.default_rng(grid * size)
+    s = rng.integers(0, 64, (2, grid, grid)).astype(np.float32)
+    up_ref, m_ref, want = _reference_shb_mask(s, size)
+    up = np.asarray(S.upsample_bilinear(jnp.asarray(s), size, size))
+    np.testing.assert_array_equal(up, up_ref)
+    np.testing.assert_array_equal(np.asarray(S.percentile_mask(jnp.asarray(up))), m_ref)
+    got = np.asarray(S.shb_mask(jnp.asarray(s), size, size))[..., 0]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # Half of the pixels go to the original (up to ties at τ).
+    assert abs(m_ref.mean() - 0.5) < 0.05
 
 
-def test_shb_text_rows_or_class_matrix_agree(constructed_pair):
-    original, generated, labels, _ = constructed_pair
-    a = S.semantic_hybrid_fn(colour_patch_features, original, generated, CLASS_TEXT, labels)[0]
-    b = S.semantic_hybrid_fn(colour_patch_features, original, generated, CLASS_TEXT[labels])[0]
-    np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="class matrix"):
-        S.semantic_hybrid_fn(colour_patch_features, original, generated, CLASS_TEXT[0], labels)
+def test_shb_code_smoothing_equals_scipy_gaussian_filter():
+    """The seed 000 code's blur (``smoothing='code'``): scipy.ndimage.gaussian_filter with
+    σ = 5/3; ``binary`` re-thresholds at 0.5 as its ``use_binary_replace``."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    s = rng.integers(0, 1000, (2, 15, 15)).astype(np.float32)
+    _, m_ref, _ = _reference_shb_mask(s, 64)
+    want = np.stack([ndimage.gaussian_filter(m, sigma=5 / 3) for m in m_ref])
+    got = np.asarray(S.shb_mask(jnp.asarray(s), 64, 64, smoothing="code"))[..., 0]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    b = np.asarray(S.shb_mask(jnp.asarray(s), 64, 64, smoothing="code", binary=True))[..., 0]
+    np.testing.assert_array_equal(b, (want > 0.5).astype(np.float32))
+    m30 = np.asarray(S.shb_mask(jnp.asarray(s), 64, 64, percentile=30.0, kernel_size=1))
+    assert abs(m30.mean() - 0.3) < 0.02
+
+
+def test_shb_takes_original_where_similarity_is_low():
+    """Columns of rising similarity: the low (left) half comes from the original, the high
+    (right) half from the generated image; far from the seam the blend is exact."""
+    s = jnp.tile(jnp.arange(15.0)[None, None, :], (1, 15, 1))
+    o = jnp.ones((1, 256, 256, 3))
+    g = -jnp.ones((1, 256, 256, 3))
+    x, mask = S.semantic_hybrid(o, g, s)
+    x = np.asarray(x)
+    np.testing.assert_array_equal(x[0, :, :120], 1.0)
+    np.testing.assert_array_equal(x[0, :, 136:], -1.0)
+    assert abs(float(np.asarray(mask).mean()) - 0.5) < 0.02
+
+
+def test_mask_statistics_closed_form():
+    m = np.zeros((2, 4, 10))
+    m[0, :, :5] = 1.0
+    m[1, :, :3] = 1.0
+    m[1, :, 3] = 0.5  # one soft column of ten
+    st = S.mask_statistics(m)
+    assert st["original_share_mean"] == pytest.approx((0.5 + 0.35) / 2)
+    assert st["original_share_std"] == pytest.approx(0.075)
+    assert st["soft_share_mean"] == pytest.approx(0.05)
+    assert st["soft_share_std"] == pytest.approx(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -209,12 +219,21 @@ def test_shb_with_real_clip_features_replaces_half(tiny_clip):
     ids = jnp.array([[1, 5, 7, 2], [1, 9, 2, 0]])
     text = S.clip_text_embeddings(model, ids, jnp.array([[1, 1, 1, 1], [1, 1, 1, 0]]), params)
     assert text.shape == (2, 12)
+    labels = jnp.array([0, 1])
+    # Tokens: cosine of each patch token with its class text, in numpy.
     feature_fn = S.clip_patch_feature_fn(model, params)
-    out, mask = S.semantic_hybrid_fn(feature_fn, orig, gen, text, jnp.array([0, 1]), kernel_size=1)
+    s = np.asarray(S.token_similarity_map(feature_fn, gen, text, labels)).reshape(2, 16)
+    z, t = np.asarray(feature_fn(gen)), np.asarray(text)
+    ref = np.einsum("bpd,bd->bp", z, t) / (np.linalg.norm(z, axis=-1)
+                                           * np.linalg.norm(t, axis=-1)[:, None])
+    np.testing.assert_allclose(s, ref, atol=1e-5)
+    # Crops (the code's path): CLIP image embeddings of 4-px crops at stride 2 of 32² → 15².
+    embed = S.clip_image_embedding_fn(model, params)
+    sc = S.crop_similarity_map(embed, gen, text, labels, crop=4, stride=2)
+    assert sc.shape == (2, 15, 15)
+    crop00 = np.asarray(embed(gen[:, :4, :4]))
+    np.testing.assert_allclose(np.asarray(sc[:, 0, 0]), (crop00 * t).sum(-1) / (
+        np.linalg.norm(crop00, axis=-1) * np.linalg.norm(t, axis=-1)), atol=1e-5)
+    out, mask = S.semantic_hybrid(orig, gen, sc, kernel_size=1)
     mask = np.asarray(mask)[..., 0]
-    np.testing.assert_array_equal((mask == 0).mean(axis=(1, 2)), 0.5)
-    # The replaced patches are those with above-median similarity to the class text.
-    s = np.asarray(S.cosine_map(feature_fn(gen), text)).reshape(2, 16)
-    gen_patch = mask[:, ::8, ::8].reshape(2, 16) == 0
-    for b in range(2):
-        assert s[b][gen_patch[b]].min() > s[b][~gen_patch[b]].max()
+    np.testing.assert_allclose((mask == 0).mean(axis=(1, 2)), 0.5, atol=0.01)

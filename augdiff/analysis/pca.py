@@ -193,3 +193,56 @@ def plot_embedding_pca(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
     return result
+
+
+def project_on_originals(
+    embeddings: Mapping[str, np.ndarray], fit_on: str = "original", n_components: int = 2,
+) -> tuple[PCAResult, dict[str, np.ndarray]]:
+    """Seed 000 Fig. 3's projection: PCA fitted on the ORIGINALS' embeddings alone (the
+    seed 000 code fits ``PCA(2)`` on the original set and transforms every other set with
+    it), raw embeddings (no normalisation). Returns ``(pca, {set: coords [N_s, k]})``."""
+    if fit_on not in embeddings:
+        raise ValueError(f"project_on_originals: no set {fit_on!r} among {list(embeddings)}")
+    pca = fit_pca(np.asarray(embeddings[fit_on], np.float64), n_components)
+    return pca, {k: pca.transform(v) for k, v in embeddings.items()}
+
+
+def spread(coords: np.ndarray) -> float:
+    """Total variance of a set of points (trace of its covariance, ``ddof = 1``)."""
+    c = np.asarray(coords, np.float64)
+    return float(np.trace(np.atleast_2d(np.cov(c.T)))) if len(c) > 1 else 0.0
+
+
+def plot_panels(
+    panels: Sequence[tuple[str, Mapping[str, np.ndarray]]], path: str | os.PathLike[str],
+    *, pca: PCAResult | None = None, ncols: int = 2, dpi: int = 110,
+) -> str:
+    """Scatter panels of 2-D coordinates (``[(title, {label: coords [N, 2]})]``) on one PNG
+    (Agg canvas, no pyplot state). Labels are coloured in order; ``original`` is grey."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(5.2 * ncols, 4.4 * nrows))
+    FigureCanvasAgg(fig)
+    cmap = colormaps["tab10"]
+    for i, (title, sets) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        for j, (label, xy) in enumerate(sets.items()):
+            xy = np.asarray(xy)
+            grey = label.lower().startswith("original")
+            ax.scatter(xy[:, 0], xy[:, 1], s=9, alpha=0.55, edgecolors="none",
+                       color="0.6" if grey else cmap(j % 10), label=label,
+                       marker=_MARKERS[j % len(_MARKERS)])
+        ax.set_title(title, fontsize=9)
+        if pca is not None:
+            r = pca.explained_variance_ratio
+            ax.set_xlabel(f"PC1 of originals ({100 * r[0]:.1f}%)", fontsize=8)
+            ax.set_ylabel(f"PC2 of originals ({100 * r[1]:.1f}%)", fontsize=8)
+        ax.legend(fontsize=6, markerscale=1.3, loc="best", frameon=False)
+    fig.tight_layout()
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path

@@ -49,9 +49,11 @@ def sdedit(denoiser: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array,
 
 def load_edm(workdir: str) -> dict[str, Any]:
     """The EMA parameters and model of the latest checkpoint of an ``augdiff train-diffusion``
-    workdir: ``dict(net_apply, params, config, edm, num_classes, class_conditional, size,
-    step, checkpoint)``. Errors name a missing workdir or checkpoint."""
-    from augdiff.edm import train as edm_train
+    workdir or an exported generator (e.g. the shipped ``augdiff/assets/generator_cifar10``):
+    ``dict(net_apply, params, config, edm, num_classes, class_conditional, size, step,
+    checkpoint)``, restored through :func:`augdiff.edm.model.load_model` (the one restore
+    path). Errors name a missing workdir or checkpoint."""
+    from augdiff.edm import model as edm_model
     from augdiff.train.checkpoint import Checkpointer
 
     ckdir = os.path.join(workdir, "checkpoints")
@@ -59,27 +61,24 @@ def load_edm(workdir: str) -> dict[str, Any]:
         raise FileNotFoundError(f"no EDM checkpoints in {workdir!r} (expected {ckdir}): run "
                                 "`augdiff train-diffusion` with that workdir first")
     ckpt = Checkpointer(ckdir)
-    step = ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {ckdir}")
-    extras = edm_train.checkpoint_extras(ckpt, step)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckdir}")
+        extras = edm_model.checkpoint_extras(ckpt, step)
+    finally:
+        ckpt.close()
     config = ml_collections.ConfigDict(extras["config"])
     if str(config.mode) == "casd":
         raise ConfigError("the EDM edit generator needs a dm/sda model, not casd")
-    num_classes = int(extras["num_classes"])
-    cfg = edm_train.StepConfig.from_config(config, num_classes=num_classes)
-    model = edm_train.build_model(config, num_classes=num_classes, precision="float32")
-    optimizer = edm_train.make_optimizer(config)
+    config.workdir = workdir
+    loaded = edm_model.load_model(config, step=step)
+    num_classes = loaded.num_classes
     size, ch = int(config.data.image_size), int(config.data.channels)
-    abstract = jax.eval_shape(
-        lambda k: edm_train.init_state(k, model, optimizer, (1, size, size, ch), cfg),
-        jax.random.PRNGKey(0))
-    state, _, path = edm_train.restore_checkpoint(ckpt, abstract, step)
-    ckpt.close()
-    return dict(net_apply=edm_train.make_net_apply(model), params=state.ema, config=config,
-                edm=edm_train.edm_config(config), num_classes=num_classes,
-                class_conditional=bool(cfg.class_conditional), size=size, channels=ch,
-                step=int(step), checkpoint=path)
+    return dict(net_apply=edm_model.make_net_apply(loaded.model), params=loaded.params,
+                config=config, edm=edm_model.edm_config(config), num_classes=num_classes,
+                class_conditional=bool(config.model.class_conditional), size=size, channels=ch,
+                step=int(loaded.step), checkpoint=loaded.path)
 
 
 def make_edit_fn(loaded: dict[str, Any], *, sigma_start: float,

@@ -39,11 +39,12 @@ models); hybrids add the pair id, the variant, ``λ`` and ``weight`` (and the CL
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -342,31 +343,15 @@ def hybrid_spec(cfg: Any) -> tuple[hybrids.DiffuseMixSpec, bool]:
     return hybrids.spec_from_config(d), is_semantic
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "kernel_size"))
-def semantic_diffusemix(
-    key: jax.Array,
-    original: jax.Array,
-    generated: jax.Array,
-    pair_ids: jax.Array,
-    patch_emb: jax.Array,
-    text_emb: jax.Array,
-    labels: jax.Array,
-    fractals: jax.Array | None = None,
-    *,
+@functools.partial(jax.jit, static_argnames=("spec",))
+def fractal_finish(
+    key: jax.Array, x: jax.Array, pair_ids: jax.Array, fractals: jax.Array | None = None, *,
     spec: hybrids.DiffuseMixSpec,
-    kernel_size: int = 5,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """SHB (seed 000 §3.3) followed by DiffuseMix's fractal blending when ``spec.fractal``:
-
-        I = M ⊙ I_org + (1 − M) ⊙ I_gen      (M from CLIP, :func:`semantic.semantic_hybrid`)
-        C = (1 − λ) I + λ F                   (λ and F from the pair key, offline policy)
-
-    Returns ``(images, weights, lam)`` ([B] each; ``lam`` is 0 without fractal blending).
-    """
-    x, _ = semantic.semantic_hybrid(
-        original, generated, patch_emb, text_emb, labels, kernel_size=kernel_size
-    )
-    b, h, w, _ = original.shape
+    """DiffuseMix's fractal step on finished hybrids ``x`` [B, h, w, C] (the SHB rows):
+    ``C = (1 − λ) x + λ F`` with λ and F from the pair key (offline policy) when
+    ``spec.fractal``. Returns ``(images, weights, lam)`` ([B] each; ``lam`` = 0 without)."""
+    b, h, w, _ = x.shape
     if not spec.fractal:
         return x, jnp.ones((b,), jnp.float32), jnp.zeros((b,), jnp.float32)
     if fractals is None:
@@ -375,6 +360,15 @@ def semantic_diffusemix(
     lam = hybrids.draw_lambda(keys, spec.lam)
     x = hybrids.fractal_blend(x, hybrids.pick_fractals(keys, fractals, h, w).astype(x.dtype), lam)
     return x, hybrids.label_weights(lam, spec.label_scaling), lam
+
+
+def shb_settings(shb: Any) -> dict[str, Any]:
+    """The mask settings of ``config.diffusemix.shb`` for :func:`semantic.semantic_hybrid`."""
+    smoothing = str(shb.get("smoothing", "paper"))
+    semantic.smoothing_geometry(smoothing, int(shb.kernel_size))  # validates
+    return dict(percentile=float(shb.get("percentile", 50.0)),
+                kernel_size=int(shb.kernel_size), smoothing=smoothing,
+                binary=bool(shb.get("binary", False)))
 
 
 def write_semantic_hybrids(
@@ -386,38 +380,43 @@ def write_semantic_hybrids(
     *,
     key: jax.Array,
     spec: hybrids.DiffuseMixSpec,
-    feature_fn: semantic.FeatureFn,
-    text_emb: jax.Array,
+    similarity_fn: Callable[[jax.Array, jax.Array], jax.Array],
     clip_label: str,
+    size: int,
     fractals: jax.Array | None = None,
-    kernel_size: int = 5,
+    settings: Mapping[str, Any] | None = None,
     batch_size: int = 64,
     source: int = HYBRID_SOURCE,
     provenance: Sequence[Mapping[str, Any]] | None = None,
 ) -> int:
-    """Offline SHB hybrids of uint8 pairs through a ``StoreWriter`` (keys ``hybrid-<pair_id>``,
-    already-stored keys skipped). ``feature_fn(generated in [-1, 1]) -> [B, P, D]`` gives the
-    CLIP patch tokens, ``text_emb`` [C, D] the class texts. Returns the number added."""
+    """Offline SHB hybrids through a ``StoreWriter`` (keys ``hybrid-<pair_id>``, stored keys
+    skipped), at the EDIT's resolution: ``generated`` uint8 [N, R, R, C] are the edits at the
+    resolution they were made at and ``original`` the real images (resized to R² bicubically,
+    as the editor's input was); SHB blends at R² (``similarity_fn(generated in [-1, 1],
+    labels) -> [B, g, g]``, :func:`semantic.semantic_hybrid`), the blend is resized to
+    ``size``² (:func:`to_store_uint8`) and DiffuseMix's fractal step follows at ``size``²
+    (:func:`fractal_finish`). Returns the number added."""
+    settings = dict(settings or {})
     n = len(original)
+    res = int(generated.shape[1])
     pair_ids = np.asarray(pair_ids, np.int64)
     todo = [i for i in range(n) if f"hybrid-{pair_ids[i]}" not in writer.completed_keys]
-    variant = {"mask": "semantic", "kernel_size": kernel_size, "fractal": spec.fractal,
+    variant = {"mask": "semantic", "resolution": res, **settings, "fractal": spec.fractal,
                "lam": spec.lam, "label_scaling": spec.label_scaling, "clip": clip_label}
     added = 0
     for start in range(0, len(todo), batch_size):
         rows = np.asarray(todo[start : start + batch_size])
-        batch, m = distributed.pad_to_multiple(
-            (original[rows], generated[rows], pair_ids[rows].astype(np.int32),
-             np.asarray(labels)[rows].astype(np.int32)),
-            batch_size,
-        )
-        o, g, ids, lab = (hybrids.to_float(batch[0]), hybrids.to_float(batch[1]),
-                          jnp.asarray(batch[2]), jnp.asarray(batch[3]))
-        x, w, lam = semantic_diffusemix(
-            key, o, g, ids, feature_fn(g), text_emb, lab, fractals, spec=spec,
-            kernel_size=kernel_size,
-        )
-        images = hybrids.to_uint8(distributed.unpad(x, m))
+        m = len(rows)
+        o = hybrids.to_float(resize_uint8(original[rows], res))
+        g = hybrids.to_float(generated[rows])
+        lab = jnp.asarray(np.asarray(labels)[rows].astype(np.int32))
+        x, _ = semantic.semantic_hybrid(o, g, similarity_fn(g, lab), **settings)
+        h = to_store_uint8((np.asarray(x) + 1.0) / 2.0, int(size))
+        (h_p, ids_p), _ = distributed.pad_to_multiple(
+            (h, pair_ids[rows].astype(np.int32)), batch_size)
+        y, w, lam = fractal_finish(key, hybrids.to_float(h_p), jnp.asarray(ids_p), fractals,
+                                   spec=spec)
+        images = hybrids.to_uint8(distributed.unpad(y, m))
         weights, lams = np.asarray(w)[:m], np.asarray(lam)[:m]
         for j, i in enumerate(rows):
             prov = dict(provenance[i]) if provenance is not None else {}
@@ -426,6 +425,42 @@ def write_semantic_hybrids(
                 prov["lam"] = float(lams[j])
             added += writer.add(f"hybrid-{pair_ids[i]}", images[j], int(labels[i]), source, prov)
     return added
+
+
+def shb_similarity_fn(
+    shb: Any, clip_model: Any, clip_params: Any, text_emb: jax.Array, resolution: int
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``fn(generated [B, R, R, C] in [-1, 1], labels [B]) -> S`` for ``shb.features``:
+    ``crops`` (the seed 000 code: CLIP image embeddings of ``shb.crop``-px crops at stride
+    ``shb.stride`` at 256², scaled to the edit resolution R) or ``tokens`` (CLIP patch
+    tokens)."""
+    features = str(shb.get("features", "crops"))
+    if features == "crops":
+        crop, stride = semantic.scaled_crop_geometry(
+            resolution, int(shb.get("crop", semantic.CROP_256)),
+            int(shb.get("stride", semantic.STRIDE_256)))
+        embed = semantic.clip_image_embedding_fn(clip_model, clip_params)
+        return lambda g, lab: semantic.crop_similarity_map(embed, g, text_emb, lab, crop=crop,
+                                                           stride=stride)
+    if features == "tokens":
+        feats = semantic.clip_patch_feature_fn(clip_model, clip_params)
+        return lambda g, lab: semantic.token_similarity_map(feats, g, text_emb, lab)
+    raise ValueError(f"diffusemix.shb.features must be 'crops' or 'tokens', got {features!r}")
+
+
+def full_edits_dir(edits_dir: str) -> str:
+    """Where the edits at their own resolution live beside ``edits_dir`` (``edits_full``)."""
+    return os.path.join(os.path.dirname(os.path.abspath(edits_dir)), "edits_full")
+
+
+def keeps_full_edits(config: Any) -> bool:
+    """Whether the edit stage also stores every edit at the resolution it was made at
+    (``diffusemix.keep_full_edits``, on by itself for SHB when that resolution exceeds
+    ``data.image_size``: SHB blends at the edit's resolution)."""
+    dm = config.diffusemix
+    return bool(dm.get("keep_full_edits", False)) or (
+        str(dm.hybrid.get("mask", "")) == "semantic"
+        and int(dm.resolution) > int(config.data.image_size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,6 +614,12 @@ def store_dirs(config: Any) -> tuple[str, str]:
     return os.path.join(root, "edits"), os.path.join(root, "hybrids")
 
 
+def needs_edits(config: Any) -> bool:
+    """Whether the variant uses generated images: every mask but ``original`` (Table 1's
+    Fractal rows, ``C = (1 − λ) I + λ F``), which runs no edit stage."""
+    return str(config.diffusemix.hybrid.get("mask", "concat")) != "original"
+
+
 def writes_hybrids(config: Any) -> bool:
     """Whether generation writes offline hybrids (``diffusemix.write_hybrids`` and an offline
     policy); otherwise classifiers train on the edits (raw, or online hybrids)."""
@@ -618,8 +659,17 @@ def _generate_edits(
     counts = dict.fromkeys(FILTER_REASONS, 0)
     written = 0
     shard_size = int(dm.get("shard_size", 256))
-    with StoreWriter(edits_dir, method="diffusemix", config=manifest,
-                     shard_size=shard_size) as writer:
+    res = settings["resolution"]
+    keep_full = keeps_full_edits(config) and res > size
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(StoreWriter(edits_dir, method="diffusemix",
+                                                 config=manifest, shard_size=shard_size))
+        # The same edits at the resolution they were made at (SHB blends there); written
+        # first, committed at the same shard boundaries as the edits store.
+        full_writer = stack.enter_context(StoreWriter(
+            full_edits_dir(edits_dir), method="diffusemix", config=dict(manifest,
+                                                                         image_size=res),
+            shard_size=shard_size)) if keep_full else None
         filtered = _FilterLog(edits_dir, writer.process_index)
         for batch in pending_batches(writer, mine, bs, desc="diffusemix edits", skip=filtered):
             parents = np.stack([real[it["parent"]]["image"] for it in batch])
@@ -656,15 +706,20 @@ def _generate_edits(
                     model=model,
                 )
                 label = int(real.labels[it["parent"]])
+                if full_writer is not None:
+                    full_writer.add(it["key"], to_store_uint8(img[None], res)[0], label,
+                                    EDIT_SOURCE, prov)
                 written += writer.add(it["key"], to_store_uint8(img[None], size)[0], label,
                                       EDIT_SOURCE, prov)
             if writer.num_written != before:  # a shard (and its counters) was committed
                 filtered.commit()
+        if full_writer is not None:
+            full_writer.flush()
         writer.flush()
         filtered.commit()
     return dict(planned=len(plan), this_process=len(mine), written=written,
                 filtered_black=counts["black"], filtered_nonfinite=counts["nonfinite"],
-                model=model)
+                model=model, full_resolution=bool(keep_full))
 
 
 EDITORS = ("ip2p", "edm")
@@ -765,7 +820,7 @@ def _generate_edits_edm(
 
 def _generate_hybrids(
     config: Any, real: Any, edits_dir: str, hybrids_dir: str, hybrid_key: jax.Array,
-    fractal_key: jax.Array, progress: bool,
+    fractal_key: jax.Array, progress: bool, num_prompts: int = 1,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -773,28 +828,48 @@ def _generate_hybrids(
 
     dm = config.diffusemix
     spec, is_semantic = hybrid_spec(dm.hybrid)
-    edits = SyntheticStore(edits_dir)
-    rows = np.arange(len(edits))[distributed.process_slice(len(edits))]
+    if edits_dir:
+        edits = SyntheticStore(edits_dir)
+        n_items = len(edits)
+    else:  # mask 'original': one hybrid per planned edit, made from the real image alone
+        edits = None
+        n_real = len(real) if not int(dm.max_images) else min(len(real), int(dm.max_images))
+        plan = plan_edits(n_real, num_prompts)
+        n_items = len(plan)
+    rows = np.arange(n_items)[distributed.process_slice(n_items)]
     size = int(config.data.image_size)
     bank = fractal_bank_from_config(dm, fractal_key, size) if spec.fractal else None
     variant = {f: getattr(spec, f) for f in _SPEC_FIELDS}
-    manifest = dict(edits=os.path.abspath(edits_dir), hybrid=variant,
+    manifest = dict(edits=os.path.abspath(edits_dir) if edits_dir else "", hybrid=variant,
                     mask="semantic" if is_semantic else spec.mask,
                     num_classes=real.num_classes, class_names=list(real.class_names),
                     seed=_generation_seed(config))
     clip = None
+    full = None
     if is_semantic:
         shb = dm.shb
+        res = int(edits.manifest.get("config", {}).get("resolution", size) or size)
+        if res > size:  # SHB blends at the edit's resolution: read the full-resolution edits
+            full_dir = full_edits_dir(edits_dir)
+            try:
+                full = SyntheticStore(full_dir)
+            except Exception as e:
+                raise ValueError(
+                    f"SHB blends at the edit's resolution ({res}²) but {full_dir} holds no "
+                    "full-resolution edits: regenerate the edits with "
+                    "diffusemix.keep_full_edits=True") from e
+            full_rows = {k: i for i, k in enumerate(full.keys)}
+        else:
+            res = size
         clip_model, clip_params, tok, clip_label = load_clip(shb, config.workdir,
                                                              _generation_seed(config))
-        clip = dict(
-            feature_fn=semantic.clip_patch_feature_fn(clip_model, clip_params),
-            text_emb=class_text_embeddings(clip_model, clip_params, tok, real.class_names,
-                                           str(shb.template)),
-            clip_label=clip_label,
-            kernel_size=int(shb.kernel_size),
-        )
-        manifest["clip"] = clip_label
+        text_emb = class_text_embeddings(clip_model, clip_params, tok, real.class_names,
+                                         str(shb.template))
+        settings = shb_settings(shb)
+        clip = dict(similarity_fn=shb_similarity_fn(shb, clip_model, clip_params, text_emb, res),
+                    clip_label=clip_label, settings=settings, size=size)
+        manifest.update(clip=clip_label, shb=dict(settings, resolution=res,
+                                                  features=str(shb.get("features", "crops"))))
     bs, chunk = int(dm.hybrid_batch_size), max(int(dm.hybrid_batch_size) * 8, 1)
     added = 0
     with StoreWriter(hybrids_dir, method="diffusemix-hybrid", config=manifest,
@@ -802,20 +877,34 @@ def _generate_hybrids(
         for start in tqdm(range(0, len(rows), chunk), desc="diffusemix hybrids",
                           disable=not progress):
             part = rows[start : start + chunk]
-            provs = [edits.provenance(int(r)) for r in part]
+            if edits is not None:
+                provs = [edits.provenance(int(r)) for r in part]
+            else:
+                provs = [dict(plan[int(r)], parent_name=real.name_of(plan[int(r)]["parent"]),
+                              key=None, seed=_generation_seed(config)) for r in part]
             keep = [k for k, p in enumerate(provs)
                     if f"hybrid-{int(p['example'])}" not in writer.completed_keys]
             if not keep:
                 continue
             part, provs = part[keep], [provs[k] for k in keep]
-            recs = [edits[int(r)] for r in part]
-            generated = np.stack([r["image"] for r in recs])
             original = np.stack([real[int(p["parent"])]["image"] for p in provs])
-            labels = np.asarray([int(r["label"]) for r in recs])
+            if edits is not None:
+                recs = [edits[int(r)] for r in part]
+                generated = np.stack([r["image"] for r in recs])
+                labels = np.asarray([int(r["label"]) for r in recs])
+            else:  # M = 1: the generated half is never used
+                generated = original
+                labels = np.asarray([int(real.labels[int(p["parent"])]) for p in provs])
             ids = np.asarray([int(p["example"]) for p in provs])
             prov = [dict(parent=int(p["parent"]), parent_name=p.get("parent_name"),
                          prompt=p.get("prompt"), edit_key=p["key"], seed=p.get("seed"))
                     for p in provs]
+            if full is not None:
+                missing = [p["key"] for p in provs if p["key"] not in full_rows]
+                if missing:
+                    raise ValueError(f"{full_edits_dir(edits_dir)}: no full-resolution edit "
+                                     f"for {missing[:3]} (regenerate the edits)")
+                generated = np.stack([full[full_rows[p["key"]]]["image"] for p in provs])
             if clip is not None:
                 added += write_semantic_hybrids(
                     writer, original, generated, labels, ids, key=hybrid_key, spec=spec,
@@ -849,19 +938,30 @@ def generate(config: Any) -> dict[str, Any]:
     real = open_real_source(config.data, config.data.get("train_split", "train"))
     edits_dir, hybrids_dir = store_dirs(config)
     progress = jax.process_index() == 0 and bool(config.get("progress", True))
-    summary: dict[str, Any] = {
-        "store": edits_dir,
-        "edits": edits_dir,
-        "prompts": list(prompts),
-        "edits_summary": (_generate_edits if editor == "ip2p" else _generate_edits_edm)(
-            config, real, prompts, edits_dir, edit_key, progress),
-    }
-    _sync(f"augdiff diffusemix edits {edits_dir}")
+    adopted = str(dm.get("edits_store", "") or "")
+    summary: dict[str, Any] = {"prompts": list(prompts)}
+    if not needs_edits(config):
+        # Fractal rows (mask 'original'): C = (1 − λ) I + λ F has no generated content, so no
+        # edit is made; the hybrids are planned from the real images alone.
+        edits_dir = ""
+        summary["edits_summary"] = {"skipped": "mask 'original' uses no edits"}
+    elif adopted:
+        from augdiff.data.store import SyntheticStore
+
+        SyntheticStore(adopted)  # a one-line StoreError when it is not a complete store
+        edits_dir = adopted
+        summary["edits_summary"] = {"adopted": os.path.abspath(adopted)}
+    else:
+        summary["edits_summary"] = (_generate_edits if editor == "ip2p" else
+                                    _generate_edits_edm)(config, real, prompts, edits_dir,
+                                                         edit_key, progress)
+        _sync(f"augdiff diffusemix edits {edits_dir}")
+    summary.update(store=edits_dir, edits=edits_dir)
     if writes_hybrids(config):
         summary["hybrids"] = hybrids_dir
         summary["hybrids_summary"] = _generate_hybrids(
-            config, real, edits_dir, hybrids_dir, hybrid_key, fractal_key, progress
-        )
+            config, real, edits_dir, hybrids_dir, hybrid_key, fractal_key, progress,
+            num_prompts=len(prompts))
         summary["store"] = hybrids_dir
         _sync(f"augdiff diffusemix hybrids {hybrids_dir}")
     return summary
@@ -884,7 +984,11 @@ __all__ = [
     "plan_edits",
     "resolve_prompts",
     "run_keys",
-    "semantic_diffusemix",
+    "fractal_finish",
+    "full_edits_dir",
+    "keeps_full_edits",
+    "shb_settings",
+    "shb_similarity_fn",
     "store_dirs",
     "to_store_uint8",
     "write_semantic_hybrids",
