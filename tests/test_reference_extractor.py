@@ -37,19 +37,106 @@ def _folder(root, per_class=8, size=8):
                 Image.fromarray(img.astype(np.uint8)).save(d / f"{i}.png")
 
 
-@pytest.fixture()
-def setup(tmp_path, repo_root):
+def _make(tmp_path, repo_root):
     _folder(tmp_path / "data")
     spec = tmp_path / "ref_cfg.py"
     spec.write_text(CONFIG.format(classify=str(repo_root / "configs/classify_cifar10.py")))
     ex = ml_collections.ConfigDict({"name": "reference", "reference": str(spec),
                                     "reference_epochs": 0, "cache_dir": str(tmp_path / "cache"),
-                                    "batch_size": 8})
+                                    "batch_size": 8, "texture": True})
     data = ml_collections.ConfigDict({"path": str(tmp_path / "data"), "tfds_name": "",
                                       "image_size": 8, "channels": 3, "skip_corrupt": False,
                                       "per_class": 2, "imbalance_factor": 1.0,
                                       "train_split": "train", "test_split": "test"})
     return tmp_path, ex, data
+
+
+@pytest.fixture()
+def setup(tmp_path, repo_root):
+    return _make(tmp_path, repo_root)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, repo_root):
+    """A reference classifier trained once for the tests below (cache in tmp)."""
+    from augdiff.metrics import reference as R
+
+    tmp_path, ex, data = _make(tmp_path_factory.mktemp("ref"), repo_root)
+    rec = R.ensure_reference(ex, data, log=lambda m: None)
+    return tmp_path, ex, data, rec
+
+
+def _numpy_texture(images, seed=0, num=32):
+    """τ(x) written from its definition: filters N(0, 1) / sqrt(9 C) from numpy's PCG64,
+    zero-padded 3x3 correlation of the [-1, 1] image, spatial std per filter."""
+    x = images.astype(np.float64) / 127.5 - 1.0
+    b, h, w, c = x.shape
+    filt = np.random.default_rng(seed).standard_normal((3, 3, c, num)) / np.sqrt(9.0 * c)
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = np.zeros((b, h, w, num))
+    for dy in range(3):
+        for dx in range(3):
+            y += np.einsum("bhwc,cn->bhwn", xp[:, dy:dy + h, dx:dx + w], filt[dy, dx])
+    return y.std(axis=(1, 2))
+
+
+def _train_images(root):
+    paths = sorted((root / "data" / "train").rglob("*.png"))
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def test_texture_block_follows_its_definition(trained):
+    from augdiff.metrics.features import get_extractor
+
+    tmp_path, ex, data, rec = trained
+    plain = get_extractor(ml_collections.ConfigDict({**ex.to_dict(), "texture": False}),
+                          data=data)
+    both = get_extractor(ex, data=data)
+    assert both.dim == plain.dim + 32 and "texture" in both.name
+    train = _train_images(tmp_path)  # 16 images < 1,000: all of them set the scales
+    probe = np.random.default_rng(5).integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
+    got = both(probe)
+
+    def total_std(f):  # sqrt(trace of the covariance, ddof = 1)
+        f = np.asarray(f, np.float64)
+        return np.sqrt(((f - f.mean(0)) ** 2).sum() / (len(f) - 1))
+
+    np.testing.assert_allclose(got[:, :plain.dim], plain(probe) / total_std(plain(train)),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[:, plain.dim:],
+                               _numpy_texture(probe) / total_std(_numpy_texture(train)),
+                               rtol=1e-3, atol=1e-4)
+    np.testing.assert_array_equal(both.classify(probe), plain.classify(probe))
+
+
+def test_shipped_copy_is_found_before_training(trained, tmp_path, monkeypatch):
+    """export_reference → the package-data layout → found with an empty cache, loaded through
+    the same restore path, same features, no training."""
+    from augdiff.metrics import reference as R
+    from augdiff.metrics.features import get_extractor
+
+    root, ex, data, rec = trained
+    before = get_extractor(ex, data=data)
+    assets = tmp_path / "assets"
+    out = R.export_reference(rec["workdir"], str(assets))
+    assert out.endswith(rec["key"]) and (assets / "reference_classifiers" / rec["key"] /
+                                          "reference.json").exists()
+    import augdiff.train.classifier as C
+
+    def boom(*a, **k):
+        raise AssertionError("the shipped reference classifier was trained again")
+
+    monkeypatch.setattr(C, "train_and_evaluate", boom)
+    monkeypatch.setattr(R, "SHIPPED", str(assets))
+    empty = ml_collections.ConfigDict({**ex.to_dict(), "cache_dir": str(tmp_path / "empty")})
+    found = R.ensure_reference(empty, data, log=lambda m: None)
+    assert found["workdir"] == out
+    after = get_extractor(empty, data=data)
+    probe = np.random.default_rng(1).integers(0, 256, (5, 8, 8, 3)).astype(np.uint8)
+    np.testing.assert_allclose(after(probe), before(probe), rtol=1e-6)
+    state = assets / "reference_classifiers" / rec["key"] / "checkpoints"
+    assert not any("opt_state" in p.read_text(errors="ignore")
+                   for p in state.rglob("_METADATA"))  # parameters + BN statistics only
 
 
 def test_trained_once_on_the_full_split_then_reused(setup, monkeypatch):
