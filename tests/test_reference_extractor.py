@@ -188,3 +188,33 @@ def test_data_identity_of_a_zip_ignores_location(tmp_path):
         zf.writestr("train/x/0.png", b"abd")
     assert data_identity({"path": str(tmp_path / "c.zip")}) != ida
     assert json.dumps(ida)  # JSON-serialisable (it is hashed into the key)
+
+
+def test_shipped_cifar10_reference_is_used_by_the_quickstart(cifar_zip, repo_root, tmp_path,
+                                                             monkeypatch):
+    """The quickstart's extractor config on the real zip finds the copy in
+    ``augdiff/assets`` with an empty cache (no training) and it has learned CIFAR-10."""
+    import augdiff.train.classifier as C
+    from augdiff.config import load_config
+    from augdiff.data.sources import open_real_source
+    from augdiff.metrics import reference as R
+    from augdiff.metrics.evaluate import load_images, select_rows
+    from augdiff.runner import load_spec
+
+    def boom(*a, **k):
+        raise AssertionError("the shipped reference classifier was trained again")
+
+    monkeypatch.setattr(C, "train_and_evaluate", boom)
+    monkeypatch.setenv("AUGDIFF_CACHE", str(tmp_path / "empty"))
+    qs = load_config(str(repo_root / "configs/quickstart.py"))
+    qs.data.path = str(cifar_zip)
+    ex = load_spec(qs.evaluate.config).extractor
+    ex.texture = False
+    rec = R.ensure_reference(ex, qs.data, log=lambda m: None)
+    shipped = repo_root / "augdiff/assets/reference_classifiers" / rec["key"]
+    assert rec["workdir"] == str(shipped) and rec["num_train"] == 50000
+    extractor = R.reference_extractor(ex, qs.data)
+    test = open_real_source(qs.data, "test", subset=False)
+    images, labels = load_images(test, select_rows(np.asarray(test.labels), None, 300, 0))
+    acc = float(np.mean(extractor.classify(images) == labels))
+    assert acc > 0.35, acc  # recorded: 49.9 % on the full test split; chance is 10 %
