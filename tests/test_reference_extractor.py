@@ -58,12 +58,27 @@ def setup(tmp_path, repo_root):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, repo_root):
-    """A reference classifier trained once for the tests below (cache in tmp)."""
+    """A reference run in the cache without training: a randomly initialised classifier saved
+    where :func:`ensure_reference` looks (its weights do not matter to the tests below)."""
+    import jax
+    import jax.numpy as jnp
+
     from augdiff.metrics import reference as R
+    from augdiff.models.classifiers import get_classifier
+    from augdiff.train.checkpoint import Checkpointer
 
     tmp_path, ex, data = _make(tmp_path_factory.mktemp("ref"), repo_root)
-    rec = R.ensure_reference(ex, data, log=lambda m: None)
-    return tmp_path, ex, data, rec
+    key = R.reference_key(R.reference_config(ex, data))
+    run = tmp_path / "cache" / "reference_classifiers" / key
+    model = get_classifier("preact_resnet_tiny", 2, width=8, stem="cifar")
+    v = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3)), train=False))(
+        jax.random.key(3))
+    with Checkpointer(run / "checkpoints", max_to_keep=None) as ck:
+        ck.save(1, {"params": v["params"], "batch_stats": v["batch_stats"]}, {})
+    rec = {"key": key, "model": "preact_resnet_tiny", "width": 8, "stem": "cifar",
+           "image_size": 8, "num_classes": 2, "num_train": 16, "test_top1": 0.5, "epochs": 1}
+    (run / "reference.json").write_text(json.dumps(rec))
+    return tmp_path, ex, data, R.ensure_reference(ex, data, log=lambda m: None)
 
 
 def _numpy_texture(images, seed=0, num=32):
