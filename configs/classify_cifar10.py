@@ -96,6 +96,7 @@ def base_config(num_classes_hint: int = 10) -> ml_collections.ConfigDict:
     c.steps_per_epoch = 0  # 0 = len(train) // batch_size
     c.eval_batch_size = 1000
     c.eval_cache = True  # keep the decoded test split in memory between evaluations
+    c.eval_every_epochs = 1  # test-split evaluation every N epochs and after the last (0 = last)
     c.checkpoint_every_steps = 0  # 0 = once per epoch only
     c.keep_checkpoints = 2
     c.log_every_steps = 50

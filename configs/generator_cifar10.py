@@ -54,6 +54,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Trained before EDM's augmentation pipe existed in augdiff: no pipe (p = 0), no augment
     # labels; the shipped checkpoint records the same.
     c.augment.p = 0.0
+    # Trained with the loss averaged over pixels (the reduction of augdiff before EDM's sum
+    # over pixels became the default); with Adam the two differ only by a constant factor in
+    # the gradients, but a resumed run must keep the one its optimiser state was built with.
+    c.train.loss_reduction = "mean"
     c.train.batch_size = 128
     c.train.lr = 2e-3
     # The shipped generator was trained on the per-pixel mean of the EDM loss (it predates

@@ -94,6 +94,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.classifier.overrides = ml_collections.ConfigDict({
         "model": {"name": "preact_resnet_tiny", "width": 16},
         "batch_size": 64, "epochs": 4, "eval_batch_size": 1000,
+        # the report reads the test split after the last epoch only; evaluating the 10,000
+        # test images after every epoch was three quarters of these stages' work
+        "eval_every_epochs": 0,
         "augment": {"crop_pad": 2},
         "checkpoint_every_steps": 0,
     })

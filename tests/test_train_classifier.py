@@ -264,6 +264,22 @@ def test_killed_run_resumes_to_identical_metrics_and_params(uninterrupted, folde
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_eval_only_after_the_last_epoch_same_final_metrics(uninterrupted, folder, store,
+                                                          tmp_path):
+    """``eval_every_epochs = 0``: the test split is read once, after the last epoch; training
+    is untouched, so the final figures equal those of the run that evaluates every epoch."""
+    cfg_full, full = uninterrupted
+    cfg = _mixed_config(folder, store, tmp_path / "last_only")
+    cfg.eval_every_epochs = 0
+    got = train_and_evaluate(cfg)
+    assert [e["epoch"] for e in got["epochs"]] == [1, 2]
+    assert "test_top1" not in got["epochs"][0]
+    assert got["epochs"][0]["train_loss"] == full["epochs"][0]["train_loss"]
+    assert got["epochs"][1] == full["epochs"][1]
+    for k in ("test_top1", "test_top5", "test_loss"):
+        assert got[k] == full[k]
+
+
 def test_non_finite_loss_names_step_and_checkpoint(folder, tmp_path):
     cfg = _toy_config(folder, tmp_path / "nan")
     cfg.optim.lr = float("nan")  # the first update makes every parameter NaN

@@ -264,11 +264,26 @@ class _TfdsBackend:
 
     def _source(self):
         if self._ds is None or self._pid != os.getpid():
-            import tensorflow_datasets as tfds  # lazy: not installed on every machine
-
-            self._ds = tfds.data_source(
-                self.tfds_name, split=self.split, data_dir=self.data_dir, download=False
-            )
+            try:
+                import tensorflow_datasets as tfds  # lazy: not installed on every machine
+            except ImportError as e:
+                raise DataSourceError(
+                    f"data.tfds_name {self.tfds_name!r}: tensorflow-datasets is not installed "
+                    f"({e}); point --config.data.path at an image folder or zip instead") from e
+            try:
+                self._ds = tfds.data_source(
+                    self.tfds_name, split=self.split, data_dir=self.data_dir, download=False
+                )
+            except (KeyError, ValueError, FileNotFoundError, AssertionError) as e:
+                # tfds.data_source reads prepared ArrayRecord files only (no TensorFlow):
+                # a dataset that was never prepared, or prepared as TFRecord, lands here.
+                where = (self.data_dir or os.environ.get("TFDS_DATA_DIR")
+                         or "~/tensorflow_datasets")
+                raise DataSourceError(
+                    f"data.tfds_name {self.tfds_name!r}: split {self.split!r} is not prepared "
+                    f"in ArrayRecord format under {where} ({type(e).__name__}); prepare "
+                    "it with file_format='array_record', or point --config.data.path at an "
+                    "image folder or zip") from e
             self._pid = os.getpid()
         return self._ds
 
@@ -439,8 +454,9 @@ def open_real_source(data_cfg: Any, split: str, *, subset: bool | None = None) -
         else:
             raise FileNotFoundError(
                 f"data.path {path!r} does not exist: point --config.data.path at an image "
-                "folder (root/<split>/<class>/*.png|jpg) or a zip of one, or set "
-                "--config.data.tfds_name to a prepared TFDS dataset")
+                "folder (root/<split>/<class>/*.png|jpg) or a zip of one, or use a TFDS "
+                "dataset prepared in ArrayRecord format with --config.data.path= "
+                "--config.data.tfds_name=cifar10")
         description = f"{path}/{split}"
     rows = None
     if subset if subset is not None else split == "train":

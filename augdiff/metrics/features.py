@@ -13,7 +13,9 @@ FID under another).
 - ``reference`` (the default where no Inception/CLIP weights exist): the penultimate layer of
   the *reference classifier*, a small PreActResNet trained by augdiff on the full real
   training split and cached across runs (:mod:`augdiff.metrics.reference`, keyed by the data
-  and the training config). It also classifies, which gives "classifier accuracy on
+  and the training config; the CIFAR-10 one at 16² ships with augdiff), with a texture block
+  (spatial std of 32 fixed random 3x3 filters) beside the penultimate features so that noise
+  is told from real images. It also classifies, which gives "classifier accuracy on
   generated samples".
 - ``classifier``: the penultimate layer of an augdiff classifier trained on the real data,
   restored from its orbax checkpoint directory ``cfg.checkpoint`` (the extractor that works

@@ -469,7 +469,8 @@ def train_and_evaluate(
     *,
     step_hook: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train a classifier as ``config`` says and evaluate it on the full test split each epoch.
+    """Train a classifier as ``config`` says and evaluate it on the full test split each epoch
+    (every ``eval_every_epochs`` epochs and after the last one when that is set).
 
     Writes ``workdir/metrics.json`` (``epochs``: per-epoch ``train_loss``, ``train_top1``,
     ``test_top1``, ``test_top5``, ``synthetic_share``, ``lr``; final values at the top level),
@@ -629,8 +630,14 @@ def train_and_evaluate(
             bar.update(1)
             if end_of_epoch:
                 epoch = done // steps_per_epoch
+                # ``eval_every_epochs`` (default 1): test-split evaluation every N epochs and
+                # always after the last one (0 = the last one only); the other epochs' rows
+                # carry the training figures alone.
+                every = int(config.get("eval_every_epochs", 1) or 0)
+                evaluated = epoch == epochs or (every > 0 and epoch % every == 0)
                 t_eval = time.time()
-                ev = evaluate(eval_step, state, test, eval_bs, mesh, eval_cache)
+                ev = (evaluate(eval_step, state, test, eval_bs, mesh, eval_cache)
+                      if evaluated else {})
                 eval_s += time.time() - t_eval
                 row = {
                     "epoch": epoch,
@@ -650,8 +657,9 @@ def train_and_evaluate(
                     tb.flush()
                 if is_main:
                     _write_json(os.path.join(workdir, "metrics.json"), summary())
-                    bar.write(f"epoch {epoch}/{epochs}: train_loss {row['train_loss']:.4f} "
-                              f"test_top1 {row['test_top1']:.4f} test_top5 {row['test_top5']:.4f}")
+                    bar.write(f"epoch {epoch}/{epochs}: train_loss {row['train_loss']:.4f}"
+                              + (f" test_top1 {row['test_top1']:.4f} test_top5 "
+                                 f"{row['test_top5']:.4f}" if evaluated else ""))
                 save(done)
             elif ckpt_every and done % ckpt_every == 0:
                 save(done)
