@@ -67,6 +67,15 @@ def describe_generator(config: ml_collections.ConfigDict, outputs: Mapping[str, 
                 f"({g.get('sampler', '?')}, {g.get('sampler_steps', '?')} steps) into "
                 f"{g['num_images']:,} images. No pretrained weights were used.")
         shipped = _shipped_generator_info(str(gen.checkpoint))
+        if shipped and g.get("checkpoint_step") is not None and \
+                int(shipped.get("step", -1)) != int(g["checkpoint_step"]):
+            # the package's generator changed after this run sampled it: its record describes
+            # another checkpoint, so only say which
+            return (f"**Shipped with augdiff**: the EDM checkpoint `{gen.checkpoint}` at step "
+                    f"{g['checkpoint_step']} when this run sampled it (the package now holds "
+                    f"step {shipped.get('step')}; its `generator.json` describes that one), "
+                    f"sampled with {g.get('sampler', '?')} ({g.get('sampler_steps', '?')} "
+                    f"steps) into {g['num_images']:,} images; not trained in this run.")
         if shipped:
             return (
                 f"**Shipped with augdiff**: the EDM checkpoint `{gen.checkpoint}` (step "

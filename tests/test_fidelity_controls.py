@@ -125,3 +125,25 @@ def test_discrimination_thresholds(fid_noise, prec_noise, ok):
     c = {"floor": {"fid": {"value": 1.0}, "precision": {"value": 0.9}},
          "noise": {"fid": {"value": fid_noise}, "precision": {"value": prec_noise}}}
     assert E.discrimination(c)["discriminates"] is ok
+
+
+def test_report_says_when_the_shipped_generator_changed_after_sampling(repo_root):
+    """The provenance sentence takes the step from the run's generate stage; when the package
+    now ships another step, it does not borrow that record's figures."""
+    import json
+
+    from augdiff.config import load_config
+    from augdiff.report import describe_generator
+
+    c = load_config(str(repo_root / "configs/quickstart.py"))
+    shipped = json.loads((repo_root / "augdiff/assets/generator_cifar10/generator.json")
+                         .read_text())
+    same = {"generate": {"checkpoint_step": shipped["step"], "num_images": 500,
+                         "sampler": "heun", "sampler_steps": 12}}
+    text = describe_generator(c, same)
+    assert f"{shipped['images_seen']:,} images" in text and "now holds" not in text
+    older = {"generate": {**same["generate"], "checkpoint_step": shipped["step"] - 1}}
+    text = describe_generator(c, older)
+    assert f"step {shipped['step'] - 1} when this run sampled it" in text
+    assert f"now holds step {shipped['step']}" in text
+    assert f"{shipped['images_seen']:,} images" not in text

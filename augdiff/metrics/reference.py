@@ -59,7 +59,9 @@ DATA_FIELDS = ("path", "tfds_name", "image_size", "channels", "train_split",
                "test_split")
 # Reference classifiers shipped inside the package (found before the cache, same layout).
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
-_VOLATILE = ("workdir", "progress", "log_every_steps", "num_workers", "eval_cache")
+# Fields that do not change the trained weights (left out of the key).
+_VOLATILE = ("workdir", "progress", "log_every_steps", "num_workers", "eval_cache",
+             "eval_every_epochs")
 
 
 def cache_root(cfg: Any = None) -> str:
