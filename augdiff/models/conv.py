@@ -206,7 +206,7 @@ def im2col_forward(x: jax.Array, kernel: jax.Array, pad: tuple[int, int]) -> jax
 @contextlib.contextmanager
 def im2col_intercept(max_spatial: int = 8) -> Iterator[None]:
     """Inside the block, every flax ``nn.Conv`` call that is stride 1, undilated, ungrouped,
-    with symmetric or SAME padding on a NHWC input of at most ``max_spatial`` rows runs as
+    with symmetric, SAME or VALID padding on a NHWC input of at most ``max_spatial`` rows runs as
     :func:`im2col_forward` (same parameters); any other call is left to flax."""
     def interceptor(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
         m = context.module
@@ -220,6 +220,8 @@ def im2col_intercept(max_spatial: int = 8) -> Iterator[None]:
               and m.feature_group_count == 1 and m.mask is None)
         if ok and m.padding == "SAME" and all(k % 2 == 1 for k in ks):
             pad = (ks[0] // 2, ks[1] // 2)
+        elif ok and m.padding == "VALID":
+            pad = (0, 0)
         elif ok and isinstance(m.padding, tuple | list) and len(m.padding) == 2 and all(
                 isinstance(p, tuple | list) and p[0] == p[1] for p in m.padding):
             pad = (int(m.padding[0][0]), int(m.padding[1][0]))
