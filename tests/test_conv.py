@@ -149,3 +149,25 @@ def test_chunked_weight_gradient_matches_lax(monkeypatch):
 
     np.testing.assert_allclose(grad_w(aconv.conv_general_dilated),
                                grad_w(lax.conv_general_dilated), rtol=1e-5, atol=1e-4)
+
+
+def test_im2col_intercept_equals_flax_conv():
+    """augdiff.models.conv.im2col_intercept: the GEMM form of small-spatial nn.Conv calls gives
+    flax's own outputs (SAME, symmetric explicit padding, 1x1, bias); stride 2 is left alone."""
+    from augdiff.models.conv import im2col_intercept
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 6))
+    for kw in (dict(kernel_size=(3, 3), padding="SAME"),
+               dict(kernel_size=(3, 3), padding=((1, 1), (1, 1))),
+               dict(kernel_size=(1, 1), padding="VALID"),
+               dict(kernel_size=(3, 3), strides=(2, 2), padding="SAME")):
+        m = nn.Conv(5, **kw)
+        v = m.init(jax.random.PRNGKey(1), x)
+        v = jax.tree_util.tree_map(lambda a: a + 0.1, v)  # non-zero bias
+        want = m.apply(v, x)
+        with im2col_intercept():
+            got = m.apply(v, x)
+            jaxpr = str(jax.make_jaxpr(m.apply)(v, x))  # traced under the interceptor
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+        uses_conv = "conv_general_dilated" in jaxpr
+        assert uses_conv == (kw.get("strides") == (2, 2)), kw

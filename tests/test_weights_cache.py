@@ -2,13 +2,15 @@
 checkpoint reads the Flax-layout copy (no conversion) and gives equal weights; a changed
 source file is converted again."""
 
+import json
 import os
+import struct
 
 import jax
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from augdiff.sd import loading, tiny
 
@@ -46,11 +48,23 @@ def test_second_load_uses_cache_and_a_changed_source_invalidates_it(model_dir, t
 
     # Change one UNet weight in the source: the UNet is converted again, the rest still hits.
     monkeypatch.setattr(loading, "convert_pt_state_dict", real_convert)
+    # Edit the tensor's bytes in place: same size, same header, only content (and mtime)
+    # change, so nothing but the content hash can tell.
     path = os.path.join(model_dir, "unet", "diffusion_pytorch_model.safetensors")
-    state = load_file(path)
-    name = "conv_in.bias"
-    state[name] = state[name] + 1.0
-    save_file(state, path)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        entry = json.loads(f.read(n))["conv_in.bias"]
+        assert entry["dtype"] == "F32"
+        start, stop = entry["data_offsets"]
+        f.seek(8 + n + start)
+        old = np.frombuffer(f.read(stop - start), np.float32)
+        f.seek(8 + n + start)
+        f.write((old + 1.0).astype(np.float32).tobytes())
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert os.path.getsize(path) == size
+    np.testing.assert_array_equal(load_file(path)["conv_in.bias"], old + 1.0)
     comps3, p3 = loading.load_sd(model_dir, weights="pytorch")
     assert comps3.info["weights_cache"] == {"unet": "miss", "vae": "hit", "text_encoder": "hit"}
     f3 = _flat(p3)

@@ -27,9 +27,10 @@ variable ``AUGDIFF_CONV_WGRAD`` overrides the choice: ``auto`` (default), ``matm
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -182,3 +183,62 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
 def Conv(*args: Any, **kwargs: Any) -> nn.Conv:  # noqa: N802 (a module constructor)
     """``flax.linen.Conv`` with :func:`conv_general_dilated`: same fields, same parameters."""
     return nn.Conv(*args, conv_general_dilated=conv_general_dilated, **kwargs)
+
+
+# ------------------------------------------------------- im2col forward for flax nn.Conv
+
+
+def im2col_forward(x: jax.Array, kernel: jax.Array, pad: tuple[int, int]) -> jax.Array:
+    """Stride-1 NHWC/HWIO convolution as ONE GEMM over the KH·KW shifted windows
+    (zero padding ``pad`` = (rows, cols) on both sides). On the CPU, XLA's convolution at tiny
+    spatial sizes (2²–4² with 1280 channels, the bottom of SD's UNet at 16² latents) runs at
+    ~1 GFLOP/s; this GEMM form is 59× faster at 2² and 2× at 4² there (measured)."""
+    kh, kw, c, o = kernel.shape
+    n, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))
+    ho, wo = h + 2 * pad[0] - kh + 1, w + 2 * pad[1] - kw + 1
+    cols = jnp.concatenate(
+        [xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+    out = cols.reshape(-1, kh * kw * c) @ kernel.reshape(kh * kw * c, o)
+    return out.reshape(n, ho, wo, o)
+
+
+@contextlib.contextmanager
+def im2col_intercept(max_spatial: int = 8) -> Iterator[None]:
+    """Inside the block, every flax ``nn.Conv`` call that is stride 1, undilated, ungrouped,
+    with symmetric, SAME or VALID padding on a NHWC input of at most ``max_spatial`` rows runs as
+    :func:`im2col_forward` (same parameters); any other call is left to flax."""
+    def interceptor(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
+        m = context.module
+        if context.method_name != "__call__" or type(m) is not nn.Conv or kwargs or len(args) != 1:
+            return next_fun(*args, **kwargs)
+        x = args[0]
+        ks = tuple(m.kernel_size)
+        ok = (x.ndim == 4 and len(ks) == 2 and x.shape[1] <= max_spatial
+              and all(s == 1 for s in _tup(m.strides)) and all(d == 1 for d in _tup(
+                  m.kernel_dilation)) and all(d == 1 for d in _tup(m.input_dilation))
+              and m.feature_group_count == 1 and m.mask is None)
+        if ok and m.padding == "SAME" and all(k % 2 == 1 for k in ks):
+            pad = (ks[0] // 2, ks[1] // 2)
+        elif ok and m.padding == "VALID":
+            pad = (0, 0)
+        elif ok and isinstance(m.padding, tuple | list) and len(m.padding) == 2 and all(
+                isinstance(p, tuple | list) and p[0] == p[1] for p in m.padding):
+            pad = (int(m.padding[0][0]), int(m.padding[1][0]))
+        else:
+            return next_fun(*args, **kwargs)
+        params = m.variables["params"]
+        dtype = m.dtype or x.dtype
+        y = im2col_forward(x.astype(dtype), params["kernel"].astype(dtype), pad)
+        if m.use_bias:
+            y = y + params["bias"].astype(dtype)
+        return y
+
+    with nn.intercept_methods(interceptor):
+        yield
+
+
+def _tup(v: Any) -> tuple:
+    if v is None:
+        return (1,)
+    return tuple(v) if isinstance(v, tuple | list) else (v,)

@@ -25,6 +25,7 @@ UNet's own ``time_embedding``. Every other line of the UNet is diffusers' code.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -101,6 +102,25 @@ def class_embedding(components: SDComponents, params: dict, class_input: Array) 
     )
 
 
+def _cpu_conv() -> Any:
+    """``AUGDIFF_SD_CONV=auto|im2col|xla``: the UNet's convolutions on at most 8² inputs as one
+    GEMM each (:func:`augdiff.models.conv.im2col_intercept`) or flax's own (``xla``);
+    ``auto`` (default) is ``im2col`` on the CPU, where it made the SD-1.5 CFG step at 16²
+    latents 5× faster (4.65 s → 0.88 s, equal to 5e-6), and ``xla`` elsewhere."""
+    import contextlib
+
+    import jax
+
+    mode = os.environ.get("AUGDIFF_SD_CONV", "auto")
+    if mode not in ("auto", "im2col", "xla"):
+        raise ValueError(f"AUGDIFF_SD_CONV={mode!r}: choose auto, im2col or xla")
+    if mode == "im2col" or (mode == "auto" and jax.default_backend() == "cpu"):
+        from augdiff.models.conv import im2col_intercept
+
+        return im2col_intercept()
+    return contextlib.nullcontext()
+
+
 def apply_unet(
     components: SDComponents,
     params: dict,
@@ -124,7 +144,7 @@ def apply_unet(
     if class_input is None:
         if components.kind == "unclip":
             raise ValueError("an unCLIP UNet needs its image conditioning (class_input)")
-        with attention.intercept():
+        with attention.intercept(), _cpu_conv():
             out = unet.apply({"params": params["unet"]}, x, t, ctx).sample
         return out.astype(jnp.float32)
 
@@ -142,7 +162,7 @@ def apply_unet(
             return out + class_emb.astype(out.dtype)
         return out
 
-    with attention.intercept(), nn.intercept_methods(add_class_embedding):
+    with attention.intercept(), _cpu_conv(), nn.intercept_methods(add_class_embedding):
         out = unet.apply({"params": params["unet"]}, x, t, ctx).sample
     return out.astype(jnp.float32)
 
