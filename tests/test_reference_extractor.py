@@ -233,3 +233,23 @@ def test_shipped_cifar10_reference_is_used_by_the_quickstart(cifar_zip, repo_roo
     images, labels = load_images(test, select_rows(np.asarray(test.labels), None, 300, 0))
     acc = float(np.mean(extractor.classify(images) == labels))
     assert acc > 0.35, acc  # recorded: 49.9 % on the full test split; chance is 10 %
+
+
+def test_reference_key_ignores_synthetic_fields_and_not_training_fields(repo_root):
+    """The judge trains on real data only: a synthetic-data field added to the classifier
+    config must not move its key off the shipped copy; a training field must."""
+    from augdiff.config import load_config
+    from augdiff.metrics import reference as R
+    from augdiff.runner import load_spec
+
+    qs = load_config(str(repo_root / "configs/quickstart.py"))
+    sub = R.reference_config(load_spec(qs.evaluate.config).extractor, qs.data)
+    key = R.reference_key(sub)
+    assert (repo_root / "augdiff/assets/reference_classifiers" / key / "reference.json").exists()
+    assert sub.synthetic.path == "" and sub.synthetic.online.kind == "none"
+    with sub.unlocked():
+        sub.synthetic.online.some_new_field = 7
+        sub.synthetic.label_weight = 0.5
+    assert R.reference_key(sub) == key
+    sub.epochs = int(sub.epochs) + 1
+    assert R.reference_key(sub) != key

@@ -115,6 +115,10 @@ def reference_config(cfg: Any, data: Any) -> ml_collections.ConfigDict:
         sub.data.path = resolve_path(str(data.path))
     sub.data.per_class = 0
     sub.data.imbalance_factor = 1.0
+    if "synthetic" in sub:  # a judge trained on real data only, whatever the spec says
+        sub.synthetic.path = ""
+        if "online" in sub.synthetic:
+            sub.synthetic.online.kind = "none"
     if int(cfg.get("reference_epochs", 0) or 0) > 0:
         sub.epochs = int(cfg.reference_epochs)
     if "mesh" in sub and "mesh" in cfg:
@@ -127,6 +131,9 @@ def reference_key(sub: ml_collections.ConfigDict) -> str:
     d = to_dict(sub)
     d.get("data", {}).pop("path", None)  # where the data lies is not part of what it is
     d.pop("mesh", None)
+    # Real data only (reference_config): the synthetic-data fields cannot change the weights,
+    # and fields added to them later must not move the key off a shipped or cached copy.
+    d.pop("synthetic", None)
 
     def strip(x: Any) -> Any:
         if isinstance(x, dict):
