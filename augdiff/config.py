@@ -21,6 +21,21 @@ class ConfigError(ValueError):
     """A config file, variant or override is wrong; the message names it."""
 
 
+def sibling_config(config_file: str, name: str) -> Any:
+    """The config module ``name`` (e.g. ``"casd_cifar10.py"``) beside ``config_file`` (a
+    config's ``__file__``), loaded from its path: configs build on one another without being
+    a package, so every shared field is written in one config only."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    spec = importlib.util.spec_from_file_location(
+        "augdiff_configs_" + os.path.splitext(name)[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Load ``path.py[:variant]`` and apply ``a.b=v`` overrides (leading ``--config.`` optional).
 

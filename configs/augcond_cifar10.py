@@ -18,12 +18,11 @@ Variants
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import ml_collections
 
-from augdiff.config import data_config, mesh_config
+from augdiff.config import data_config, mesh_config, sibling_config
 
 VARIANTS = (
     "fewshot",
@@ -38,12 +37,9 @@ VARIANTS = (
 )
 
 
-def _classify_base() -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classify_cifar10.py")
-    spec = importlib.util.spec_from_file_location("augdiff_configs_classify_cifar10", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _classify_base():
+    """``configs/classify_cifar10.py`` (its fields live there once)."""
+    return sibling_config(__file__, "classify_cifar10.py")
 
 
 def _data(c: ml_collections.ConfigDict, regime: str) -> None:

@@ -15,19 +15,14 @@ colour-inverted synthetic source; see ``configs/casd_cifar10.py``).
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
+
+from augdiff.config import sibling_config
 
 
 def _cifar_module():
-    """``configs/casd_cifar10.py`` (the shared CASD fields live there once)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "casd_cifar10.py")
-    spec = importlib.util.spec_from_file_location("augdiff_configs_casd_cifar10", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``configs/casd_cifar10.py`` (its fields live there once)."""
+    return sibling_config(__file__, "casd_cifar10.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -51,10 +51,9 @@ set); otherwise the bank is ``fractal_bank_size`` procedural IFS fractals (not F
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
+
+from augdiff.config import sibling_config
 
 HYBRID_INTERVALS = ((0.05, 0.15), (0.10, 0.20), (0.15, 0.25), (0.20, 0.30))
 ROWS = ("baseline", "vanilla", "dm_lin", "dm_warm", "dm_step",
@@ -67,11 +66,8 @@ SINGLE_PROMPT = "Autumn"
 
 
 def _classify_module():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classify_cifar10.py")
-    spec = importlib.util.spec_from_file_location("augdiff_configs_classify_cifar10", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """``configs/classify_cifar10.py`` (its fields live there once)."""
+    return sibling_config(__file__, "classify_cifar10.py")
 
 
 def _generation() -> ml_collections.ConfigDict:
