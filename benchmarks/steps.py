@@ -10,8 +10,10 @@ when ``params`` are, and ``jax.ShapeDtypeStruct`` when ``params`` are abstract (
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 from typing import Any
 
 import jax
@@ -361,6 +363,48 @@ def _nbytes(tree: Any) -> int:
     )
 
 
+@contextlib.contextmanager
+def accelerator_code_path():
+    """Trace with the code path an accelerator runs: XLA's native convolution weight gradient
+    (``AUGDIFF_CONV_WGRAD=native``; the CPU path sums chunked GEMMs in a ``lax.scan``, whose
+    body XLA's cost analysis counts once) and XLA's convolutions in the SD UNet
+    (``AUGDIFF_SD_CONV=xla``). The FLOPs of a step are counted on this path."""
+    old = {k: os.environ.get(k) for k in ("AUGDIFF_CONV_WGRAD", "AUGDIFF_SD_CONV")}
+    os.environ.update(AUGDIFF_CONV_WGRAD="native", AUGDIFF_SD_CONV="xla")
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def model_flops(step: Step) -> float:
+    """FLOPs of one call of ``step`` on :func:`accelerator_code_path` (HLO cost analysis of
+    the lowered, unoptimised step: no compile; compiled executables already held stay valid)."""
+    jax.clear_caches()  # jit's trace cache would hand back the jaxpr traced on the CPU path
+    with accelerator_code_path():
+        cost = step.fn.lower(*step.args).cost_analysis()
+    jax.clear_caches()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost.get("flops", 0.0))
+
+
+def compiled_cost(compiled: Any) -> dict[str, float]:
+    """FLOPs of one call (``compiled.cost_analysis()``) and its peak memory
+    (``compiled.memory_analysis()``: arguments + outputs + temporaries − aliased, i.e. donated,
+    bytes) of an XLA-compiled step."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    mem = compiled.memory_analysis()
+    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes)
+    return {"flops": float(cost.get("flops", 0.0)), "peak_bytes": float(peak),
+            "temp_bytes": float(mem.temp_size_in_bytes)}
+
+
 def floors(step: Step) -> dict[str, Any]:
     """FLOPs (``compiled.cost_analysis()``) and peak memory (``compiled.memory_analysis()``) of
     one call, the compute floor per unit of work on each GPU of :data:`PEAK_BF16_FLOPS`, and
@@ -370,24 +414,18 @@ def floors(step: Step) -> dict[str, Any]:
     batch is a linear extrapolation: the bytes of the arguments that do not grow with the
     batch (``fixed_argnums``: weights, optimiser state) stay, the rest scales with the batch.
     XLA's cost analysis counts a loop body once, so a sampler is measured per call and
-    multiplied by ``calls``.
+    multiplied by ``calls``. The step is compiled on :func:`accelerator_code_path`.
     """
     import time
 
     t0 = time.perf_counter()
-    lowered = step.fn.lower(*step.args)
-    compiled = lowered.compile()
+    jax.clear_caches()  # trace afresh, on the accelerator's path
+    with accelerator_code_path():
+        compiled = step.fn.lower(*step.args).compile()
     compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    flops = float(cost.get("flops", 0.0))
-    mem = compiled.memory_analysis()
-    peak = (
-        mem.argument_size_in_bytes
-        + mem.output_size_in_bytes
-        + mem.temp_size_in_bytes
-        - mem.alias_size_in_bytes
-    )
+    cost = compiled_cost(compiled)
+    flops, peak = cost["flops"], cost["peak_bytes"]
+    mem_temp = cost["temp_bytes"]
     fixed = sum(_nbytes(step.args[i]) for i in step.fixed_argnums)
     per_image = max(peak - fixed, 1) / step.batch
     out: dict[str, Any] = dict(
@@ -399,7 +437,7 @@ def floors(step: Step) -> dict[str, Any]:
         gflop_per_image=flops * step.calls / step.batch / 1e9,
         peak_gib=peak / 2**30,
         fixed_gib=fixed / 2**30,
-        temp_gib=mem.temp_size_in_bytes / 2**30,
+        temp_gib=mem_temp / 2**30,
         compile_s_cpu=compile_s,
     )
     for gpu, peak_flops in PEAK_BF16_FLOPS.items():

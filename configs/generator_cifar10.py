@@ -55,10 +55,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.loss_reduction = "mean"
     c.train.batch_size = 128
     c.train.lr = 2e-3
-    # The shipped generator was trained on the per-pixel mean of the EDM loss (it predates
-    # the per-pixel sum of casd_cifar10); with Adam the two differ only through ε, and
-    # keeping the mean lets its checkpoints resume.
-    c.train.loss_reduction = "mean"
     c.train.lr_rampup_images = 20_000
     c.train.ema_halflife_images = 50_000
     c.train.ema_rampup_ratio = 0.1

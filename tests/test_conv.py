@@ -137,8 +137,13 @@ def test_flax_module_same_parameters_as_nn_conv():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_chunked_weight_gradient_matches_lax(monkeypatch):
-    monkeypatch.setattr(aconv, "PATCH_BYTES", 1)  # one image per im2col chunk
+@pytest.mark.parametrize("chunk_images", [1, 4])
+def test_chunked_weight_gradient_matches_lax(monkeypatch, chunk_images):
+    """The scanned chunks (and, for 4 images a chunk, the remainder of a batch of 6) sum to
+    the same weight gradient as lax's autodiff."""
+    per_image = 4 * 4 * 9 * 8 * 4  # Ho·Wo·KH·KW·C·bytes
+    monkeypatch.setattr(aconv, "DIRECT_PATCH_BYTES", 0)
+    monkeypatch.setattr(aconv, "PATCH_BYTES", chunk_images * per_image)
     x, w = _data(3, 8, 12, 2, hw=7)
     x = np.concatenate([x, -2 * x, x[::-1]], 0)  # batch 6
     g = np.random.default_rng(5).standard_normal((6, 4, 4, 12)).astype(np.float32)

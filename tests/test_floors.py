@@ -30,3 +30,29 @@ def test_floors_of_a_matmul():
     assert r["peak_gib"] * 2**30 >= k * n * 4 + b * per_image_min
     assert r["max_batch[H200 SXM (141 GB)]"] > r["max_batch[H100 SXM (80 GB)]"] > 0
     assert r["max_batch[H100 SXM (80 GB)]"] <= (80e9 - k * n * 4) // per_image_min
+
+
+def test_conv_weight_gradient_flops_are_counted_whole(monkeypatch):
+    """On the CPU, augdiff's weight gradient sums chunked GEMMs in a ``lax.scan``, whose body
+    XLA's cost analysis counts once; the FLOPs of a step are taken on the accelerator's path,
+    so they equal the closed form: a 3×3 stride-1 'VALID' convolution of an N×H×W×C input into
+    O channels has N·Ho·Wo·9·C·O multiply-adds, and its weight gradient as many."""
+    from augdiff.models import conv as aconv
+
+    monkeypatch.setenv("AUGDIFF_CONV_WGRAD", "matmul")
+    monkeypatch.setattr(aconv, "DIRECT_PATCH_BYTES", 0)
+    monkeypatch.setattr(aconv, "PATCH_BYTES", 1)  # one image per scanned chunk
+    n, h, c, o = 8, 10, 4, 6
+    x = jnp.ones((n, h, h, c))
+    w = jnp.ones((3, 3, c, o))
+
+    def wgrad(x, w):
+        return jax.grad(lambda v: aconv.conv_general_dilated(
+            x, v, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")).sum())(w)
+
+    step = S.Step("wgrad", jax.jit(wgrad), (x, w), batch=n)
+    want = 2 * n * (h - 2) ** 2 * 9 * c * o
+    counted_in_scan = step.fn.lower(x, w).cost_analysis()["flops"]
+    assert counted_in_scan < want / 2  # the scan body once: what model_flops must avoid
+    assert abs(S.model_flops(step) - want) / want < 0.05
+    assert abs(S.floors(step)["gflop_per_call"] * 1e9 - want) / want < 0.05

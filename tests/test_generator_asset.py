@@ -95,7 +95,7 @@ def test_shipped_generator_loads_with_the_config_the_quickstart_uses(repo_root):
     c = load_config(str(repo_root / "configs/generator_cifar10.py"))
     c.workdir = str(asset)
     loaded = edm_model.load_model(c)
-    assert loaded.step == record["step"] == 500
+    assert loaded.step == record["step"] == 4000
     assert loaded.num_classes == record["num_classes"] == 10
     n = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(loaded.params))
     assert n == record["num_params"] == 750_243

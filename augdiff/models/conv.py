@@ -73,52 +73,77 @@ def _explicit_padding(padding: str | Sequence[tuple[int, int]], in_hw: Sequence[
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-# Bytes of im2col patches built at once; larger batches are split into chunks whose partial
-# weight gradients are summed (bounds the extra memory of the backward pass).
-PATCH_BYTES = 256 * 2**20
+# Bytes of im2col patches built at once. Up to DIRECT_PATCH_BYTES the whole batch is one GEMM;
+# above, the batch is cut into chunks of about PATCH_BYTES whose partial weight gradients a
+# ``lax.scan`` accumulates, so one patch buffer, small enough to stay in cache, is reused.
+# Measured on a 2-core AMD EPYC (AVX-512), 3×3 convolutions, batch 128: 8 MB chunks in a scan
+# are 2.5-3× faster than 256 MB chunks unrolled (e.g. 64→64 at 32²: 252 vs 766 ms; PyTorch's
+# weight gradient 163 ms) and the buffer stays small; chunks of 32-128 MB are slower again.
+PATCH_BYTES = 8 * 2**20
+DIRECT_PATCH_BYTES = 16 * 2**20
+
+
+def _patch_gemm(xb: Array, g: Array, kernel_hw: tuple[int, int], strides: tuple[int, int],
+                groups: int, precision: Any) -> Array:
+    """``Σ_{n,i,j} cols[n, i, j]ᵀ g[n, i, j]`` for one chunk: ``[KH·KW, C // groups, O]``
+    (float32), ``cols`` the KH·KW strided windows of the padded input ``xb`` stacked on the
+    channel axis (im2col)."""
+    kh_, kw_ = kernel_hw
+    sh, sw = strides
+    b, _, _, c = xb.shape
+    _, ho, wo, o = g.shape
+    cg, og, kk = c // groups, o // groups, kh_ * kw_
+    cols = jnp.stack([
+        lax.slice(xb, (0, kh, kw, 0),
+                  (b, kh + (ho - 1) * sh + 1, kw + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+        for kh in range(kh_) for kw in range(kw_)], axis=3)  # [b, Ho, Wo, KK, C]
+    m = b * ho * wo
+    gb = g.reshape(m, o)
+    if groups == 1:
+        return jnp.dot(cols.reshape(m, kk * c).T, gb, precision=precision,
+                       preferred_element_type=jnp.float32).reshape(kk, c, o)
+    return jnp.einsum("mkgc,mgo->kcgo", cols.reshape(m, kk, groups, cg),
+                      gb.reshape(m, groups, og), precision=precision,
+                      preferred_element_type=jnp.float32).reshape(kk, cg, o)
 
 
 def weight_grad(x: Array, g: Array, kernel_hw: tuple[int, int], strides: tuple[int, int],
                 padding: tuple[tuple[int, int], ...], groups: int,
                 precision: Any = None, out_dtype: Any = None) -> Array:
-    """Weight gradient (HWIO) of an NHWC convolution as one GEMM over im2col patches.
+    """Weight gradient (HWIO) of an NHWC convolution as a GEMM over im2col patches.
 
     ``x``: input ``[N, H, W, C]``; ``g``: output cotangent ``[N, Ho, Wo, O]``; returns
     ``dW[kh, kw] = Σ_{n,i,j} x_pad[n, s_h·i + kh, s_w·j + kw, :]ᵀ g[n, i, j, :]`` per group,
     shape ``[KH, KW, C // groups, O]``, accumulated in float32. The ``KH·KW`` shifted windows
-    are stacked on the channel axis (im2col) so the contraction over ``n, i, j`` is a single
-    matrix product; the batch is split so the patches stay under :data:`PATCH_BYTES`.
+    are stacked on the channel axis (im2col) so the contraction over ``n, i, j`` is a matrix
+    product: one for the whole batch when its patches fit :data:`DIRECT_PATCH_BYTES`, else
+    one per chunk of about :data:`PATCH_BYTES`, summed by a ``lax.scan`` (and one for the
+    remainder of the batch).
     """
-    kh_, kw_ = kernel_hw
-    sh, sw = strides
     n, _, _, c = x.shape
     _, ho, wo, o = g.shape
     (pt, pb), (pl, pr) = padding
     # Negative padding crops; lax.pad handles both signs.
     xp = lax.pad(x, jnp.array(0, x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
-    cg, og, kk = c // groups, o // groups, kh_ * kw_
+    kk = kernel_hw[0] * kernel_hw[1]
     per_image = ho * wo * kk * c * x.dtype.itemsize
-    chunk = max(1, min(n, PATCH_BYTES // max(per_image, 1)))
-    dw = jnp.zeros((kk, cg, o), jnp.float32)
-    for b0 in range(0, n, chunk):
-        b1 = min(n, b0 + chunk)
-        xb = xp[b0:b1]
-        cols = jnp.stack([
-            lax.slice(xb, (0, kh, kw, 0),
-                      (b1 - b0, kh + (ho - 1) * sh + 1, kw + (wo - 1) * sw + 1, c),
-                      (1, sh, sw, 1))
-            for kh in range(kh_) for kw in range(kw_)], axis=3)  # [b, Ho, Wo, KK, C]
-        m = (b1 - b0) * ho * wo
-        gb = g[b0:b1].reshape(m, o)
-        if groups == 1:
-            d = jnp.dot(cols.reshape(m, kk * c).T, gb, precision=precision,
-                        preferred_element_type=jnp.float32).reshape(kk, c, o)
-        else:
-            d = jnp.einsum("mkgc,mgo->kcgo", cols.reshape(m, kk, groups, cg),
-                           gb.reshape(m, groups, og), precision=precision,
-                           preferred_element_type=jnp.float32).reshape(kk, cg, o)
-        dw = dw + d
-    return dw.reshape(kh_, kw_, cg, o).astype(out_dtype or x.dtype)
+
+    def gemm(xb, gb):
+        return _patch_gemm(xb, gb, kernel_hw, strides, groups, precision)
+
+    if n * per_image <= DIRECT_PATCH_BYTES:
+        dw = gemm(xp, g)
+    else:
+        chunk = max(1, min(n, PATCH_BYTES // max(per_image, 1)))
+        k = n // chunk
+        main = k * chunk
+        xs = xp[:main].reshape((k, chunk) + xp.shape[1:])
+        gs = g[:main].reshape((k, chunk) + g.shape[1:])
+        dw, _ = lax.scan(lambda acc, xg: (acc + gemm(*xg), None),
+                         jnp.zeros((kk, c // groups, o), jnp.float32), (xs, gs))
+        if main < n:
+            dw = dw + gemm(xp[main:], g[main:])
+    return dw.reshape(kernel_hw[0], kernel_hw[1], c // groups, o).astype(out_dtype or x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
