@@ -162,6 +162,25 @@ def row_unet(m: Models, latent: int, repeats: int) -> dict[str, Any]:
                 out_max_abs=float(np.abs(want).max()))
 
 
+def _jax_stateful_call(step: S.Step, carried: tuple[int, ...]
+                       ) -> tuple[Callable[[], Any], float, dict[str, float]]:
+    """Like :func:`_jax_call` for a training step: its outputs ``[:len(carried)]`` become the
+    arguments at positions ``carried`` of the next call (parameters, optimiser state)."""
+    t0 = time.perf_counter()
+    compiled = step.fn.lower(*step.args).compile()
+    compile_s = time.perf_counter() - t0
+    xla = xla_cost(compiled, step)
+    state = list(step.args)
+
+    def fn():
+        out = compiled(*state)
+        for i, pos in enumerate(carried):
+            state[pos] = out[i]
+        jax.block_until_ready(out)
+
+    return fn, compile_s, xla
+
+
 def row_text(m: Models, repeats: int) -> dict[str, Any]:
     import torch
 
@@ -210,15 +229,7 @@ def row_inversion(m: Models, repeats: int, batch: int = 2, size: int = 128) -> d
     comps = zoo.sd_components(unet_b, zoo.build("sd15-vae"), zoo.build("sd15-text", tiny=True))
     lat = size // comps.vae_scale_factor
     step = S.inversion_step(comps, {"unet": unet_p}, batch, lat)
-    t0 = time.perf_counter()
-    compiled = step.fn.lower(*step.args).compile()
-    cs = time.perf_counter() - t0
-    xla = xla_cost(compiled, step)
-    state = list(step.args)
-
-    def jax_fn():
-        state[1], state[2], loss = compiled(*state)
-        jax.block_until_ready(loss)
+    jax_fn, cs, xla = _jax_stateful_call(step, carried=(1, 2))
 
     d = int(comps.unet.cross_attention_dim)
     cvec = torch.nn.Parameter(torch.empty(batch, 5, d).uniform_(-0.1, 0.1))
@@ -275,14 +286,7 @@ def row_edm(edm_repo: str, what: str, repeats: int, batch: int) -> dict[str, Any
         from training.loss import EDMLoss
 
         step = S.edm_train(model, params, batch, 32)
-        t0 = time.perf_counter()
-        compiled = step.fn.lower(*step.args).compile()
-        cs, xla = time.perf_counter() - t0, xla_cost(compiled, step)
-        state = list(step.args)
-
-        def fn():
-            state[0], state[1], loss = compiled(*state)
-            jax.block_until_ready(loss)
+        fn, cs, xla = _jax_stateful_call(step, carried=(0, 1))
 
         net.train()
         loss_fn, opt = EDMLoss(), torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -306,15 +310,7 @@ def row_preact18(repeats: int, batch: int = 128) -> dict[str, Any]:
     import bench_train_step
 
     step = S.classifier_train(zoo.build("preact_resnet18"), batch, abstract=False)
-    t0 = time.perf_counter()
-    compiled = step.fn.lower(*step.args).compile()
-    cs, xla = time.perf_counter() - t0, xla_cost(compiled, step)
-    state, b = step.args
-
-    def fn():
-        nonlocal state
-        state, m = compiled(state, b)
-        jax.block_until_ready(m)
+    fn, cs, xla = _jax_stateful_call(step, carried=(0,))
 
     torch_fn, _ = bench_train_step.build_torch("preact_resnet18", batch, 32)
     fn()

@@ -131,7 +131,9 @@ class _Spill:
                                               **self.provenance})
 
     def _row_provenance(self, step: int, pick: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """Provenance of one spilled row; each online source (``OnlineEDM``, ``OnlineEdit``)
+        defines its own."""
+        raise NotImplementedError(f"{type(self).__name__} must define _row_provenance")
 
     def spill_rows(self, step: int) -> list[int]:
         """Synthetic rows ``j`` of ``step`` that are spilled: global synthetic row index
