@@ -1,15 +1,24 @@
 """Experiment configs: one ``get_config(arg)`` file per experiment, as in big_vision.
 
-``configs/x.py:variant`` calls ``get_config("variant")``; overrides use the ml_collections
-config-flag syntax (``--config.a.b=v``). Unknown keys and wrong types fail with a message
-naming the key, because overrides go through ml_collections' own flag parser on a locked
-config.
+The configs shipped with augdiff live in the package (:mod:`augdiff.configs`) and are named by
+spec, ``configs/x.py[:variant]``, which calls ``get_config("variant")``; a spec resolves
+against the working directory first (a user's own config), then the package
+(:func:`resolve_path`). Overrides use the ml_collections config-flag syntax
+(``--config.a.b=v``). Unknown keys and wrong types fail with a message naming the key, because
+overrides go through ml_collections' own flag parser on a locked config.
+
+Config files are Python: loading one runs its code, as with any ml_collections config.
+
+Derived configs (:func:`derive`): a stage of an experiment loads its own command config by
+spec, copies the experiment's shared fields into it and applies the section's overrides.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -21,27 +30,129 @@ class ConfigError(ValueError):
     """A config file, variant or override is wrong; the message names it."""
 
 
-def sibling_config(config_file: str, name: str) -> Any:
-    """The config module ``name`` (e.g. ``"casd_cifar10.py"``) beside ``config_file`` (a
-    config's ``__file__``), loaded from its path: configs build on one another without being
-    a package, so every shared field is written in one config only."""
-    import importlib.util
-    import os
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# The folder holding the package: the repository root in a source checkout (so
+# ``augdiff/assets/...`` and ``../shared/...`` resolve from anywhere), site-packages when
+# installed (``augdiff/assets/...`` still resolves).
+PACKAGE_PARENT = os.path.dirname(PACKAGE_DIR)
+CONFIGS_PREFIX = "configs" + os.sep
 
-    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
-    spec = importlib.util.spec_from_file_location(
-        "augdiff_configs_" + os.path.splitext(name)[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
+def resolve_path(path: str, *, must_exist: bool = False) -> str:
+    """An absolute path for ``path``; ``''`` stays ``''``.
+
+    Tried in order: ``path`` relative to the working directory; a shipped config
+    (``configs/x.py`` → ``<package>/configs/x.py``); ``path`` relative to the folder that holds
+    the package (``augdiff/assets/...``, and in a source checkout ``../shared/...``). When none
+    exists the working-directory path is returned, or with ``must_exist`` an error naming
+    ``path``.
+    """
+    if not path:
+        return path
+    path = os.path.expanduser(path)
+    if os.path.isabs(path):
+        return path
+    here = os.path.abspath(path)
+    if os.path.exists(here):
+        return here
+    candidates = []
+    if os.path.normpath(path).startswith(CONFIGS_PREFIX):
+        candidates.append(os.path.join(PACKAGE_DIR, os.path.normpath(path)))
+    candidates.append(os.path.normpath(os.path.join(PACKAGE_PARENT, path)))
+    for candidate in candidates:
+        if os.path.exists(candidate):
+            return candidate
+    if must_exist:
+        raise FileNotFoundError(f"{path!r} not found (relative to {os.getcwd()}, or shipped "
+                                "with augdiff)")
+    return here
+
+
+def merge_overrides(
+    target: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str
+) -> None:
+    """Recursively set ``overrides`` onto ``target``; an unknown key is an error naming it."""
+    for key, value in overrides.items():
+        name = f"{where}.{key}"
+        if key not in target:
+            raise ConfigError(
+                f"{name}: the stage config has no field {key!r} (known: {sorted(target.keys())})"
+            )
+        if isinstance(value, Mapping | ml_collections.ConfigDict):
+            if not isinstance(target[key], ml_collections.ConfigDict):
+                raise ConfigError(f"{name}: is not a config section in the stage config")
+            merge_overrides(target[key], value, name)
+        else:
+            try:
+                target[key] = value
+            except TypeError as e:
+                raise ConfigError(f"{name}: {e}") from e
+
+
+def set_field(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a locked config (only existing fields)."""
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for p in parents:
+        if p not in node:
+            raise ConfigError(f"stage config has no section {p!r} (needed for {dotted!r})")
+        node = node[p]
+    if leaf not in node:
+        raise ConfigError(f"stage config has no field {dotted!r}")
+    node[leaf] = value
+
+
+def derive(
+    config: ml_collections.ConfigDict,
+    spec: str,
+    overrides: Any,
+    *,
+    workdir: str,
+    seed: int | None = None,
+    where: str,
+) -> ml_collections.ConfigDict:
+    """A stage's config: load ``spec``; copy the experiment's shared fields into it (every key
+    of ``data`` the sub-config also has, ``mesh.data`` / ``mesh.fsdp``, ``seed``); set
+    ``workdir``; apply ``overrides`` (an unknown key is an error naming ``where``)."""
+    sub = load_config(spec)
+    if "data" in sub and "data" in config:
+        for key in config.data.keys():
+            if key in sub.data:
+                set_field(sub, f"data.{key}", copy.deepcopy(config.data[key]))
+    if "mesh" in sub and "mesh" in config:
+        for key in ("data", "fsdp"):
+            if key in config.mesh and key in sub.mesh:
+                set_field(sub, f"mesh.{key}", int(config.mesh[key]))
+    if "seed" in sub:
+        sub.seed = int(config.seed if seed is None else seed)
+    sub.workdir = workdir
+    if overrides:
+        merge_overrides(sub, overrides, where)
+    return sub
+
+
+def parse_list(value: Any) -> list[str]:
+    """A comma-separated string or a sequence as a list of non-empty strings."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in (value or ())]
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Load ``path.py[:variant]`` and apply ``a.b=v`` overrides (leading ``--config.`` optional).
 
+    The path resolves as by :func:`resolve_path` (so ``configs/quickstart.py`` names the
+    shipped config from any directory); a missing file is a :class:`ConfigError` naming it.
     This goes through the same ml_collections flag machinery as the CLI, so a programmatic
     run and ``augdiff <cmd> --config ... --config.a.b=v`` resolve identically.
     """
+    if not spec:
+        raise ConfigError("empty config spec")
+    path, _, variant = spec.partition(":")
+    full = resolve_path(path)
+    if not os.path.isfile(full):
+        raise ConfigError(f"config file {path!r} (from spec {spec!r}) does not exist")
+    spec = f"{full}:{variant}" if variant else full
     argv = ["augdiff", f"--config={spec}"]
     for o in overrides:
         o = o[2:] if o.startswith("--") else o

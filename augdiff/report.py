@@ -109,8 +109,8 @@ def describe_generator(config: ml_collections.ConfigDict, outputs: Mapping[str, 
 
 def _shipped_generator_info(checkpoint: str) -> dict[str, Any] | None:
     """``generator.json`` of a shipped / exported generator directory, if it is one."""
+    from augdiff.config import resolve_path
     from augdiff.edm.assets import generator_info
-    from augdiff.runner import resolve_path
 
     return generator_info(resolve_path(checkpoint)) if checkpoint else None
 

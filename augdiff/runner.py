@@ -73,13 +73,23 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from augdiff.config import ConfigError, config_diff, load_config, to_dict
+from augdiff.config import (
+    ConfigError,
+    config_diff,
+    derive,
+    load_config,
+    merge_overrides,
+    parse_list,
+    resolve_path,
+    set_field,
+    to_dict,
+)
 
 STAGES = (
     "prepare",
@@ -100,105 +110,20 @@ FORMAT = "augdiff-stages/1"
 # Keys of derived configs that do not change results (left out of fingerprints).
 _VOLATILE = ("progress", "log_every_steps", "num_workers")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --------------------------------------------------------------------------------------------
 # Paths and config helpers
 
 
-def resolve_path(path: str, *, must_exist: bool = False) -> str:
-    """An absolute path for ``path``: as given when it exists relative to the working
-    directory, else relative to the repository root (so ``../shared/data/...`` and
-    ``configs/x.py`` work from anywhere); ``''`` stays ``''``."""
-    if not path:
-        return path
-    path = os.path.expanduser(path)
-    if os.path.isabs(path):
-        return path
-    here = os.path.abspath(path)
-    if os.path.exists(here):
-        return here
-    in_repo = os.path.normpath(os.path.join(REPO_ROOT, path))
-    if os.path.exists(in_repo) or not must_exist:
-        return in_repo if os.path.exists(in_repo) else here
-    raise FileNotFoundError(f"{path!r} not found (relative to {os.getcwd()} or {REPO_ROOT})")
 
 
-def load_spec(spec: str) -> ml_collections.ConfigDict:
-    """Load a ``path.py[:variant]`` config, the path resolved as by :func:`resolve_path`.
-
-    A missing file is a :class:`ConfigError` naming it (e.g. a method config that does not
-    exist yet).
-    """
-    if not spec:
-        raise ConfigError("empty config spec")
-    path, _, variant = spec.partition(":")
-    full = resolve_path(path)
-    if not os.path.isfile(full):
-        raise ConfigError(f"config file {path!r} (from spec {spec!r}) does not exist")
-    return load_config(f"{full}:{variant}" if variant else full)
 
 
-def merge_overrides(
-    target: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str
-) -> None:
-    """Recursively set ``overrides`` onto ``target``; an unknown key is an error naming it."""
-    for key, value in overrides.items():
-        name = f"{where}.{key}"
-        if key not in target:
-            raise ConfigError(
-                f"{name}: the stage config has no field {key!r} (known: {sorted(target.keys())})"
-            )
-        if isinstance(value, Mapping | ml_collections.ConfigDict):
-            if not isinstance(target[key], ml_collections.ConfigDict):
-                raise ConfigError(f"{name}: is not a config section in the stage config")
-            merge_overrides(target[key], value, name)
-        else:
-            try:
-                target[key] = value
-            except TypeError as e:
-                raise ConfigError(f"{name}: {e}") from e
 
 
-def _set(cfg: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in a locked config (only existing fields)."""
-    *parents, leaf = dotted.split(".")
-    node = cfg
-    for p in parents:
-        if p not in node:
-            raise ConfigError(f"stage config has no section {p!r} (needed for {dotted!r})")
-        node = node[p]
-    if leaf not in node:
-        raise ConfigError(f"stage config has no field {dotted!r}")
-    node[leaf] = value
 
 
-def derive(
-    config: ml_collections.ConfigDict,
-    spec: str,
-    overrides: Any,
-    *,
-    workdir: str,
-    seed: int | None = None,
-    where: str,
-) -> ml_collections.ConfigDict:
-    """Steps 1-3 of the module docstring: spec → shared fields → overrides."""
-    sub = load_spec(spec)
-    if "data" in sub and "data" in config:
-        for key in config.data.keys():
-            if key in sub.data:
-                _set(sub, f"data.{key}", copy.deepcopy(config.data[key]))
-    if "mesh" in sub and "mesh" in config:
-        for key in ("data", "fsdp"):
-            if key in config.mesh and key in sub.mesh:
-                _set(sub, f"mesh.{key}", int(config.mesh[key]))
-    if "seed" in sub:
-        sub.seed = int(config.seed if seed is None else seed)
-    sub.workdir = workdir
-    if overrides:
-        merge_overrides(sub, overrides, where)
-    return sub
 
 
 def fingerprint(obj: Any) -> str:
@@ -215,19 +140,15 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _parse_list(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in (value or ())]
 
 
 def stage_list(config: ml_collections.ConfigDict) -> list[str]:
-    return _parse_list(config.stages)
+    return parse_list(config.stages)
 
 
 def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
     seeds = config.get("seeds", None)
-    seeds = [int(s) for s in _parse_list(seeds)] if seeds is not None else [int(config.seed)]
+    seeds = [int(s) for s in parse_list(seeds)] if seeds is not None else [int(config.seed)]
     if not seeds:
         raise ConfigError("config.seeds is empty: give at least one training seed")
     if len(set(seeds)) != len(seeds):
@@ -286,7 +207,7 @@ def validate_stages(config: ml_collections.ConfigDict) -> list[str]:
         ev = config.get("evaluate", None)
         if ev is None:
             raise ConfigError("stages evaluate / pca need a config.evaluate section")
-        sub = load_spec(str(ev.config))
+        sub = load_config(str(ev.config))
         merge_overrides(sub, ev.get("overrides", None) or {}, "evaluate.overrides")
         ex = sub.extractor
         if (ex.name == "classifier" and not ex.checkpoint and not ex.random_init
@@ -866,7 +787,7 @@ def run_experiment(
     if main and (not os.path.exists(cfg_path) or _read_json(cfg_path) != resolved):
         _write_json(cfg_path, resolved)
 
-    rerun = _parse_list(config.get("rerun", ""))
+    rerun = parse_list(config.get("rerun", ""))
     bad = [s for s in rerun if s not in stages]
     if bad:
         raise ConfigError(f"config.rerun: {bad} not among config.stages {stages}")
@@ -944,11 +865,6 @@ def _json_roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def load_experiment(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """``load_config`` for experiment specs (path resolved against the repo as well)."""
-    path, _, variant = spec.partition(":")
-    full = resolve_path(path)
-    return load_config(f"{full}:{variant}" if variant else full, overrides)
 
 
 # --------------------------------------------------------------------------------------------
@@ -970,20 +886,20 @@ def row_config(config: ml_collections.ConfigDict, row: str,
     ``data`` / ``seeds`` / ``mesh`` copied in, and every ``config.links`` entry
     ``field=src_row:relpath`` set to ``<workdir>/<src_row>/<relpath>`` (rows other than
     ``src_row``, which must have run before: ``done`` maps finished rows to workdirs)."""
-    sub = load_spec(str(config.row_config).format(row=row))
+    sub = load_config(str(config.row_config).format(row=row))
     with sub.unlocked():
         sub.workdir = os.path.join(str(config.workdir), row)
     for key in config.data.keys():
         if key in sub.data:
-            _set(sub, f"data.{key}", copy.deepcopy(config.data[key]))
+            set_field(sub, f"data.{key}", copy.deepcopy(config.data[key]))
     for key in ("seeds", "seed"):
         if key in config and key in sub:
             sub[key] = copy.deepcopy(config[key])
     if "mesh" in config and "mesh" in sub:
         for key in config.mesh.keys():
             if key in sub.mesh:
-                _set(sub, f"mesh.{key}", config.mesh[key])
-    for link in _parse_list(config.get("links", "")):
+                set_field(sub, f"mesh.{key}", config.mesh[key])
+    for link in parse_list(config.get("links", "")):
         field, _, target = link.partition("=")
         src, _, rel = target.partition(":")
         if not field or not src or not rel:
@@ -993,7 +909,7 @@ def row_config(config: ml_collections.ConfigDict, row: str,
         if src not in done:
             raise ConfigError(f"config.links: row {row!r} needs row {src!r} first; list it "
                               "earlier in config.rows")
-        _set(sub, field.strip(), os.path.join(done[src], rel))
+        set_field(sub, field.strip(), os.path.join(done[src], rel))
     return sub
 
 
@@ -1022,10 +938,10 @@ def run_rows(config: ml_collections.ConfigDict, *,
 
     workdir = str(config.workdir)
     os.makedirs(workdir, exist_ok=True)
-    rows = _parse_list(config.rows)
+    rows = parse_list(config.rows)
     if not rows:
         raise ConfigError("config.rows is empty")
-    for row in _parse_list(config.get("rerun_rows", "")):
+    for row in parse_list(config.get("rerun_rows", "")):
         if row not in rows:
             raise ConfigError(f"config.rerun_rows: {row!r} is not among config.rows")
         if _is_main():
@@ -1052,7 +968,7 @@ def run_rows(config: ml_collections.ConfigDict, *,
         if target in info:
             info[alias] = {**info[target], "alias_of": target}
     analyses: dict[str, Any] = {}
-    for name in _parse_list(config.get("analyses", "")):
+    for name in parse_list(config.get("analyses", "")):
         if name not in ANALYSES:
             raise ConfigError(f"config.analyses: unknown analysis {name!r}; known: "
                               f"{sorted(ANALYSES)}")

@@ -88,7 +88,7 @@ def main() -> None:
     import importlib.util
     import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "casd_cifar10.py"
+    path = pathlib.Path(__file__).resolve().parents[1] / "augdiff" / "configs" / "casd_cifar10.py"
     spec = importlib.util.spec_from_file_location("casd_cfg", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

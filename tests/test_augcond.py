@@ -281,7 +281,7 @@ def augcond_spy(unclip, cifar_zip, tmp_path, repo_root, monkeypatch):
     def run(name, overrides):
         handed.clear()
         cfg = load_config(
-            str(repo_root / "configs/augcond_cifar10.py:fewshot_smoke"),
+            str(repo_root / "augdiff/configs/augcond_cifar10.py:fewshot_smoke"),
             [
                 f"workdir={tmp_path / name}",
                 f"data.path={cifar_zip}",
@@ -371,7 +371,7 @@ def test_generate_into_store_with_provenance_and_resume(unclip, cifar_zip, tmp_p
 
     path, _ = unclip
     cfg = load_config(
-        str(repo_root / "configs/augcond_cifar10.py:longtail_smoke"),
+        str(repo_root / "augdiff/configs/augcond_cifar10.py:longtail_smoke"),
         [
             f"workdir={tmp_path}",
             f"data.path={cifar_zip}",
@@ -409,7 +409,7 @@ def test_training_config_mixes_half_synthetic(repo_root):
             cfg.synthetic.schedule.kind == "constant" and float(cfg.synthetic.schedule.rho) == 0.5
         )
         assert cfg.synthetic.path.endswith("synthetic")
-    few = load_config(str(repo_root / "configs/augcond_cifar10.py:fewshot"))
+    few = load_config(str(repo_root / "augdiff/configs/augcond_cifar10.py:fewshot"))
     assert (few.augcond.guidance, few.augcond.steps, few.data.per_class) == (10.0, 30, 10)
-    lt = load_config(str(repo_root / "configs/augcond_cifar10.py:longtail"))
+    lt = load_config(str(repo_root / "augdiff/configs/augcond_cifar10.py:longtail"))
     assert (lt.augcond.guidance, lt.augcond.count_mode) == (2.0, "balance")

@@ -57,7 +57,7 @@ def data(tmp_path_factory):
 
 
 def _run(repo_root, data, workdir, mode) -> np.ndarray:
-    c = load_config(str(repo_root / "configs/casd_cifar10.py:smoke"))
+    c = load_config(str(repo_root / "augdiff/configs/casd_cifar10.py:smoke"))
     c.workdir = str(workdir)
     c.mode = mode
     c.data.path = str(data / "real")
@@ -106,10 +106,10 @@ def test_table2_config_follows_section_4_3(repo_root):
     assert mismatch.CASES["case1"] == mismatch.CIFAR10  # all 10
     assert mismatch.CASES["case2"] == mismatch.CIFAR10[-8:]  # the last 8
     assert mismatch.CASES["case3"] == ("bird", "cat", "deer", "dog", "frog", "horse")  # middle 6
-    full = load_config(str(repo_root / "configs/exp_seed004_casd.py:case2"))
+    full = load_config(str(repo_root / "augdiff/configs/exp_seed004_casd.py:case2"))
     assert full.table2.cases == "case2" and full.table2.real_per_class == 125
     assert (full.table2.num_synthetic, full.table2.fid_reference) == (10_000, "train")
-    red = load_config(str(repo_root / "configs/exp_seed004_casd.py:table2_reduced"))
+    red = load_config(str(repo_root / "augdiff/configs/exp_seed004_casd.py:table2_reduced"))
     assert red.table2.cases == "case1,case2,case3" and red.data.image_size == 16
     gen = mismatch.edm_config(red, mode="casd", workdir="/tmp/x", classes=mismatch.REAL_CLASSES,
                               first_per_class=125, num_samples=10, stores=["/a", "/b"])

@@ -22,7 +22,7 @@ from augdiff.methods import diffusemix as DM
 from augdiff.methods import hybrids
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs" / "diffusemix_cifar100.py")
+CONFIG = str(REPO / "augdiff" / "configs" / "diffusemix_cifar100.py")
 N_REAL, PROMPTS = 20, "Autumn|snowy"
 
 

@@ -273,7 +273,7 @@ def test_evaluate_command_on_real_data(tmp_path, cifar_zip, repo_root):
     from augdiff.data.sources import open_real_source
     from augdiff.data.store import StoreWriter
 
-    config = load_config(str(repo_root / "configs/evaluate_cifar10.py:smoke"))
+    config = load_config(str(repo_root / "augdiff/configs/evaluate_cifar10.py:smoke"))
     config.data.path = str(cifar_zip)
     config.data.per_class = 20  # a 200-image training subset: the replication reference set
     data = config.data

@@ -135,7 +135,7 @@ def test_report_says_when_the_shipped_generator_changed_after_sampling(repo_root
     from augdiff.config import load_config
     from augdiff.report import describe_generator
 
-    c = load_config(str(repo_root / "configs/quickstart.py"))
+    c = load_config(str(repo_root / "augdiff/configs/quickstart.py"))
     shipped = json.loads((repo_root / "augdiff/assets/generator_cifar10/generator.json")
                          .read_text())
     same = {"generate": {"checkpoint_step": shipped["step"], "num_images": 500,

@@ -92,7 +92,7 @@ def test_shipped_generator_loads_with_the_config_the_quickstart_uses(repo_root):
 
     asset = repo_root / "augdiff/assets/generator_cifar10"
     record = json.loads((asset / "generator.json").read_text())
-    c = load_config(str(repo_root / "configs/generator_cifar10.py"))
+    c = load_config(str(repo_root / "augdiff/configs/generator_cifar10.py"))
     c.workdir = str(asset)
     loaded = edm_model.load_model(c)
     assert loaded.step == record["step"] == 4000

@@ -398,7 +398,7 @@ def stage2_spy(t2i, cifar_zip, tmp_path, repo_root, monkeypatch):
 
     def run(overrides):
         cfg = load_config(
-            str(repo_root / "configs/diffinv_cifar10.py:smoke"),
+            str(repo_root / "augdiff/configs/diffinv_cifar10.py:smoke"),
             [
                 f"workdir={tmp_path}",
                 f"data.path={cifar_zip}",
@@ -491,7 +491,7 @@ def test_generate_both_stages_into_store_and_resume(t2i, cifar_zip, tmp_path, re
 
     path, _ = t2i
     cfg = load_config(
-        str(repo_root / "configs/diffinv_medmnist.py:smoke"),
+        str(repo_root / "augdiff/configs/diffinv_medmnist.py:smoke"),
         [f"workdir={tmp_path}", f"data.path={cifar_zip}", f"model.path={path}"],
     )
     assert cfg.data.channels == 1 and cfg.data.image_size == 28

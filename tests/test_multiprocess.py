@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 LAYOUTS = {1: 4, 2: 2, 4: 1}  # processes -> devices per process (4 global devices)
 LOSS_RTOL = 5e-3
-TINY = "configs/test_tiny.py"
+TINY = "tests/fixtures/tiny_config.py"
 CLASSES = ["airplane", "cat", "ship", "truck"]
 
 

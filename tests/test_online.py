@@ -8,7 +8,7 @@ written here, and an uninterrupted run for the kill/resume check.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib
 import json
 import pathlib
 
@@ -32,10 +32,7 @@ C, SIZE = 4, 16
 
 
 def _config_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"augdiff.configs.{name}")
 
 
 def _edm_config() -> ml_collections.ConfigDict:

@@ -40,7 +40,7 @@ def _folder(root, per_class=8, size=8):
 def _make(tmp_path, repo_root):
     _folder(tmp_path / "data")
     spec = tmp_path / "ref_cfg.py"
-    spec.write_text(CONFIG.format(classify=str(repo_root / "configs/classify_cifar10.py")))
+    spec.write_text(CONFIG.format(classify=str(repo_root / "augdiff/configs/classify_cifar10.py")))
     ex = ml_collections.ConfigDict({"name": "reference", "reference": str(spec),
                                     "reference_epochs": 0, "cache_dir": str(tmp_path / "cache"),
                                     "batch_size": 8, "texture": True})
@@ -214,16 +214,15 @@ def test_shipped_cifar10_reference_is_used_by_the_quickstart(cifar_zip, repo_roo
     from augdiff.data.sources import open_real_source
     from augdiff.metrics import reference as R
     from augdiff.metrics.evaluate import load_images, select_rows
-    from augdiff.runner import load_spec
 
     def boom(*a, **k):
         raise AssertionError("the shipped reference classifier was trained again")
 
     monkeypatch.setattr(C, "train_and_evaluate", boom)
     monkeypatch.setenv("AUGDIFF_CACHE", str(tmp_path / "empty"))
-    qs = load_config(str(repo_root / "configs/quickstart.py"))
+    qs = load_config(str(repo_root / "augdiff/configs/quickstart.py"))
     qs.data.path = str(cifar_zip)
-    ex = load_spec(qs.evaluate.config).extractor
+    ex = load_config(qs.evaluate.config).extractor
     ex.texture = False
     rec = R.ensure_reference(ex, qs.data, log=lambda m: None)
     shipped = repo_root / "augdiff/assets/reference_classifiers" / rec["key"]
@@ -240,10 +239,9 @@ def test_reference_key_ignores_synthetic_fields_and_not_training_fields(repo_roo
     config must not move its key off the shipped copy; a training field must."""
     from augdiff.config import load_config
     from augdiff.metrics import reference as R
-    from augdiff.runner import load_spec
 
-    qs = load_config(str(repo_root / "configs/quickstart.py"))
-    sub = R.reference_config(load_spec(qs.evaluate.config).extractor, qs.data)
+    qs = load_config(str(repo_root / "augdiff/configs/quickstart.py"))
+    sub = R.reference_config(load_config(qs.evaluate.config).extractor, qs.data)
     key = R.reference_key(sub)
     assert (repo_root / "augdiff/assets/reference_classifiers" / key / "reference.json").exists()
     assert sub.synthetic.path == "" and sub.synthetic.online.kind == "none"

@@ -45,7 +45,7 @@ from _mp_helpers import (
     tiny_image_folder,
 )
 
-TINY = "configs/test_tiny.py"
+TINY = "tests/fixtures/tiny_config.py"
 CLASSES = ["airplane", "cat", "ship", "truck"]
 SEED = 8  # the kill plan: which checkpoint/shard, and the extra delay
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from augdiff import runner
-from augdiff.config import ConfigError, load_config
+from augdiff.config import ConfigError, load_config, resolve_path
 from augdiff.data.schedules import parse_share
 from augdiff.report import fmt_pct, parse_results_table
 
@@ -36,7 +36,7 @@ EXPERIMENTS = {
 
 
 def _load(name: str, variant: str) -> ml_collections.ConfigDict:
-    return load_config(f"{REPO / 'configs' / name}:{variant}")
+    return load_config(f"{REPO / 'augdiff' / 'configs' / name}:{variant}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,11 +65,11 @@ def test_experiment_config_loads_and_stages_are_valid(name, variant):
         assert sub.extractor.image_size == c.data.image_size
     if "generate" in stages:
         spec = str(c.generator.config)
-        if os.path.isfile(REPO / spec.partition(":")[0]):
+        if os.path.isfile(resolve_path(spec.partition(":")[0])):
             sub = (runner.generator_config(c) if c.generator.kind == "edm"
                    else runner.method_config(c))
             if c.generator.get("checkpoint", ""):  # user / shipped weights are read in place
-                assert sub.workdir == runner.resolve_path(str(c.generator.checkpoint))
+                assert sub.workdir == resolve_path(str(c.generator.checkpoint))
                 assert os.path.isdir(os.path.join(sub.workdir, "checkpoints"))
             else:
                 assert sub.workdir.startswith("/tmp/augdiff-test-derive")
@@ -287,7 +287,7 @@ def tiny_zip(cifar_zip, tmp_path_factory) -> pathlib.Path:
 
 def _cmd(workdir: pathlib.Path, data: pathlib.Path) -> list[str]:
     return [sys.executable, "-m", "augdiff.cli", "run", "--config",
-            f"{REPO / 'configs' / 'quickstart.py'}:test", f"--config.workdir={workdir}",
+            f"{REPO / 'augdiff' / 'configs' / 'quickstart.py'}:test", f"--config.workdir={workdir}",
             f"--config.data.path={data}"]
 
 

@@ -134,7 +134,7 @@ def test_seed000_schedules_equal_the_code_definitions():
         return 0.0 if t < 100 else 0.5 if t < 200 else 1.0
 
     for row in ("dm_lin", "dm_warm", "dm_step"):
-        cfg = load_config(f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:{row}")
+        cfg = load_config(f"{REPO / 'augdiff' / 'configs' / 'exp_seed000_diffusemix.py'}:{row}")
         s = schedules.from_config(cfg.mixed.schedule, epochs=300)
         for t in (0, 49, 50, 99, 100, 150, 199, 200, 299):
             assert s(t) == pytest.approx(ref(row, t)), (row, t)
@@ -148,7 +148,7 @@ def test_one_epoch_definition_for_train_and_run():
     assert epoch_steps(50_000, 50_000, 100) == 1000
     assert epoch_steps(50_000, 0, 100) == 500
     assert epoch_steps(50_000, 50_000, 100, fixed=7) == 7
-    c = load_config(f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:baseline")
+    c = load_config(f"{REPO / 'augdiff' / 'configs' / 'exp_seed000_diffusemix.py'}:baseline")
     c.workdir = "/tmp/augdiff-test-epoch"
     sub = runner.classifier_config(c, "mixed", 0, num_real=50_000, num_synthetic=50_000,
                                    store="/tmp/s")
@@ -158,7 +158,7 @@ def test_one_epoch_definition_for_train_and_run():
 
 
 def _exp_module():
-    path = REPO / "configs" / "exp_seed000_diffusemix.py"
+    path = REPO / "augdiff" / "configs" / "exp_seed000_diffusemix.py"
     spec = importlib.util.spec_from_file_location("exp_seed000_for_test", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -181,7 +181,7 @@ def test_every_table_row_is_a_named_row_with_the_papers_numbers():
     assert mod.PAPER["fractal_0.20_lsf0.80"][3:] == ("0.80", 74.21, 91.50)
     assert mod.PAPER["shb"][4:] == (69.50, 87.99)
     for row in mod.ROWS:
-        c = load_config(f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:{row}")
+        c = load_config(f"{REPO / 'augdiff' / 'configs' / 'exp_seed000_diffusemix.py'}:{row}")
         assert c.classifier.overrides.loss.kind == "bce_softmax"
         assert c.generator.config.endswith(f"diffusemix_cifar100.py:{row}")
 
@@ -244,7 +244,7 @@ def test_shb_blends_the_full_resolution_edit(tmp_path):
     from augdiff.methods import diffusemix as DM
 
     data = _image_folder(tmp_path / "data")
-    cfg = load_config(f"{REPO / 'configs' / 'diffusemix_cifar100.py'}:shb", [
+    cfg = load_config(f"{REPO / 'augdiff' / 'configs' / 'diffusemix_cifar100.py'}:shb", [
         f"workdir={tmp_path / 'w'}", f"data.path={data}", "data.tfds_name=",
         "data.image_size=16", "data.per_class=0", "diffusemix.shb.clip=",
         "diffusemix.shb.tiny=True", "diffusemix.hybrid_batch_size=4", "progress=False"])
@@ -342,7 +342,7 @@ def test_rows_experiment_wiring(tmp_path, monkeypatch):
 
     for s in runner.STAGE_FUNCTIONS:
         monkeypatch.setitem(runner.STAGE_FUNCTIONS, s, fake(s))
-    cfg = load_config(f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:ci",
+    cfg = load_config(f"{REPO / 'augdiff' / 'configs' / 'exp_seed000_diffusemix.py'}:ci",
                       [f"workdir={tmp_path}", "rows=baseline,vanilla,random", "analyses="])
     out = runner.run_experiment(cfg, log=lambda m: None)["rows"]
     assert seen["vanilla"] == ["prepare", "train_real", "report"]
@@ -359,12 +359,12 @@ def test_rows_experiment_wiring(tmp_path, monkeypatch):
     # Table 1's Fractal rows (mask 'original') make no edit.
     from augdiff.methods import diffusemix as DM
 
-    dm_cfg = REPO / "configs" / "diffusemix_cifar100.py"
+    dm_cfg = REPO / "augdiff" / "configs" / "diffusemix_cifar100.py"
     assert not DM.needs_edits(load_config(f"{dm_cfg}:fractal_0.20_lsf1.00"))
     assert DM.needs_edits(load_config(f"{dm_cfg}:baseline"))
     with pytest.raises(Exception, match="needs row 'baseline' first"):
         runner.run_experiment(load_config(
-            f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:ci",
+            f"{REPO / 'augdiff' / 'configs' / 'exp_seed000_diffusemix.py'}:ci",
             [f"workdir={tmp_path / 'b'}", "rows=random,baseline", "analyses="]),
             log=lambda m: None)
 
@@ -398,7 +398,7 @@ def test_ci_table_experiment_end_to_end(cifar_small, tmp_path):
     from augdiff import runner
     from augdiff.config import load_config
 
-    cfg = load_config(f"{REPO / 'configs' / 'exp_seed000_diffusemix.py'}:ci", [
+    cfg = load_config(f"{REPO / 'augdiff' / 'configs' / 'exp_seed000_diffusemix.py'}:ci", [
         f"workdir={tmp_path}", f"data.path={cifar_small}", "analyses=shb_measure"])
     out = runner.run_experiment(cfg, log=lambda m: None)["rows"]
     assert set(out["rows"]) == {"baseline", "fractal_0.20_lsf0.80", "shb_fractal", "dc"}

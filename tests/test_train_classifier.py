@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import pathlib
@@ -35,10 +35,7 @@ NUM_CLASSES, SIZE = 4, 16
 
 
 def _config_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"augdiff.configs.{name}")
 
 
 def _class_image(rng: np.random.Generator, c: int) -> np.ndarray:

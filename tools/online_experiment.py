@@ -26,9 +26,9 @@ import subprocess
 import sys
 import time
 
+from augdiff.configs import online_cifar10 as exp
+
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(HERE, "configs"))
-import online_cifar10 as exp  # noqa: E402
 
 TRAIN_ROWS = ("real", "offline", "online_count", "online_fresh")
 LABELS = {

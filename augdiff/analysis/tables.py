@@ -65,7 +65,7 @@ def _table_module(config: Any) -> Any:
     """The config module named by ``config.row_config`` (it holds ``PAPER`` and ``FINDINGS``)."""
     import importlib.util
 
-    from augdiff.runner import resolve_path
+    from augdiff.config import resolve_path
 
     path = resolve_path(str(config.row_config).partition(":")[0])
     spec = importlib.util.spec_from_file_location("augdiff_table_config", path)

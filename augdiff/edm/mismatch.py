@@ -39,9 +39,9 @@ from augdiff.config import ConfigError
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    from augdiff.runner import load_spec  # paths relative to the repository, as everywhere
+    from augdiff.config import load_config  # paths relative to the repository, as everywhere
 
-    return load_spec(spec)
+    return load_config(spec)
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")

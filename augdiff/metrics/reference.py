@@ -103,14 +103,14 @@ def reference_config(cfg: Any, data: Any) -> ml_collections.ConfigDict:
     """The training config of the reference classifier: ``cfg.reference`` (a config spec)
     with the experiment's data fields, the full training split, and ``cfg.reference_epochs``
     (when > 0) as the number of epochs. ``workdir`` is left for :func:`ensure_reference`."""
-    from augdiff.runner import load_spec  # the spec resolves against the repository root
+    from augdiff.config import load_config  # the spec resolves against the repository root
 
-    sub = load_spec(str(cfg.get("reference", "") or DEFAULT_SPEC))
+    sub = load_config(str(cfg.get("reference", "") or DEFAULT_SPEC))
     for key in DATA_FIELDS:
         if key in data and key in sub.data:
             sub.data[key] = data[key]
     if "path" in data and str(data.path or ""):
-        from augdiff.runner import resolve_path
+        from augdiff.config import resolve_path
 
         sub.data.path = resolve_path(str(data.path))
     sub.data.per_class = 0

@@ -17,22 +17,13 @@ Variants
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _cifar10_module():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classify_cifar10.py")
-    spec = importlib.util.spec_from_file_location("augdiff_configs_classify_cifar10", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from augdiff.configs import classify_cifar10
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    base = _cifar10_module()
+    base = classify_cifar10
     c = base.seed000_recipe(base.base_config())
     c.workdir = "runs/classify_cifar100"
     c.data.path = ""

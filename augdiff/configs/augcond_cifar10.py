@@ -22,7 +22,8 @@ import os
 
 import ml_collections
 
-from augdiff.config import data_config, mesh_config, sibling_config
+from augdiff.config import data_config, mesh_config
+from augdiff.configs import classify_cifar10
 
 VARIANTS = (
     "fewshot",
@@ -36,10 +37,6 @@ VARIANTS = (
     "longtail_smoke_train",
 )
 
-
-def _classify_base():
-    """``configs/classify_cifar10.py`` (its fields live there once)."""
-    return sibling_config(__file__, "classify_cifar10.py")
 
 
 def _data(c: ml_collections.ConfigDict, regime: str) -> None:
@@ -96,7 +93,7 @@ def generation_config(regime: str, smoke: bool) -> ml_collections.ConfigDict:
 
 
 def training_config(regime: str, smoke: bool) -> ml_collections.ConfigDict:
-    classify = _classify_base()
+    classify = classify_cifar10
     c = classify.base_config()
     if smoke:
         classify.smoke_recipe(c)

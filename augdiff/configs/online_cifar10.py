@@ -28,31 +28,21 @@ classifier, 4 epochs of 15 steps unless said):
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
+
+from augdiff.configs import classify_cifar10
 
 ROWS = ("real", "offline", "online_count", "online_fresh", "online_wall")
 GENERATOR = "augdiff/assets/generator_cifar10"
 NUM_STEPS = 10  # Heun N of every row (the offline store is sampled with the same)
 NUM_GENERATED = 512
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _classify():
-    spec = importlib.util.spec_from_file_location("classify_cifar10",
-                                                  os.path.join(HERE, "classify_cifar10.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     row = arg or "online_fresh"
     if row not in ROWS:
         raise ValueError(f"online_cifar10: row {row!r} unknown; choose from {ROWS}")
-    c = _classify().get_config("smoke")
+    c = classify_cifar10.get_config("smoke")
     c.workdir = f"runs/online_cifar10/{row}"
     c.data.image_size = 16
     c.data.per_class = 100

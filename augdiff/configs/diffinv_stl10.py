@@ -12,23 +12,14 @@ standing in for STL-10, 32² generation, a few steps; CPU-sized).
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _cifar_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "diffinv_cifar10.py")
-    spec = importlib.util.spec_from_file_location("augdiff_configs_diffinv_cifar10", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from augdiff.configs import diffinv_cifar10
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "default"
-    base = _cifar_config()
+    base = diffinv_cifar10
     c = base.base_config("stl10")
     c.data.path = ""
     c.data.tfds_name = "stl10"

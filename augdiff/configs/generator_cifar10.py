@@ -24,19 +24,14 @@ from __future__ import annotations
 
 import ml_collections
 
-from augdiff.config import sibling_config
-
-
-def _casd_module():
-    """``configs/casd_cifar10.py`` (its fields live there once)."""
-    return sibling_config(__file__, "casd_cifar10.py")
+from augdiff.configs import casd_cifar10
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = arg or "default"
     if arg not in ("default", "test"):
         raise ValueError(f"generator_cifar10: unknown variant {arg!r} (default | test)")
-    c = _casd_module().get_config("classcond")
+    c = casd_cifar10.get_config("classcond")
     c.workdir = "runs/generator_cifar10"
     c.num_samples = 1000
     c.data.image_size = 16

@@ -13,23 +13,14 @@ as a stand-in, 16² generation, a few steps; CPU-sized).
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _cifar_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "diffinv_cifar10.py")
-    spec = importlib.util.spec_from_file_location("augdiff_configs_diffinv_cifar10", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from augdiff.configs import diffinv_cifar10
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "default"
-    base = _cifar_config()
+    base = diffinv_cifar10
     c = base.base_config("medmnist")
     c.data.path = ""  # a MedMNIST image folder or zip: --config.data.path=...
     c.data.image_size = 28

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from augdiff.config import sibling_config
+from augdiff.configs import classify_cifar10
 
 HYBRID_INTERVALS = ((0.05, 0.15), (0.10, 0.20), (0.15, 0.25), (0.20, 0.30))
 ROWS = ("baseline", "vanilla", "dm_lin", "dm_warm", "dm_step",
@@ -64,10 +64,6 @@ WARMUP_EPOCHS = 50  # w of eq. 2 (the seed 000 code's value; the paper gives non
 STEP_EPOCHS = (100, 200)  # t₁, t₂ of eq. 3 (the seed 000 code's values)
 SINGLE_PROMPT = "Autumn"
 
-
-def _classify_module():
-    """``configs/classify_cifar10.py`` (its fields live there once)."""
-    return sibling_config(__file__, "classify_cifar10.py")
 
 
 def _generation() -> ml_collections.ConfigDict:
@@ -123,7 +119,7 @@ def _generation() -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "dc"
-    base = _classify_module()
+    base = classify_cifar10
     c = base.seed000_recipe(base.base_config())
     c.name = f"diffusemix_cifar100:{variant}"
     c.method = "diffusemix"

@@ -17,17 +17,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from augdiff.config import sibling_config
-
-
-def _cifar_module():
-    """``configs/casd_cifar10.py`` (its fields live there once)."""
-    return sibling_config(__file__, "casd_cifar10.py")
+from augdiff.configs import casd_cifar10
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = arg or "default"
-    cifar = _cifar_module()
+    cifar = casd_cifar10
     if arg == "smoke":
         c = cifar.get_config("smoke")
         c.workdir = "runs/casd_ffhq64_smoke"
