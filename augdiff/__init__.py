@@ -1,19 +1,24 @@
 """augdiff: diffusion-based data augmentation in JAX/Flax.
 
-Public modules (import the ones you need; ``import augdiff`` itself loads nothing heavy):
+Public modules (import the ones you need; ``import augdiff`` itself loads nothing heavy),
+from the ground floor up (a module imports only from its own floor or lower ones):
 
+- :mod:`augdiff.config`: loading, resolving and deriving configs; :mod:`augdiff.files`:
+  atomic writes; :mod:`augdiff.configs`: the shipped experiment and command configs;
+  :mod:`augdiff.distributed`: mesh, sharding rules, multi-process helpers;
+  :mod:`augdiff.models`: classifiers and the DDPM++ ``SongUNet``.
 - :mod:`augdiff.data`: real sources (folder / zip / TFDS), subsets, the synthetic store,
   ``MixedLoader`` with ρ(t) schedules, on-device augmentation, IFS fractals.
-- :mod:`augdiff.models`: classifiers and the DDPM++ ``SongUNet``.
 - :mod:`augdiff.train`: classifier training (jitted sharded steps), losses, checkpoints.
-- :mod:`augdiff.edm`: EDM formulation, Heun / Euler / stochastic samplers, DM/SDA/CASD.
 - :mod:`augdiff.sd`: Stable Diffusion loading, samplers, guidance, unCLIP, pipelines.
-- :mod:`augdiff.methods`: DiffuseMix (hybrids, fractals, semantic blending), augmented
-  conditioning, Diffusion Inversion.
+- :mod:`augdiff.edm`: EDM formulation, Heun / Euler / stochastic samplers, DM/SDA/CASD.
 - :mod:`augdiff.metrics`: FID, KID, PRDC, SSIM, replication; feature extractors.
-- :mod:`augdiff.analysis`: CLIP-embedding PCA plots.
-- :mod:`augdiff.distributed`: mesh, sharding rules, multi-process helpers.
-- :mod:`augdiff.runner`: ``augdiff run`` (stages, bookkeeping, ``report.md``).
+- :mod:`augdiff.methods`: DiffuseMix (hybrids, fractals, semantic blending), augmented
+  conditioning, Diffusion Inversion, online generation; the method registry.
+- :mod:`augdiff.analysis`: CLIP-embedding PCA, seed 000's Fig. 3 and SHB measurements.
+- :mod:`augdiff.pipeline`: ``augdiff run`` (stages, bookkeeping, table experiments,
+  ``report.md``).
+- :mod:`augdiff.commands` and :mod:`augdiff.cli`: the ``augdiff`` command line.
 """
 
 __version__ = "0.1.0"

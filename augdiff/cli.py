@@ -12,6 +12,9 @@ import importlib
 import os
 import sys
 
+from augdiff import distributed
+from augdiff.config import ConfigError, load_config
+
 COMMANDS = {
     "env": "augdiff.commands.env",
     "train": "augdiff.commands.train",
@@ -80,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     if spec is None:
         print(f"augdiff {name}: --config configs/<exp>.py[:variant] is required", file=sys.stderr)
         return 2
-    from augdiff import distributed
-    from augdiff.config import ConfigError, load_config
 
     distributed.initialize_distributed()
     try:

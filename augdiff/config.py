@@ -36,6 +36,11 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # installed (``augdiff/assets/...`` still resolves).
 PACKAGE_PARENT = os.path.dirname(PACKAGE_DIR)
 CONFIGS_PREFIX = "configs" + os.sep
+# What the package ships besides code: the generator and the reference classifiers.
+ASSETS_DIR = os.path.join(PACKAGE_DIR, "assets")
+# The class-conditional CIFAR-10 EDM shipped with augdiff, as configs name it: a path that
+# :func:`resolve_path` finds from any directory, source checkout or installed package.
+SHIPPED_GENERATOR = "augdiff/assets/generator_cifar10"
 
 
 def resolve_path(path: str, *, must_exist: bool = False) -> str:
@@ -210,38 +215,6 @@ def _unknown_key_message(spec: str, override_args: Sequence[str]) -> str | None:
             walked.append(part)
             node = node[part]
     return None
-
-
-DEFAULT_DATA_PATH = "../shared/data/cifar10-jpeg.zip"
-
-
-def data_config(**fields: Any) -> ml_collections.ConfigDict:
-    """The ``data`` block every experiment shares (one home for its fields and defaults).
-
-    ``path`` is an image-folder tree ``root/<split>/<class>/*`` or the same tree in a zip
-    (default: the shared CIFAR-10 zip beside the repository); ``tfds_name`` a TFDS dataset
-    instead; ``per_class`` > 0 takes a few-shot subset, ``imbalance_factor`` > 1 a long-tailed
-    one (both drawn from ``subset_seed``). Extra keyword fields are added as they are.
-    """
-    c = ml_collections.ConfigDict()
-    c.path = DEFAULT_DATA_PATH
-    c.tfds_name = ""
-    c.image_size = 32
-    c.channels = 3
-    c.skip_corrupt = True
-    c.per_class = 0
-    c.imbalance_factor = 1.0
-    c.subset_seed = 0
-    c.train_split = "train"
-    c.test_split = "test"
-    for k, v in fields.items():
-        c[k] = v
-    return c
-
-
-def mesh_config(data: int = -1, fsdp: int = 1) -> ml_collections.ConfigDict:
-    """The ``mesh`` block: ``data`` × ``fsdp`` devices (-1 = all that are left)."""
-    return ml_collections.ConfigDict({"data": data, "fsdp": fsdp})
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

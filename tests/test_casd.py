@@ -99,7 +99,7 @@ def test_casd_keeps_the_real_class_support_where_sda_drifts(repo_root, data, tmp
 
 
 def test_table2_config_follows_section_4_3(repo_root):
-    from augdiff.edm import mismatch
+    from augdiff.pipeline import mismatch, tables
 
     assert mismatch.REAL_CLASSES == ("airplane", "automobile", "bird", "cat", "deer", "dog",
                                      "frog", "horse")  # the first 8 CIFAR-10 classes
@@ -118,9 +118,15 @@ def test_table2_config_follows_section_4_3(repo_root):
     out = {"cases": ["case1"], "fid_reference": "train", "extractor": "x",
            "classifier_test_top1": 0.5, "wall_s": 60.0,
            "real_hist": {n: 0.1 for n in mismatch.CIFAR10},
+           "paper": red.table2.paper_fid.to_dict(),
            "results": {k: {"fid": 1.0, "ship_truck": 0.0, "plane_car": 0.2, "n": 5}
                        for k in ("dm", "sda_case1", "casd_case1")}}
-    md = mismatch.report_markdown(out)
+    # Seed 004 Table 2 (FID), as printed in the paper.
+    assert full.table2.paper_fid.to_dict() == {
+        "dm": {"case1": 11.28, "case2": 11.28, "case3": 11.28},
+        "sda": {"case1": 9.98, "case2": 12.77, "case3": 13.71},
+        "casd": {"case1": 4.10, "case2": 4.59, "case3": 4.79}}
+    md = tables.table2_report(out)
     assert "| SDA | 1.00 (9.98) |" in md and "| CASD | 1.00 (4.10) |" in md
 
 

@@ -94,7 +94,7 @@ def test_useless_extractor_triggers_the_warning():
     assert m["discriminates"] is False
     assert "this extractor does not discriminate; the numbers below say nothing about quality" \
         in m["warning"]
-    from augdiff.report import fidelity_table
+    from augdiff.pipeline.report import fidelity_table
 
     ev = {"extractor": m["extractor"], "fid": m["fid"]["value"],
           "kid_mean": m["kid"]["mean"], "kid_std": m["kid"]["std"], "prdc_k": 5,
@@ -133,7 +133,7 @@ def test_report_says_when_the_shipped_generator_changed_after_sampling(repo_root
     import json
 
     from augdiff.config import load_config
-    from augdiff.report import describe_generator
+    from augdiff.pipeline.report import describe_generator
 
     c = load_config(str(repo_root / "augdiff/configs/quickstart.py"))
     shipped = json.loads((repo_root / "augdiff/assets/generator_cifar10/generator.json")

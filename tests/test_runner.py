@@ -17,10 +17,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from augdiff import runner
 from augdiff.config import ConfigError, load_config, resolve_path
 from augdiff.data.schedules import parse_share
-from augdiff.report import fmt_pct, parse_results_table
+from augdiff.pipeline import book, run, stages, wiring
+from augdiff.pipeline.report import fmt_pct, parse_results_table
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,27 +47,27 @@ def _load(name: str, variant: str) -> ml_collections.ConfigDict:
     "name,variant", [(n, v) for n, vs in EXPERIMENTS.items() for v in vs])
 def test_experiment_config_loads_and_stages_are_valid(name, variant):
     c = _load(name, variant)
-    stages = runner.validate_stages(c)
+    stages = wiring.validate_stages(c)
     assert stages[-1] == "report" and stages[0] == "prepare"
     for field in ("workdir", "seed", "data", "mesh"):
         assert field in c
     assert "data" in c.mesh.keys() and "fsdp" in c.mesh.keys()
     c.workdir = "/tmp/augdiff-test-derive"
     # Every derived config whose base file exists can be built: overrides name real fields.
-    if set(stages) & set(runner.TRAIN_STAGES):
+    if set(stages) & set(wiring.TRAIN_STAGES):
         for kind in ("real", "synthetic", "mixed"):
-            sub = runner.classifier_config(c, kind, c.seeds[0], num_real=1000,
+            sub = wiring.classifier_config(c, kind, c.seeds[0], num_real=1000,
                                            num_synthetic=500, store="/tmp/s")
             assert sub.seed == c.seeds[0] and sub.workdir.endswith(f"seed_{c.seeds[0]}")
     if "evaluate" in stages:
-        sub = runner.evaluate_config(c, store="/tmp/s", extractor_checkpoint="/tmp/ck")
+        sub = wiring.evaluate_config(c, store="/tmp/s", extractor_checkpoint="/tmp/ck")
         assert sub.evaluate.store == "/tmp/s"
         assert sub.extractor.image_size == c.data.image_size
     if "generate" in stages:
         spec = str(c.generator.config)
         if os.path.isfile(resolve_path(spec.partition(":")[0])):
-            sub = (runner.generator_config(c) if c.generator.kind == "edm"
-                   else runner.method_config(c))
+            sub = (wiring.generator_config(c) if c.generator.kind == "edm"
+                   else wiring.method_config(c))
             if c.generator.get("checkpoint", ""):  # user / shipped weights are read in place
                 assert sub.workdir == resolve_path(str(c.generator.checkpoint))
                 assert os.path.isdir(os.path.join(sub.workdir, "checkpoints"))
@@ -75,26 +75,26 @@ def test_experiment_config_loads_and_stages_are_valid(name, variant):
                 assert sub.workdir.startswith("/tmp/augdiff-test-derive")
         else:  # a method config that does not exist yet: a clear error naming it
             with pytest.raises(ConfigError, match=spec.partition(":")[0]):
-                runner.method_config(c)
+                wiring.method_config(c)
 
 
 def test_bad_stage_lists_are_named():
     c = _load("quickstart.py", "test")
     c.stages = ("prepare", "report", "generate")
     with pytest.raises(ConfigError, match="order"):
-        runner.validate_stages(c)
+        wiring.validate_stages(c)
     c.stages = ("prepare", "train_synthetic", "report")
     with pytest.raises(ConfigError, match="generate"):
-        runner.validate_stages(c)
+        wiring.validate_stages(c)
     c.stages = ("prepare", "trian_real", "report")
     with pytest.raises(ConfigError, match="trian_real"):
-        runner.validate_stages(c)
+        wiring.validate_stages(c)
     c.stages = ("prepare", "generate", "report")
     with pytest.raises(ConfigError, match="train_generator"):
-        runner.validate_stages(c)
+        wiring.validate_stages(c)
     c.stages = ("prepare", "train_real", "train_real", "report")
     with pytest.raises(ConfigError, match="twice"):
-        runner.validate_stages(c)
+        wiring.validate_stages(c)
 
 
 def test_unknown_override_is_named():
@@ -102,32 +102,32 @@ def test_unknown_override_is_named():
     c.workdir = "/tmp/augdiff-test-derive"
     c.classifier.overrides.model = ml_collections.ConfigDict({"widht": 8})
     with pytest.raises(ConfigError, match="classifier.overrides.model.widht"):
-        runner.classifier_config(c, "real", 0, num_real=100)
+        wiring.classifier_config(c, "real", 0, num_real=100)
 
 
 def test_derived_configs_wire_stages_together():
     c = _load("quickstart.py", "test")
     c.workdir = "/tmp/wd"
-    gen = runner.generator_config(c)
+    gen = wiring.generator_config(c)
     assert gen.workdir == "/tmp/wd/train_generator"
     assert gen.sample.store == "/tmp/wd/generate/store"
     assert gen.num_samples == c.generator.num_samples
     assert gen.data.per_class == c.data.per_class and gen.data.image_size == 16
     assert gen.model.class_conditional and gen.mode == "dm"
 
-    bs = int(runner.classifier_config(c, "real", 0, num_real=200).batch_size)
-    real = runner.classifier_config(c, "real", 3, num_real=200)
+    bs = int(wiring.classifier_config(c, "real", 0, num_real=200).batch_size)
+    real = wiring.classifier_config(c, "real", 3, num_real=200)
     assert real.synthetic.path == "" and real.steps_per_epoch == 200 // bs and real.seed == 3
-    syn = runner.classifier_config(c, "synthetic", 0, num_real=200, num_synthetic=96,
+    syn = wiring.classifier_config(c, "synthetic", 0, num_real=200, num_synthetic=96,
                                    store="/s")
     assert syn.synthetic.path == "/s" and parse_share(syn.synthetic.schedule.rho) == 1.0
     assert syn.steps_per_epoch == 96 // bs
-    mixed = runner.classifier_config(c, "mixed", 0, num_real=200, num_synthetic=40, store="/s")
+    mixed = wiring.classifier_config(c, "mixed", 0, num_real=200, num_synthetic=40, store="/s")
     # 'union': the share of training on real ∪ synthetic, n_syn / (n_real + n_syn).
     assert parse_share(mixed.synthetic.schedule.rho) == pytest.approx(40 / 240)
     assert mixed.steps_per_epoch == 240 // bs
 
-    ev = runner.evaluate_config(c, store="/s", extractor_checkpoint="/ck")
+    ev = wiring.evaluate_config(c, store="/s", extractor_checkpoint="/ck")
     assert ev.extractor.checkpoint == "/ck" and ev.extractor.classifier == real.model.name
     assert ev.extractor.width == real.model.width and ev.workdir == "/tmp/wd/evaluate"
 
@@ -139,8 +139,8 @@ def test_train_mixed_with_mixed_online_samples_the_generator():
     c = _load("quickstart.py", "online")
     c.workdir = "/tmp/wd"
     c.mixed.online.num_steps, c.mixed.online.refresh_every = 4, 3
-    assert "generate" in runner.validate_stages(c)
-    mixed = runner.classifier_config(c, "mixed", 1, num_real=640, num_synthetic=500,
+    assert "generate" in wiring.validate_stages(c)
+    mixed = wiring.classifier_config(c, "mixed", 1, num_real=640, num_synthetic=500,
                                      store="/s")
     on = mixed.synthetic.online
     assert mixed.synthetic.path == "" and on.kind == "edm"
@@ -148,30 +148,30 @@ def test_train_mixed_with_mixed_online_samples_the_generator():
     assert (on.num_steps, on.refresh_every, on.share) == (4, 3, 0.5)
     assert mixed.steps_per_epoch == 640 // int(mixed.batch_size)
     # The store rows still get the store; the real rows nothing synthetic.
-    assert runner.classifier_config(c, "synthetic", 0, num_real=640, num_synthetic=500,
+    assert wiring.classifier_config(c, "synthetic", 0, num_real=640, num_synthetic=500,
                                     store="/s").synthetic.online.kind == "none"
     # No generate stage needed for train_mixed alone.
     c.stages = ("prepare", "train_real", "train_mixed")
-    runner.validate_stages(c)
+    wiring.validate_stages(c)
     c.generator.checkpoint = ""
     with pytest.raises(ConfigError, match="mixed.online.checkpoint"):
-        runner.validate_stages(c)
+        wiring.validate_stages(c)
     c.mixed.online.checkpoint = "/gen"
-    assert runner.classifier_config(c, "mixed", 0, num_real=64).synthetic.online.checkpoint \
+    assert wiring.classifier_config(c, "mixed", 0, num_real=64).synthetic.online.checkpoint \
         == "/gen"
     c.mixed.online.kind = "none"  # back to the store
     with pytest.raises(ConfigError, match="generate"):
-        runner.validate_stages(c)
+        wiring.validate_stages(c)
 
 
 def test_seed_statistics_closed_form():
     per = {f"seed_{i}": {"test_top1": a, "test_top5": b}
            for i, (a, b) in enumerate([(0.5, 0.9), (0.6, 0.8), (0.7, 1.0)])}
-    s = runner.seed_statistics(per)
+    s = stages.seed_statistics(per)
     assert s["test_top1_mean"] == pytest.approx(0.6)
     assert s["test_top1_std"] == pytest.approx(0.1)  # sqrt(((.1)^2 + 0 + (.1)^2) / 2)
     assert s["test_top5_std"] == pytest.approx(0.1)
-    one = runner.seed_statistics({"seed_0": {"test_top1": 0.3, "test_top5": 0.4}})
+    one = stages.seed_statistics({"seed_0": {"test_top1": 0.3, "test_top5": 0.4}})
     assert one["test_top1_std"] == 0.0 and one["num_seeds"] == 1
     assert fmt_pct(0.6, 0.1) == "60.00 ± 10.00"
 
@@ -187,7 +187,7 @@ def _fake_stages(calls: list[str]):
             return {"stage": name, "upstream": sorted(outputs)}
         return fn
 
-    return {s: make(s) for s in runner.STAGES}
+    return {s: make(s) for s in wiring.STAGES}
 
 
 def test_bookkeeping_skips_done_stages_and_names_changed_fields(tmp_path):
@@ -196,7 +196,7 @@ def test_bookkeeping_skips_done_stages_and_names_changed_fields(tmp_path):
     c.stages = ("prepare", "train_generator", "generate", "report")
     calls: list[str] = []
     log: list[str] = []
-    out = runner.run_experiment(c, stage_functions=_fake_stages(calls), log=log.append)
+    out = run.run_experiment(c, stage_functions=_fake_stages(calls), log=log.append)
     assert calls == ["prepare", "train_generator", "generate", "report"]
     assert out["generate"]["upstream"] == ["prepare", "train_generator"]
     book = tmp_path / "run" / "stages.json"
@@ -204,7 +204,7 @@ def test_bookkeeping_skips_done_stages_and_names_changed_fields(tmp_path):
 
     calls.clear()
     log.clear()
-    runner.run_experiment(c, stage_functions=_fake_stages(calls), log=log.append)
+    run.run_experiment(c, stage_functions=_fake_stages(calls), log=log.append)
     assert calls == []
     assert log == [f"skipping {s}: done" for s in c.stages]
     assert (book.read_bytes(), book.stat().st_mtime_ns) == before
@@ -212,10 +212,10 @@ def test_bookkeeping_skips_done_stages_and_names_changed_fields(tmp_path):
     # A changed generator config is an error naming the field, not a silent reuse.
     c.generator.overrides.train.lr = 5e-3
     with pytest.raises(ConfigError, match="train.lr"):
-        runner.run_experiment(c, stage_functions=_fake_stages(calls), log=log.append)
+        run.run_experiment(c, stage_functions=_fake_stages(calls), log=log.append)
     # ... unless that stage is started over; every later stage is redone with it.
     c.rerun = "train_generator"
-    runner.run_experiment(c, stage_functions=_fake_stages(calls), log=log.append)
+    run.run_experiment(c, stage_functions=_fake_stages(calls), log=log.append)
     assert calls == ["train_generator", "generate", "report"]
 
 
@@ -248,19 +248,19 @@ def test_killed_stage_is_resumed_and_new_seeds_only_train_new_seeds(tmp_path, mo
 
     monkeypatch.setattr(clf, "train_and_evaluate", crash_second)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_experiment(c, stage_functions=fns, log=lambda m: None)
+        run.run_experiment(c, stage_functions=fns, log=lambda m: None)
     rec = json.loads((tmp_path / "run" / "stages.json").read_text())["stages"]["train_real"]
     assert rec["status"] == "running" and list(rec["units"]) == ["seed_0"]
 
     monkeypatch.setattr(clf, "train_and_evaluate", fake_train)
     trained.clear()
-    out = runner.run_experiment(c, stage_functions=fns, log=lambda m: None)
+    out = run.run_experiment(c, stage_functions=fns, log=lambda m: None)
     assert trained == ["seed_1"]
     assert out["train_real"]["test_top1_mean"] == pytest.approx(0.15)
 
     c.seeds = (0, 1, 2)
     trained.clear()
-    out = runner.run_experiment(c, stage_functions=fns, log=lambda m: None)
+    out = run.run_experiment(c, stage_functions=fns, log=lambda m: None)
     assert trained == ["seed_2"] and out["train_real"]["num_seeds"] == 3
 
 
@@ -360,10 +360,10 @@ def test_second_start_redoes_nothing(finished_run, tiny_zip):
 
     log: list[str] = []
     t0 = time.time()
-    runner.run_experiment(c, stage_functions={s: forbidden(s) for s in runner.STAGES},
+    run.run_experiment(c, stage_functions={s: forbidden(s) for s in wiring.STAGES},
                           log=log.append)
     assert time.time() - t0 < 10
-    assert log == [f"skipping {s}: done" for s in runner.stage_list(c)]
+    assert log == [f"skipping {s}: done" for s in wiring.stage_list(c)]
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before
 
 
@@ -447,14 +447,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(finished_run, tiny_zip, 
 
 @pytest.mark.slow
 def test_pca_stage_and_its_report_section(finished_run, tiny_zip, tmp_path):
-    from augdiff.report import write_report
+    from augdiff.pipeline.report import write_report
 
     c = _load("quickstart.py", "test")
     c.workdir = str(tmp_path / "pca_run")
     c.data.path = str(tiny_zip)
     outputs = {k: v["outputs"] for k, v in _stages(finished_run).items() if k != "report"}
-    book = runner.StageBook(str(tmp_path), writer=False)
-    pca = runner.stage_pca(c, outputs, runner.Units(book, "pca", print))
+    stage_book = book.StageBook(str(tmp_path), writer=False)
+    pca = stages.stage_pca(c, outputs, book.Units(stage_book, "pca", print))
     assert pathlib.Path(pca["plot"]).is_file()
     r = pca["explained_variance_ratio"]
     assert len(r) == 2 and 1.0 >= r[0] >= r[1] >= 0.0
@@ -470,5 +470,5 @@ def test_changed_fields_ignore_fields_added_since_the_stage_ran():
     old = {"train": {"lr": 1e-3, "batch_size": 64}, "sample": {"steps": 18}}
     new = {"train": {"lr": 2e-3, "batch_size": 64, "new_knob": 1}, "sample": {"steps": 18},
            "extra": {"x": 1}}
-    assert runner.changed_fields(old, new) == ["train.lr"]
-    assert runner.changed_fields(old, {**old, "extra": 3}) == []
+    assert book.changed_fields(old, new) == ["train.lr"]
+    assert book.changed_fields(old, {**old, "extra": 3}) == []

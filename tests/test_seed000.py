@@ -141,8 +141,8 @@ def test_seed000_schedules_equal_the_code_definitions():
 
 
 def test_one_epoch_definition_for_train_and_run():
-    from augdiff import runner
     from augdiff.config import load_config
+    from augdiff.pipeline import wiring
     from augdiff.train.classifier import epoch_steps
 
     assert epoch_steps(50_000, 50_000, 100) == 1000
@@ -150,10 +150,10 @@ def test_one_epoch_definition_for_train_and_run():
     assert epoch_steps(50_000, 50_000, 100, fixed=7) == 7
     c = load_config(f"{REPO / 'augdiff' / 'configs' / 'exp_seed000_diffusemix.py'}:baseline")
     c.workdir = "/tmp/augdiff-test-epoch"
-    sub = runner.classifier_config(c, "mixed", 0, num_real=50_000, num_synthetic=50_000,
+    sub = wiring.classifier_config(c, "mixed", 0, num_real=50_000, num_synthetic=50_000,
                                    store="/tmp/s")
     assert sub.steps_per_epoch == 1000  # the union, as augdiff train counts it
-    sub = runner.classifier_config(c, "real", 0, num_real=50_000)
+    sub = wiring.classifier_config(c, "real", 0, num_real=50_000)
     assert sub.steps_per_epoch == 500
 
 
@@ -187,7 +187,7 @@ def test_every_table_row_is_a_named_row_with_the_papers_numbers():
 
 
 def test_paper_table_layout():
-    from augdiff.analysis.tables import paper_table
+    from augdiff.pipeline.tables import paper_table
 
     mod = _exp_module()
     md = paper_table(["baseline", "shb_fractal"], mod.PAPER,
@@ -321,8 +321,8 @@ def test_rows_experiment_wiring(tmp_path, monkeypatch):
     """The table experiment runs every row as its own sub-experiment: rows other than
     baseline adopt baseline's edits, vanilla trains on real data only, dc reports baseline's
     result, and report.md holds the paper-layout table and the findings' directions."""
-    from augdiff import runner
     from augdiff.config import load_config
+    from augdiff.pipeline import run, stages
 
     seen = {}
 
@@ -340,11 +340,11 @@ def test_rows_experiment_wiring(tmp_path, monkeypatch):
             return {}
         return fn
 
-    for s in runner.STAGE_FUNCTIONS:
-        monkeypatch.setitem(runner.STAGE_FUNCTIONS, s, fake(s))
+    for s in stages.STAGE_FUNCTIONS:
+        monkeypatch.setitem(stages.STAGE_FUNCTIONS, s, fake(s))
     cfg = load_config(f"{REPO / 'augdiff' / 'configs' / 'exp_seed000_diffusemix.py'}:ci",
                       [f"workdir={tmp_path}", "rows=baseline,vanilla,random", "analyses="])
-    out = runner.run_experiment(cfg, log=lambda m: None)["rows"]
+    out = run.run_experiment(cfg, log=lambda m: None)["rows"]
     assert seen["vanilla"] == ["prepare", "train_real", "report"]
     assert seen["baseline"] == ["prepare", "generate", "train_mixed", "report"]
     assert seen["baseline:edits_store"] == ""
@@ -363,7 +363,7 @@ def test_rows_experiment_wiring(tmp_path, monkeypatch):
     assert not DM.needs_edits(load_config(f"{dm_cfg}:fractal_0.20_lsf1.00"))
     assert DM.needs_edits(load_config(f"{dm_cfg}:baseline"))
     with pytest.raises(Exception, match="needs row 'baseline' first"):
-        runner.run_experiment(load_config(
+        run.run_experiment(load_config(
             f"{REPO / 'augdiff' / 'configs' / 'exp_seed000_diffusemix.py'}:ci",
             [f"workdir={tmp_path / 'b'}", "rows=random,baseline", "analyses="]),
             log=lambda m: None)
@@ -395,12 +395,12 @@ def test_ci_table_experiment_end_to_end(cifar_small, tmp_path):
     the SHB measurement."""
     import json
 
-    from augdiff import runner
     from augdiff.config import load_config
+    from augdiff.pipeline import run
 
     cfg = load_config(f"{REPO / 'augdiff' / 'configs' / 'exp_seed000_diffusemix.py'}:ci", [
         f"workdir={tmp_path}", f"data.path={cifar_small}", "analyses=shb_measure"])
-    out = runner.run_experiment(cfg, log=lambda m: None)["rows"]
+    out = run.run_experiment(cfg, log=lambda m: None)["rows"]
     assert set(out["rows"]) == {"baseline", "fractal_0.20_lsf0.80", "shb_fractal", "dc"}
 
     def gen(row):

@@ -33,7 +33,6 @@ def run_fig3(config: Any, rows: Mapping[str, Mapping[str, Any]],
     """Table-experiment analysis ``fig3`` (see the module docstring); writes
     ``<workdir>/analyses/fig3.png``."""
     from augdiff.analysis.pca import plot_panels, project_on_originals, spread
-    from augdiff.analysis.shb_measure import _row_generate_config
     from augdiff.data.sources import open_real_source
     from augdiff.edm import edit as edm_edit
     from augdiff.methods import diffusemix as DM
@@ -44,7 +43,7 @@ def run_fig3(config: Any, rows: Mapping[str, Mapping[str, Any]],
     row = str(opts.get("row", "baseline"))
     if row not in rows:
         raise ValueError(f"fig3.row {row!r} is not among the rows run: {sorted(rows)}")
-    sub = _row_generate_config(rows[row]["workdir"])
+    sub = rows[row]["generate_config"]
     dm = sub.diffusemix
     if str(dm.editor) != "edm":
         raise ValueError("fig3 makes its generations with the EDM editor (diffusemix.editor="

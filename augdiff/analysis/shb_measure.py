@@ -70,7 +70,7 @@ def run_shb_measure(config: Any, rows: Mapping[str, Mapping[str, Any]],
     opts = config.get("shb_measure", {}) or {}
     n = int(opts.get("max_images", 64))
     row = "shb" if "shb" in rows else next(iter(rows))
-    sub = _row_generate_config(rows[row]["workdir"])
+    sub = rows[row]["generate_config"]
     edits_dir = str(sub.diffusemix.get("edits_store", "") or "") or DM.store_dirs(sub)[0]
     edits = SyntheticStore(edits_dir)
     real = open_real_source(sub.data, str(sub.data.get("train_split", "train")))
@@ -101,17 +101,3 @@ def run_shb_measure(config: Any, rows: Mapping[str, Mapping[str, Any]],
                          f"{100 * v['soft_share_mean']:.1f} ± {100 * v['soft_share_std']:.1f} % |")
     return {"clip": label, "row": row, "num_images": int(len(idx)), "stats": stats,
             "report_lines": lines}
-
-
-def _row_generate_config(row_workdir: str) -> Any:
-    """The derived generation config of a row (``generate/stage_config.json`` is not written
-    for method configs, so rebuild it from the row's resolved experiment config)."""
-    import json
-
-    import ml_collections
-
-    from augdiff.runner import method_config
-
-    with open(os.path.join(row_workdir, "config.json")) as f:
-        cfg = ml_collections.ConfigDict(json.load(f))
-    return method_config(cfg)

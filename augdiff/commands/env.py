@@ -6,6 +6,10 @@ import importlib.metadata as md
 import json
 import platform
 
+import jax
+
+from augdiff import distributed
+
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
@@ -19,11 +23,7 @@ def versions() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from augdiff import distributed
-
     distributed.initialize_distributed()
-    import jax
-
     mesh = distributed.make_mesh()
     info = {"versions": versions(), **distributed.describe(mesh)}
     prefix = f"[process {jax.process_index()}/{jax.process_count()}] "

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import sys
 
+import jax
 import ml_collections
+
+from augdiff.metrics.evaluate import evaluate_store, summary_lines
 
 
 def main(config: ml_collections.ConfigDict) -> int:
-    import jax
-
-    from augdiff.metrics.evaluate import evaluate_store, summary_lines
-
     try:
         result = evaluate_store(config)
     except (ValueError, FileNotFoundError, ImportError) as e:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from augdiff.data.sources import open_real_source
+from augdiff.data.store import export_store
+
 
 def class_names_of(data: str) -> list[str] | None:
     """Class names of the ``train`` split of the image folder / zip ``data`` (``None``: none)."""
     if not data:
         return None
-    from augdiff.data.sources import open_real_source
-
     return list(open_real_source({"path": data}, "train", subset=False).class_names)
 
 
@@ -30,8 +31,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data", default="", help="image folder / zip whose class names to use")
     p.add_argument("--table", default="csv", choices=("csv", "jsonl"))
     a = p.parse_args(argv)
-    from augdiff.data.store import export_store
-
     try:
         out = export_store(a.store, a.out, class_names=class_names_of(a.data), table=a.table)
     except (OSError, ValueError, RuntimeError) as e:

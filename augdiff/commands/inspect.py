@@ -13,6 +13,9 @@ import argparse
 import json
 import sys
 
+from augdiff.commands.export import class_names_of
+from augdiff.data.store import format_inspection, inspect_store
+
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="augdiff inspect", description=__doc__.split("\n")[0])
@@ -20,8 +23,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data", default="", help="image folder / zip whose class names to use")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     a = p.parse_args(argv)
-    from augdiff.commands.export import class_names_of
-    from augdiff.data.store import format_inspection, inspect_store
 
     try:
         info = inspect_store(a.store)

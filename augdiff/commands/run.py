@@ -4,25 +4,23 @@
         [--config.rerun=stage,...]
 
 Started again on the same workdir it skips the finished stages ("skipping <stage>: done") and
-resumes a stage that was killed midway (see :mod:`augdiff.runner`).
+resumes a stage that was killed midway (see :mod:`augdiff.pipeline.loop`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
+import jax
 import ml_collections
+
+from augdiff.config import ConfigError
+from augdiff.data.store import StoreError
+from augdiff.pipeline.run import run_experiment
 
 
 def main(config: ml_collections.ConfigDict) -> int:
-    import os
-
-    import jax
-
-    from augdiff.config import ConfigError
-    from augdiff.data.store import StoreError
-    from augdiff.runner import run_experiment
-
     def log(msg: str) -> None:
         if jax.process_index() == 0:
             print(f"augdiff run: {msg}", flush=True)

@@ -14,11 +14,11 @@ import sys
 
 import ml_collections
 
+from augdiff.config import ConfigError
+from augdiff.edm.sampling import sample_to_store
+
 
 def main(config: ml_collections.ConfigDict) -> int:
-    from augdiff.config import ConfigError
-    from augdiff.edm.sampling import sample_to_store
-
     try:
         summary = sample_to_store(config)
     except (ConfigError, FileNotFoundError) as e:

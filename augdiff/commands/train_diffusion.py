@@ -14,11 +14,11 @@ import sys
 
 import ml_collections
 
+from augdiff.config import ConfigError
+from augdiff.edm.train import NonFiniteLossError, train
+
 
 def main(config: ml_collections.ConfigDict) -> int:
-    from augdiff.config import ConfigError
-    from augdiff.edm.train import NonFiniteLossError, train
-
     try:
         last = train(config)
     except (ConfigError, FileNotFoundError, NonFiniteLossError) as e:

@@ -22,8 +22,8 @@ import os
 
 import ml_collections
 
-from augdiff.config import data_config, mesh_config
 from augdiff.configs import classify_cifar10
+from augdiff.configs.common import data_config, mesh_config
 
 VARIANTS = (
     "fewshot",

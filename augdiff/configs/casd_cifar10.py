@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from augdiff.config import data_config, mesh_config
+from augdiff.configs.common import data_config, mesh_config
 
 
 def _base() -> ml_collections.ConfigDict:

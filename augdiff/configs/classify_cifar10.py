@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from augdiff.config import data_config, mesh_config
+from augdiff.configs.common import data_config, mesh_config
 
 
 def base_config(num_classes_hint: int = 10) -> ml_collections.ConfigDict:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from augdiff.config import data_config, mesh_config
+from augdiff.configs.common import data_config, mesh_config
 
 
 def base_config(name: str) -> ml_collections.ConfigDict:

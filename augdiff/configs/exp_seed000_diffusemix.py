@@ -41,8 +41,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from augdiff.config import data_config, mesh_config
-from augdiff.edm.assets import SHIPPED_GENERATOR as SHIPPED_EDM
+from augdiff.config import SHIPPED_GENERATOR, resolve_path
+from augdiff.configs import common
+
+# The class-conditional EDM shipped with augdiff, as an absolute path (the editor's workdir).
+SHIPPED_EDM = resolve_path(SHIPPED_GENERATOR)
 
 ROWS = ("baseline", "vanilla", "dm_lin", "dm_warm", "dm_step", "hybrid_0.05_0.15",
         "hybrid_0.10_0.20", "hybrid_0.15_0.25", "hybrid_0.20_0.30", "fractal_0.20_lsf1.00",
@@ -105,10 +108,10 @@ def _table_config(profile: str) -> ml_collections.ConfigDict:
     c.links = "generator.overrides.diffusemix.edits_store=baseline:generate/store/edits"
     c.rerun_rows = ""  # rows to start over (e.g. "shb,shb_fractal" after an SHB change)
     c.seeds = (0,)
-    c.data = data_config(path="../shared/data/cifar10-jpeg.zip", tfds_name="")
+    c.data = common.data_config(path="../shared/data/cifar10-jpeg.zip", tfds_name="")
     c.data.image_size = 16
     c.data.per_class = PROFILES[profile]["per_class"]
-    c.mesh = mesh_config()
+    c.mesh = common.mesh_config()
     c.analyses = "fig3,shb_measure"
     # Fig. 3 with the tiny RANDOM CLIP unless fig3.clip names real weights; the "prompts" are
     # SDEdit strengths (the table's single prompt is σ_start = 1).
@@ -117,6 +120,10 @@ def _table_config(profile: str) -> ml_collections.ConfigDict:
                                         "strengths": "0.5|1|2" if profile == "cpu" else "1"})
     c.shb_measure = ml_collections.ConfigDict({"max_images": 64 if profile == "cpu" else 4})
     c.report = ml_collections.ConfigDict({"title": f"Seed 000 Tables 1-2 ({profile} profile)"})
+    # The paper's side of report.md: Tables 1-2 in the paper's row order, and its findings.
+    c.paper = ml_collections.ConfigDict()
+    c.paper.table = tuple((row, *PAPER[row]) for row in ROWS)
+    c.paper.findings = FINDINGS
     return c
 
 
@@ -160,47 +167,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c = get_config(row)
         _reduced_row(c, profile, row)
         return c
-    c = ml_collections.ConfigDict()
-    c.name = f"exp_seed000_diffusemix:{variant}"
-    c.description = "Seed 000: DiffuseMix-style synthetic data for CIFAR-100 classification."
-    c.workdir = f"runs/exp_seed000_{variant}"
-    c.seed = 0
-    c.seeds = (0, 1, 2)
-    c.stages = ("prepare", "generate", "train_real", "train_mixed", "evaluate", "pca", "report")
-    c.rerun = ""
-
-    c.data = data_config(path="", tfds_name="cifar100")
-
-    c.mesh = mesh_config()
-
-    c.generator = ml_collections.ConfigDict()
-    c.generator.kind = "method"
-    c.generator.config = f"configs/diffusemix_cifar100.py:{variant}"
-    c.generator.checkpoint = ""
-    c.generator.store = ""
-    c.generator.weights = ""  # the SD / InstructPix2Pix weights named in the method config
-    c.generator.num_samples = 0
-    c.generator.overrides = ml_collections.ConfigDict()
-
-    c.classifier = ml_collections.ConfigDict()
-    c.classifier.config = "configs/classify_cifar100.py"
-    c.classifier.overrides = ml_collections.ConfigDict()
-
+    c = common.experiment(
+        f"exp_seed000_diffusemix:{variant}",
+        description="Seed 000: DiffuseMix-style synthetic data for CIFAR-100 classification.",
+        workdir=f"runs/exp_seed000_{variant}", seeds=(0, 1, 2),
+        stages=("prepare", "generate", "train_real", "train_mixed", "evaluate", "pca", "report"),
+        data=common.data_config(path="", tfds_name="cifar100"))
+    # generator.weights: the SD / InstructPix2Pix weights named in the method config
+    c.generator = common.generator("method", f"configs/diffusemix_cifar100.py:{variant}")
+    c.classifier = common.classifier("configs/classify_cifar100.py")
     # Steps per epoch follow the union of real and synthetic data; the share follows the row.
-    c.mixed = ml_collections.ConfigDict()
-    c.mixed.schedule = ml_collections.ConfigDict({"kind": "constant", "rho": "1:1", "total": 0,
-                                                  "warmup": 0, "t1": 0, "t2": 0})
-
-    c.evaluate = ml_collections.ConfigDict()
-    c.evaluate.config = "configs/evaluate_cifar10.py"
-    c.evaluate.overrides = ml_collections.ConfigDict({
+    c.mixed = common.mixed("1:1")
+    c.evaluate = common.evaluate("configs/evaluate_cifar10.py", {
         "extractor": {"classifier": "preact_resnet18"},
     })
     c.pca = ml_collections.ConfigDict({"max_images": 2000, "normalize": True})
-
-    c.report = ml_collections.ConfigDict()
-    c.report.title = f"Seed 000 (DiffuseMix) — {variant}"
-    c.report.samples_per_class = 8
+    c.report = common.report(f"Seed 000 (DiffuseMix) — {variant}")
 
     if variant == "smoke":
         c.workdir = "runs/exp_seed000_smoke"
@@ -211,10 +193,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.generator.weights = "random"
         c.classifier.config = "configs/classify_cifar100.py:smoke"
         c.classifier.overrides = ml_collections.ConfigDict({"epochs": 1, "loss": {"kind": LOSS}})
-        c.evaluate.config = "configs/evaluate_cifar10.py:smoke"
-        c.evaluate.overrides = ml_collections.ConfigDict({
-            "evaluate": {"max_real": 200, "max_synthetic": 200, "max_train": 100,
-                         "kid_subsets": 10, "kid_subset_size": 20}})
+        c.evaluate = common.evaluate("configs/evaluate_cifar10.py:smoke", common.SMOKE_EVALUATE)
         c.pca.max_images = 200
         return c
     if variant not in ROWS:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from augdiff.config import data_config, mesh_config
+from augdiff.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,47 +33,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if protocol not in ("fewshot", "longtail") or smoke not in ("", "smoke"):
         raise ValueError(f"exp_seed001_augcond: unknown variant {variant!r} (fewshot | longtail "
                          "| fewshot_smoke | longtail_smoke | smoke)")
-    c = ml_collections.ConfigDict()
-    c.name = f"exp_seed001_augcond:{variant}"
-    c.description = f"Seed 001 (augmented conditioning), {protocol} protocol."
-    c.workdir = f"runs/exp_seed001_{variant}"
-    c.seed = 0
-    c.seeds = (0, 1, 2)
-    c.stages = ("prepare", "generate", "train_real", "train_mixed", "evaluate", "report")
-    c.rerun = ""
-
-    c.data = data_config(
-        per_class=10 if protocol == "fewshot" else 0,
-        imbalance_factor=100.0 if protocol == "longtail" else 1.0,
-    )
-
-    c.mesh = mesh_config()
-
-    c.generator = ml_collections.ConfigDict()
-    c.generator.kind = "method"
-    c.generator.config = f"configs/augcond_cifar10.py:{variant}"
-    c.generator.checkpoint = ""
-    c.generator.store = ""
-    c.generator.weights = ""
-    c.generator.num_samples = 0
-    c.generator.overrides = ml_collections.ConfigDict()
-
-    c.classifier = ml_collections.ConfigDict()
-    c.classifier.config = "configs/classify_cifar10.py"
-    c.classifier.overrides = ml_collections.ConfigDict()
-
+    c = common.experiment(
+        f"exp_seed001_augcond:{variant}",
+        description=f"Seed 001 (augmented conditioning), {protocol} protocol.",
+        workdir=f"runs/exp_seed001_{variant}", seeds=(0, 1, 2),
+        stages=("prepare", "generate", "train_real", "train_mixed", "evaluate", "report"),
+        data=common.data_config(
+            per_class=10 if protocol == "fewshot" else 0,
+            imbalance_factor=100.0 if protocol == "longtail" else 1.0,
+        ))
+    c.generator = common.generator("method", f"configs/augcond_cifar10.py:{variant}")
+    c.classifier = common.classifier("configs/classify_cifar10.py")
     # 50/50 real/synthetic batches; an epoch is one pass over real + synthetic.
-    c.mixed = ml_collections.ConfigDict()
-    c.mixed.schedule = ml_collections.ConfigDict({"kind": "constant", "rho": "0.5", "total": 0,
-                                                  "warmup": 0, "t1": 0, "t2": 0})
-
-    c.evaluate = ml_collections.ConfigDict()
-    c.evaluate.config = "configs/evaluate_cifar10.py"
-    c.evaluate.overrides = ml_collections.ConfigDict()
-
-    c.report = ml_collections.ConfigDict()
-    c.report.title = f"Seed 001 (augmented conditioning) — {variant}"
-    c.report.samples_per_class = 8
+    c.mixed = common.mixed("0.5")
+    c.evaluate = common.evaluate("configs/evaluate_cifar10.py")
+    c.report = common.report(f"Seed 001 (augmented conditioning) — {variant}")
 
     if smoke:
         c.seeds = (0,)
@@ -86,8 +60,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.generator.weights = "random"
         c.classifier.config = "configs/classify_cifar10.py:smoke"
         c.classifier.overrides = ml_collections.ConfigDict({"epochs": 1})
-        c.evaluate.config = "configs/evaluate_cifar10.py:smoke"
-        c.evaluate.overrides = ml_collections.ConfigDict({
-            "evaluate": {"max_real": 200, "max_synthetic": 200, "max_train": 100,
-                         "kid_subsets": 10, "kid_subset_size": 20}})
+        c.evaluate = common.evaluate("configs/evaluate_cifar10.py:smoke", common.SMOKE_EVALUATE)
     return c

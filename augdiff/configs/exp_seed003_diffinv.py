@@ -20,49 +20,23 @@ from __future__ import annotations
 
 import ml_collections
 
-from augdiff.config import data_config, mesh_config
+from augdiff.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "default"
-    c = ml_collections.ConfigDict()
-    c.name = f"exp_seed003_diffinv:{variant}"
-    c.description = "Seed 003 (Diffusion Inversion) Table 7: real / generated / real + generated."
-    c.workdir = f"runs/exp_seed003_{variant}"
-    c.seed = 0
-    c.seeds = (0, 1, 2)
-    c.stages = ("prepare", "generate", "train_real", "train_synthetic", "train_mixed",
-                "evaluate", "report")
-    c.rerun = ""
-
-    c.data = data_config()
-
-    c.mesh = mesh_config()
-
-    c.generator = ml_collections.ConfigDict()
-    c.generator.kind = "method"
-    c.generator.config = "configs/diffinv_cifar10.py"
-    c.generator.checkpoint = ""
-    c.generator.store = ""
-    c.generator.weights = ""
-    c.generator.num_samples = 0
-    c.generator.overrides = ml_collections.ConfigDict()
-
-    c.classifier = ml_collections.ConfigDict()
-    c.classifier.config = "configs/classify_cifar10.py"
-    c.classifier.overrides = ml_collections.ConfigDict()
-
-    c.mixed = ml_collections.ConfigDict()
-    c.mixed.schedule = ml_collections.ConfigDict({"kind": "constant", "rho": "union", "total": 0,
-                                                  "warmup": 0, "t1": 0, "t2": 0})
-
-    c.evaluate = ml_collections.ConfigDict()
-    c.evaluate.config = "configs/evaluate_cifar10.py"
-    c.evaluate.overrides = ml_collections.ConfigDict()
-
-    c.report = ml_collections.ConfigDict()
-    c.report.title = f"Seed 003 (Diffusion Inversion) Table 7 — {variant}"
-    c.report.samples_per_class = 8
+    c = common.experiment(
+        f"exp_seed003_diffinv:{variant}",
+        description="Seed 003 (Diffusion Inversion) Table 7: real / generated / real + generated.",
+        workdir=f"runs/exp_seed003_{variant}", seeds=(0, 1, 2),
+        stages=("prepare", "generate", "train_real", "train_synthetic", "train_mixed",
+                "evaluate", "report"),
+        data=common.data_config())
+    c.generator = common.generator("method", "configs/diffinv_cifar10.py")
+    c.classifier = common.classifier("configs/classify_cifar10.py")
+    c.mixed = common.mixed("union")
+    c.evaluate = common.evaluate("configs/evaluate_cifar10.py")
+    c.report = common.report(f"Seed 003 (Diffusion Inversion) Table 7 — {variant}")
 
     if variant == "default":
         pass

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from augdiff.config import SHIPPED_GENERATOR
 from augdiff.configs import classify_cifar10
 
 ROWS = ("real", "offline", "online_count", "online_fresh", "online_wall")
-GENERATOR = "augdiff/assets/generator_cifar10"
+GENERATOR = SHIPPED_GENERATOR
 NUM_STEPS = 10  # Heun N of every row (the offline store is sampled with the same)
 NUM_GENERATED = 512
 

@@ -19,7 +19,7 @@ defaults to ``../shared/data/cifar10-jpeg.zip`` beside the repository; elsewhere
    "classifier accuracy on generated samples".
 5. ``report``: ``report.md`` with the results table, fidelity metrics and sample grids.
 
-Started again it redoes nothing; killed midway it resumes (see :mod:`augdiff.runner`).
+Started again it redoes nothing; killed midway it resumes (see :mod:`augdiff.pipeline.loop`).
 
 Variants: default; ``online`` (``train_mixed`` samples the generator during training,
 ``mixed.online``); ``train_generator`` (train a tiny EDM on the run's 1,000 real images
@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from augdiff.config import data_config, mesh_config
+from augdiff.config import SHIPPED_GENERATOR
+from augdiff.configs import common
 
 STAGES = ("prepare", "generate", "train_real", "train_synthetic", "train_mixed", "evaluate",
           "report")
-SHIPPED_GENERATOR = "augdiff/assets/generator_cifar10"
 
 
 def train_generator_section(c: ml_collections.ConfigDict) -> None:
@@ -58,40 +58,25 @@ def train_generator_section(c: ml_collections.ConfigDict) -> None:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "default"
-    c = ml_collections.ConfigDict()
-    c.name = "quickstart"
-    c.description = ("CIFAR-10 at 16², 100 real images per class; synthetic images from the "
+    c = common.experiment(
+        "quickstart",
+        description=("CIFAR-10 at 16², 100 real images per class; synthetic images from the "
                      "class-conditional EDM shipped with augdiff (trained on the full CIFAR-10 "
                      "training split, so its samples carry information from all 50,000 real "
                      "images, not only the run's subset); classifiers on real / synthetic / "
-                     "mixed data.")
-    c.workdir = "runs/quickstart"
-    c.seed = 0
-    c.seeds = (0, 1)
-    c.stages = STAGES
-    c.rerun = ""  # comma-separated stages to start over (with every later stage)
-
-    c.data = data_config(image_size=16, per_class=100)
-
-    c.mesh = mesh_config()
+                     "mixed data."),
+        workdir="runs/quickstart", seeds=(0, 1), stages=STAGES,
+        data=common.data_config(image_size=16, per_class=100))
 
     # The generator shipped with augdiff (augdiff/assets/generator_cifar10, trained by
     # configs/generator_cifar10.py on the full CIFAR-10 training split at 16²), loaded exactly
-    # like a user's train-diffusion workdir.
-    c.generator = ml_collections.ConfigDict()
-    c.generator.kind = "edm"  # edm | method | store
-    c.generator.config = "configs/generator_cifar10.py"
-    c.generator.checkpoint = SHIPPED_GENERATOR  # a train-diffusion workdir = user weights
-    c.generator.store = ""  # kind=store: an existing synthetic store
-    c.generator.weights = ""
-    c.generator.num_samples = 500
-    c.generator.overrides = ml_collections.ConfigDict({
+    # like a user's train-diffusion workdir (generator.checkpoint = user weights).
+    c.generator = common.generator("edm", "configs/generator_cifar10.py",
+                                   checkpoint=SHIPPED_GENERATOR, num_samples=500, overrides={
         "sample": {"sampler": "heun", "num_steps": 12, "batch_size": 100, "grid": 64},
     })
 
-    c.classifier = ml_collections.ConfigDict()
-    c.classifier.config = "configs/classify_cifar10.py:smoke"
-    c.classifier.overrides = ml_collections.ConfigDict({
+    c.classifier = common.classifier("configs/classify_cifar10.py:smoke", {
         "model": {"name": "preact_resnet_tiny", "width": 16},
         "batch_size": 64, "epochs": 4, "eval_batch_size": 1000,
         # the report reads the test split after the last epoch only; evaluating the 10,000
@@ -102,29 +87,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     })
 
     # Real + synthetic: 'union' = the share n_syn / (n_real + n_syn) of training on both.
-    c.mixed = ml_collections.ConfigDict()
-    c.mixed.schedule = ml_collections.ConfigDict({"kind": "constant", "rho": "union", "total": 0,
-                                                  "warmup": 0, "t1": 0, "t2": 0})
+    c.mixed = common.mixed("union")
     # kind = "edm": train_mixed samples the generator during training instead of reading the
-    # store (augdiff.data.online; fields as the classifier's synthetic.online, checkpoint ""
+    # store (augdiff.methods.online; fields as the classifier's synthetic.online, checkpoint ""
     # = generator.checkpoint); variant ``online``.
     c.mixed.online = ml_collections.ConfigDict({
         "kind": "none", "checkpoint": "", "share": 0.5, "num_steps": 12, "refresh_every": 1,
         "buffer_size": 0, "balance": "uniform", "seed": -1})
 
-    c.evaluate = ml_collections.ConfigDict()
     # Features (and "classifier accuracy on generated samples") from the reference
     # classifier: trained on the full real training split on the first run, cached across
     # runs; control rows (held-out real floor, noise / blur / shuffle ceilings).
-    c.evaluate.config = "configs/evaluate_cifar10.py:reference"
-    c.evaluate.overrides = ml_collections.ConfigDict({
+    c.evaluate = common.evaluate("configs/evaluate_cifar10.py:reference", {
         "evaluate": {"max_real": 1000, "max_synthetic": 1000, "max_train": 500,
                      "kid_subsets": 20, "kid_subset_size": 100, "ssim_threshold": 0.5},
     })
-
-    c.report = ml_collections.ConfigDict()
-    c.report.title = "augdiff quickstart: CIFAR-10 with the EDM generator shipped with augdiff"
-    c.report.samples_per_class = 8
+    c.report = common.report(
+        "augdiff quickstart: CIFAR-10 with the EDM generator shipped with augdiff")
 
     if variant == "default":
         pass

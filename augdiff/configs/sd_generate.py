@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from augdiff.config import data_config, mesh_config
+from augdiff.configs.common import data_config, mesh_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

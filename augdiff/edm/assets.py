@@ -10,7 +10,7 @@ run``) or ``workdir`` (``augdiff sample``) to its directory; :func:`augdiff.edm.
 restore_ema` reads the EMA entry of either kind of checkpoint.
 
 ``augdiff/assets/generator_cifar10`` is the class-conditional CIFAR-10 EDM at 16² trained
-by ``configs/generator_cifar10.py``; :data:`SHIPPED_GENERATOR` is its path.
+by ``configs/generator_cifar10.py``; :data:`augdiff.config.SHIPPED_GENERATOR` names it.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import json
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
-SHIPPED_GENERATOR = os.path.join(ASSETS, "generator_cifar10")
+from augdiff.edm.model import checkpoint_extras
+from augdiff.train.checkpoint import Checkpointer
 
 
 def _raw_state(directory: str, step: int) -> dict[str, Any]:
-    import jax
-    import orbax.checkpoint as ocp
-
     item = os.path.join(directory, str(int(step)), "state")
     ckptr = ocp.PyTreeCheckpointer()
     meta = ckptr.metadata(item).item_metadata.tree
@@ -42,10 +42,6 @@ def export_generator(workdir: str, out_dir: str, *, step: int | None = None,
     """Write the EMA parameters of ``workdir``'s checkpoint ``step`` (default: latest) as a
     sampling-only generator in ``out_dir`` (layout in the module docstring), the parameters
     cast to ``dtype``; ``info`` goes to ``generator.json``. Returns the checkpoint path."""
-    import jax
-
-    from augdiff.train.checkpoint import Checkpointer
-
     if dtype not in ("float16", "bfloat16", "float32"):
         raise ValueError(f"export_generator: dtype must be float16, bfloat16 or float32, "
                          f"got {dtype!r}")
@@ -54,16 +50,12 @@ def export_generator(workdir: str, out_dir: str, *, step: int | None = None,
         step = src.latest_step() if step is None else int(step)
         if step is None:
             raise FileNotFoundError(f"export_generator: no checkpoint in {src.directory}")
-        from augdiff.edm.model import checkpoint_extras
-
         extras = checkpoint_extras(src, step)
     finally:
         src.close()
     raw = _raw_state(os.path.join(workdir, "checkpoints"), step)
     np_dtype = {"float16": np.float16, "float32": np.float32}.get(dtype)
     if np_dtype is None:
-        import jax.numpy as jnp
-
         np_dtype = jnp.bfloat16
     ema = jax.tree_util.tree_map(lambda a: np.asarray(a).astype(np_dtype), raw["ema"])
     keep = {k: extras[k] for k in ("config", "num_classes", "classes") if k in extras}

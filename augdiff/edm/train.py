@@ -47,11 +47,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from augdiff import distributed
 from augdiff.config import ConfigError, to_dict
+from augdiff.data.loader import MixedLoader
+from augdiff.data.sources import open_real_source
+from augdiff.data.store import StoreWriter, SyntheticStore
+from augdiff.edm.augment import AugmentConfig, augment
+from augdiff.edm.core import edm_loss
 from augdiff.edm.model import (  # noqa: F401  (the model's home; re-exported for callers)
     LEGACY_VALUES,
     MODEL_FIELDS,
@@ -117,8 +123,6 @@ class StepConfig:
 def _augment_config(config: ml_collections.ConfigDict) -> Any:
     if not augment_enabled(config):
         return None
-    from augdiff.edm.augment import AugmentConfig
-
     try:
         return AugmentConfig.from_config(config.augment)
     except ValueError as e:
@@ -184,15 +188,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array
     ``mean_batch Σ_pixels λ(σ)(D − y)²`` (``loss_reduction='sum'``, NVlabs/edm and seed 004
     eq. 5) or its per-pixel mean (``'mean'``; with Adam the two differ only through ε).
     """
-    from augdiff.edm.core import edm_loss
-
     step_key = jax.random.fold_in(key, state.step)
     loss_key, dropout_key, aug_key = jax.random.split(step_key, 3)
     x0 = to_model_images(batch["image"])
     labels = batch_labels(batch, cfg)
     if cfg.augment is not None:  # EDM's non-leaky pipe: the net sees what was applied
-        from augdiff.edm.augment import augment
-
         x0, aug_labels = augment(aug_key, x0, cfg.augment)
         labels = {**(labels or {}), "augment": aug_labels}
     if cfg.loss_reduction not in ("sum", "mean"):
@@ -287,8 +287,6 @@ class FirstPerClass:
 def open_real(config: ml_collections.ConfigDict) -> Any:
     """The real source of ``config.data`` restricted to ``data.classes`` when set, and to the
     first ``data.first_per_class`` rows of each class when that is > 0."""
-    from augdiff.data.sources import open_real_source
-
     first = int(config.data.get("first_per_class", 0) or 0)
     if first and int(config.data.get("per_class", 0) or 0):
         raise ConfigError("set data.per_class (a seeded random subset) or "
@@ -323,8 +321,6 @@ def write_shifted_store(real: Any, root: str, *, kind: str, count: int = 0,
     ``fold_in(PRNGKey(seed), 0)``; resumable like every generator (completed keys skipped);
     each process writes its own contiguous slice of the examples.
     """
-    from augdiff.data.store import StoreWriter, SyntheticStore
-
     if classes:
         real = ClassSubset(real, classes)
     n_real = len(real)
@@ -347,8 +343,6 @@ def write_shifted_store(real: Any, root: str, *, kind: str, count: int = 0,
             writer.add(key, img, int(rec["label"]), source=1,
                        provenance={"shift": kind, "real_row": row})
     if jax.process_count() > 1:  # every process wrote its slice: wait for all shards
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(f"write_shifted_store:{root}")
     return SyntheticStore(root)
 
@@ -392,14 +386,10 @@ class SourceUnion:
 def open_synthetic(config: ml_collections.ConfigDict, real: Any) -> list[Any]:
     """The synthetic sources for sda/casd, in source-id order 1..K: the comma-separated
     ``synthetic.stores`` (one :class:`SyntheticStore` each), or one colour-shifted store."""
-    from augdiff.data.store import SyntheticStore
-
     stores = [s.strip() for s in str(config.synthetic.stores).split(",") if s.strip()]
     if config.synthetic.shift:
         if stores:
             raise ConfigError("set synthetic.stores or synthetic.shift, not both")
-        from augdiff.data.sources import open_real_source
-
         classes = [c.strip() for c in str(config.synthetic.shift_classes).split(",")
                    if c.strip()]
         base = open_real_source(config.data, str(config.data.split)) if classes else real
@@ -446,8 +436,6 @@ def make_loader(config: ml_collections.ConfigDict, real: Any, synthetic: list[An
                 total_steps: int) -> Any:
     """The loader of :func:`training_source`'s rule (an epoch is one pass over its first
     source: the real rows, or the whole union)."""
-    from augdiff.data.loader import MixedLoader
-
     first, second, frac = training_source(config, real, synthetic)
     bs = int(config.train.batch_size)
     steps_per_epoch = max(len(first) // bs, 1)

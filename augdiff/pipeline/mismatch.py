@@ -21,37 +21,40 @@ recipe, ``num_eval`` samples are drawn from each, and the report gives
 
 Every step works in its own sub-directory of ``workdir`` and resumes (EDM and classifier
 training from their checkpoints, sampling skips stored keys); ``table2.json`` and
-``report.md`` are rewritten after DM and after every finished case.
+``report.md`` (:func:`augdiff.pipeline.tables.table2_report`, the paper's FIDs from
+``table2.paper_fid``) are rewritten after DM and after every finished case.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from augdiff.config import ConfigError
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    from augdiff.config import load_config  # paths relative to the repository, as everywhere
-
-    return load_config(spec)
+from augdiff.config import ConfigError, load_config, to_dict
+from augdiff.data.sources import open_real_source
+from augdiff.data.store import SyntheticStore
+from augdiff.edm import sampling
+from augdiff.edm import train as edm_train
+from augdiff.edm.train import ClassSubset
+from augdiff.files import atomic_write, write_json
+from augdiff.metrics.features import classifier_extractor, get_extractor
+from augdiff.metrics.fid import fid_from_features
+from augdiff.models.classifiers import abstract_variables, get_classifier
+from augdiff.pipeline.tables import table2_report
+from augdiff.train.checkpoint import restore_classifier_variables
+from augdiff.train.classifier import train_and_evaluate
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")
 REAL_CLASSES = CIFAR10[:8]
 CASES = {"case1": CIFAR10, "case2": CIFAR10[2:], "case3": CIFAR10[2:8]}
-#: Table 2 of seed 004 (FID ↓).
-PAPER_TABLE2 = {"dm": {"case1": 11.28, "case2": 11.28, "case3": 11.28},
-                "sda": {"case1": 9.98, "case2": 12.77, "case3": 13.71},
-                "casd": {"case1": 4.10, "case2": 4.59, "case3": 4.79}}
-OUT_OF_SUPPORT = ("ship", "truck")
 
 
 def _cases(config: ml_collections.ConfigDict) -> list[str]:
@@ -95,10 +98,6 @@ def edm_config(config: ml_collections.ConfigDict, *, mode: str, workdir: str,
 
 
 def _train_and_sample(c: ml_collections.ConfigDict, log: Callable[[str], None]) -> dict:
-    from augdiff.data.store import SyntheticStore
-    from augdiff.edm import sampling
-    from augdiff.edm import train as edm_train
-
     t0 = time.time()
     last = edm_train.train(c)
     t1 = time.time()
@@ -130,10 +129,6 @@ def classifier_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
 
 
 def _classifier(config: ml_collections.ConfigDict) -> tuple[Any, Any, float]:
-    from augdiff.metrics.features import restore_classifier_variables
-    from augdiff.models.classifiers import abstract_variables, get_classifier
-    from augdiff.train.classifier import train_and_evaluate
-
     c = classifier_config(config)
     result = train_and_evaluate(c)
     model = get_classifier(str(c.model.name), 10, width=int(c.model.width))
@@ -147,9 +142,6 @@ def _classifier(config: ml_collections.ConfigDict) -> tuple[Any, Any, float]:
 def class_histogram(model: Any, variables: Any, images: np.ndarray,
                     batch: int = 500) -> np.ndarray:
     """Share of ``images`` (uint8 NHWC) the classifier puts in each of the 10 classes."""
-    import jax
-    import jax.numpy as jnp
-
     f = jax.jit(lambda x: jnp.argmax(model.apply(
         {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})},
         x.astype(jnp.float32) / 127.5 - 1.0, train=False), -1))
@@ -159,8 +151,6 @@ def class_histogram(model: Any, variables: Any, images: np.ndarray,
 
 
 def _images(store: str, n: int | None = None) -> np.ndarray:
-    from augdiff.data.store import SyntheticStore
-
     s = SyntheticStore(store)
     k = len(s) if n is None else min(n, len(s))
     return np.stack([np.asarray(s[i]["image"]) for i in range(k)])
@@ -168,9 +158,6 @@ def _images(store: str, n: int | None = None) -> np.ndarray:
 
 def reference_images(config: ml_collections.ConfigDict) -> tuple[np.ndarray, str]:
     """The 8-class real reference of the FID and a description of it."""
-    from augdiff.data.sources import open_real_source
-    from augdiff.edm.train import ClassSubset
-
     ref = str(config.table2.fid_reference)
     if ref not in ("train", "test"):
         raise ConfigError(f"table2.fid_reference must be train or test, got {ref!r}")
@@ -188,9 +175,6 @@ def reference_images(config: ml_collections.ConfigDict) -> tuple[np.ndarray, str
 def run_mismatch(config: ml_collections.ConfigDict,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every step of the Table 2 experiment ``config`` describes; returns the results."""
-    from augdiff.metrics.features import classifier_extractor, get_extractor
-    from augdiff.metrics.fid import fid_from_features
-
     t = config.table2
     workdir = os.path.abspath(str(config.workdir))
     os.makedirs(workdir, exist_ok=True)
@@ -224,11 +208,9 @@ def run_mismatch(config: ml_collections.ConfigDict,
                "classifier_test_top1": acc, "fid_reference": ref_desc,
                "extractor": extractor.name,
                "real_hist": {n: float(h) for n, h in zip(CIFAR10, real_hist, strict=True)},
-               "wall_s": time.time() - t_start, "paper": PAPER_TABLE2}
-        with open(os.path.join(workdir, "table2.json"), "w") as f:
-            json.dump(out, f, indent=2)
-        with open(os.path.join(workdir, "report.md"), "w") as f:
-            f.write(report_markdown(out))
+               "wall_s": time.time() - t_start, "paper": to_dict(t.paper_fid)}
+        write_json(os.path.join(workdir, "table2.json"), out)
+        atomic_write(os.path.join(workdir, "report.md"), table2_report(out))
         return out
 
     # DM once; then per case: the unconditional generator, SDA and CASD, scored at once.
@@ -250,30 +232,5 @@ def run_mismatch(config: ml_collections.ConfigDict,
             score(f"{mode}_{case}", _train_and_sample(c, log))
         done.append(case)
         out = write(done)
-        log(report_markdown(out))
+        log(table2_report(out))
     return out
-
-
-def report_markdown(out: dict[str, Any]) -> str:
-    """Table 2 (augdiff beside the paper) and the Fig. 3 shares as markdown."""
-    cases, r = out["cases"], out["results"]
-    lines = ["# Seed 004 Table 2: synthetic support mismatch", "",
-             f"FID reference: {out['fid_reference']}; features: {out['extractor']}; "
-             f"classifier test top-1 {out['classifier_test_top1']:.3f}.", "",
-             "| Method | " + " | ".join(f"{c} augdiff (paper)" for c in cases) + " |",
-             "|---|" + "---|" * len(cases)]
-    for m in ("dm", "sda", "casd"):
-        cells = []
-        for c in cases:
-            key = "dm" if m == "dm" else f"{m}_{c}"
-            cells.append(f"{r[key]['fid']:.2f} ({PAPER_TABLE2[m][c]:.2f})")
-        lines.append(f"| {m.upper()} | " + " | ".join(cells) + " |")
-    lines += ["", "Fig. 3: share of samples the real-data classifier puts in ship+truck "
-              "(absent from D_r) / plane+car:", "",
-              "| Run | ship+truck | plane+car | n |", "|---|---|---|---|",
-              f"| real reference | {out['real_hist']['ship'] + out['real_hist']['truck']:.3f} | "
-              f"{out['real_hist']['airplane'] + out['real_hist']['automobile']:.3f} | |"]
-    for k, v in r.items():
-        lines.append(f"| {k} | {v['ship_truck']:.3f} | {v['plane_car']:.3f} | {v['n']} |")
-    lines += ["", f"Wall time: {out['wall_s'] / 60:.1f} min.", ""]
-    return "\n".join(lines)

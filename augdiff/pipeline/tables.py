@@ -2,15 +2,18 @@
 
 :func:`paper_table` writes seed 000 Tables 1-2 as Markdown: ``Method | Sch. | Ratio | Lsf |
 Top-1 paper | Top-1 augdiff | Top-5 paper | Top-5 augdiff`` (the paper's columns, each metric
-twice), one line per row in the order given; a row augdiff has not run shows ``—``.
+twice), one line per row in the order given; a row augdiff has not run shows ``—``. The paper's
+numbers and findings are fields of the table experiment's config (``config.paper``).
+:func:`rows_report` is the report of a table experiment (:mod:`augdiff.pipeline.rows`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from augdiff.files import atomic_write
 
 PaperRow = tuple[str, str, str, str, float | None, float | None]
 
@@ -45,33 +48,11 @@ def paper_table(
     return "\n".join(lines) + "\n"
 
 
-def collect_metrics(root: str, rows: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``{row: metrics}`` from ``<root>/<row>/metrics.json`` of finished ``augdiff train`` runs
-    (rows without a final ``test_top1`` are left out)."""
-    out: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        path = os.path.join(root, row, "metrics.json")
-        try:
-            with open(path) as f:
-                m = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if "test_top1" in m:
-            out[row] = m
-    return out
-
-
-def _table_module(config: Any) -> Any:
-    """The config module named by ``config.row_config`` (it holds ``PAPER`` and ``FINDINGS``)."""
-    import importlib.util
-
-    from augdiff.config import resolve_path
-
-    path = resolve_path(str(config.row_config).partition(":")[0])
-    spec = importlib.util.spec_from_file_location("augdiff_table_config", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def paper_rows(config: Any) -> dict[str, PaperRow]:
+    """``config.paper.table`` (rows ``(row, Method, Sch., Ratio, Lsf, Top-1, Top-5)``, the
+    paper's numbers as config fields) as ``{row: (Method, Sch., Ratio, Lsf, Top-1, Top-5)}`` in
+    the paper's order."""
+    return {str(r[0]): tuple(r[1:]) for r in config.paper.table}
 
 
 def finding_directions(
@@ -96,12 +77,12 @@ def rows_report(config: Any, info: Mapping[str, Mapping[str, Any]],
     """``<workdir>/report.md`` of a table experiment: the paper-layout table of every row
     (:func:`paper_table`), the direction of each finding (:func:`finding_directions`), wall
     times, and the analyses' figures and numbers. Returns the path."""
-    mod = _table_module(config)
-    rows = [r for r in getattr(mod, "ROWS", ()) if r in info] or list(info)
+    paper = paper_rows(config)
+    rows = [r for r in paper if r in info] or list(info)
     results = {r: i["result"] for r, i in info.items() if i.get("result")}
     title = str(config.get("report", {}).get("title", "") or config.get("name", ""))
     lines = [f"# {title}", "", "## Table (augdiff beside the paper)", "",
-             paper_table(rows, mod.PAPER, results), ""]
+             paper_table(rows, paper, results), ""]
     aliases = {r: i["alias_of"] for r, i in info.items() if i.get("alias_of")}
     if aliases:
         lines += ["Rows reported with another row's result (same definition): " +
@@ -110,7 +91,8 @@ def rows_report(config: Any, info: Mapping[str, Mapping[str, Any]],
               "| finding | paper | augdiff | gap (points, b − a) | agrees |",
               "|---|---|---|---|---|"]
     yn = {True: "yes", False: "no", None: "—"}
-    for d in finding_directions(getattr(mod, "FINDINGS", ()), results):
+    findings = [(str(t), str(e), bool(p)) for t, e, p in config.paper.get("findings", ())]
+    for d in finding_directions(findings, results):
         a, b = d["rows"]
         gap = "—" if d["gap"] is None else f"{d['gap']:+.2f}"
         lines.append(f"| {d['finding']} (`{a}` < `{b}`) | {yn[d['paper']]} | {yn[d['augdiff']]} "
@@ -131,8 +113,32 @@ def rows_report(config: Any, info: Mapping[str, Mapping[str, Any]],
             lines.append(line)
         lines.append("")
     path = os.path.join(str(config.workdir), "report.md")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "\n".join(lines) + "\n")
     return path
+
+
+def table2_report(out: dict[str, Any]) -> str:
+    """``report.md`` of seed 004's Table 2 experiment (:mod:`augdiff.pipeline.mismatch`):
+    Table 2, augdiff's FID beside the paper's (``out['paper']``, from ``table2.paper_fid``),
+    and the Fig. 3 shares, as markdown."""
+    cases, r = out["cases"], out["results"]
+    lines = ["# Seed 004 Table 2: synthetic support mismatch", "",
+             f"FID reference: {out['fid_reference']}; features: {out['extractor']}; "
+             f"classifier test top-1 {out['classifier_test_top1']:.3f}.", "",
+             "| Method | " + " | ".join(f"{c} augdiff (paper)" for c in cases) + " |",
+             "|---|" + "---|" * len(cases)]
+    for m in ("dm", "sda", "casd"):
+        cells = []
+        for c in cases:
+            key = "dm" if m == "dm" else f"{m}_{c}"
+            cells.append(f"{r[key]['fid']:.2f} ({out['paper'][m][c]:.2f})")
+        lines.append(f"| {m.upper()} | " + " | ".join(cells) + " |")
+    lines += ["", "Fig. 3: share of samples the real-data classifier puts in ship+truck "
+              "(absent from D_r) / plane+car:", "",
+              "| Run | ship+truck | plane+car | n |", "|---|---|---|---|",
+              f"| real reference | {out['real_hist']['ship'] + out['real_hist']['truck']:.3f} | "
+              f"{out['real_hist']['airplane'] + out['real_hist']['automobile']:.3f} | |"]
+    for k, v in r.items():
+        lines.append(f"| {k} | {v['ship_truck']:.3f} | {v['plane_car']:.3f} | {v['n']} |")
+    lines += ["", f"Wall time: {out['wall_s'] / 60:.1f} min.", ""]
+    return "\n".join(lines)

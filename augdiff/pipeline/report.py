@@ -1,4 +1,4 @@
-"""``report.md`` of an experiment run (the ``report`` stage of :mod:`augdiff.runner`).
+"""``report.md`` of an experiment run (the ``report`` stage of :mod:`augdiff.pipeline.stages`).
 
 The report states which generator made the synthetic data and how it was obtained (trained in
 this run, random weights, or user-supplied weights), the classification results (top-1 / top-5
@@ -17,14 +17,18 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from augdiff.config import to_dict
+from augdiff.config import resolve_path, to_dict
+from augdiff.data.sources import open_real_source
+from augdiff.data.store import SyntheticStore
+from augdiff.edm.assets import generator_info
+from augdiff.files import atomic_write, read_json
+from augdiff.metrics.evaluate import NO_DISCRIMINATION
 
-NO_DISCRIMINATION_TEXT = ("this extractor does not discriminate; the numbers below say nothing "
-                          "about quality")
 ROW_LABELS = {"train_real": "real only", "train_synthetic": "synthetic only",
               "train_mixed": "real + synthetic"}
 
@@ -109,9 +113,6 @@ def describe_generator(config: ml_collections.ConfigDict, outputs: Mapping[str, 
 
 def _shipped_generator_info(checkpoint: str) -> dict[str, Any] | None:
     """``generator.json`` of a shipped / exported generator directory, if it is one."""
-    from augdiff.config import resolve_path
-    from augdiff.edm.assets import generator_info
-
     return generator_info(resolve_path(checkpoint)) if checkpoint else None
 
 
@@ -297,8 +298,6 @@ def _slug(name: str) -> str:
 def write_report(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``<workdir>/report.md`` (and ``figures/``) from the stage ``outputs``; returns
     ``{"report": path, "grids": {class: png}, "pca": png or None}``."""
-    import jax
-
     workdir = os.path.abspath(str(config.workdir))
     fig_dir = os.path.join(workdir, "figures")
     rep_cfg = config.get("report", ml_collections.ConfigDict())
@@ -347,7 +346,7 @@ def write_report(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]) 
         if ev.get("controls"):
             verdict = ("the extractor separates the noise ceiling from the real floor, so the "
                        "generator's row can be read between them" if ev.get("discriminates")
-                       else NO_DISCRIMINATION_TEXT)
+                       else NO_DISCRIMINATION)
             lines += ["Control rows, same extractor and image counts: the *floor* is held-out "
                       "real images against the same reference (what a perfect generator "
                       "scores), the *ceilings* are Gaussian noise and real images blurred or "
@@ -357,9 +356,6 @@ def write_report(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]) 
     grids: dict[str, str] = {}
     gen = outputs.get("generate")
     if gen and prep and jax.process_index() == 0:
-        from augdiff.data.sources import open_real_source
-        from augdiff.data.store import SyntheticStore
-
         real = open_real_source(config.data, str(config.data.get("train_split", "train")),
                                 subset=True)
         grids = class_grids(real, SyntheticStore(gen["store"]), prep["class_names"], fig_dir,
@@ -384,8 +380,7 @@ def write_report(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]) 
 
     book_path = os.path.join(workdir, "stages.json")
     if os.path.exists(book_path):
-        with open(book_path) as f:
-            book = json.load(f)["stages"]
+        book = read_json(book_path)["stages"]
         lines += ["## Stages", "", "| stage | wall time (s) | attempts | sub-workdir |",
                   "|---|---|---|---|"]
         for name, rec in book.items():
@@ -402,8 +397,5 @@ def write_report(config: ml_collections.ConfigDict, outputs: Mapping[str, Any]) 
               json.dumps(to_dict(config), indent=2, sort_keys=True), "```", ""]
     path = os.path.join(workdir, "report.md")
     if jax.process_index() == 0:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines))
-        os.replace(tmp, path)
+        atomic_write(path, "\n".join(lines))
     return {"report": path, "grids": grids, "pca": pca["plot"] if pca else None}
