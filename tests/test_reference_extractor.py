@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
+
+import augdiff.train.classifier as C
+from augdiff.config import load_config
+from augdiff.data.selection import load_images, select_rows
+from augdiff.data.sources import open_real_source
+from augdiff.metrics.features import get_extractor, reference_extractor
+from augdiff.models.classifiers import get_classifier
+from augdiff.train import reference as R
+from augdiff.train.checkpoint import Checkpointer
+from augdiff.train.reference import data_identity
 
 CONFIG = '''
 import importlib.util, os
@@ -60,13 +73,6 @@ def setup(tmp_path, repo_root):
 def trained(tmp_path_factory, repo_root):
     """A reference run in the cache without training: a randomly initialised classifier saved
     where :func:`ensure_reference` looks (its weights do not matter to the tests below)."""
-    import jax
-    import jax.numpy as jnp
-
-    from augdiff.metrics import reference as R
-    from augdiff.models.classifiers import get_classifier
-    from augdiff.train.checkpoint import Checkpointer
-
     tmp_path, ex, data = _make(tmp_path_factory.mktemp("ref"), repo_root)
     key = R.reference_key(R.reference_config(ex, data))
     run = tmp_path / "cache" / "reference_classifiers" / key
@@ -101,8 +107,6 @@ def _train_images(root):
 
 
 def test_texture_block_follows_its_definition(trained):
-    from augdiff.metrics.features import get_extractor
-
     tmp_path, ex, data, rec = trained
     plain = get_extractor(ml_collections.ConfigDict({**ex.to_dict(), "texture": False}),
                           data=data)
@@ -127,16 +131,12 @@ def test_texture_block_follows_its_definition(trained):
 def test_shipped_copy_is_found_before_training(trained, tmp_path, monkeypatch):
     """export_reference → the package-data layout → found with an empty cache, loaded through
     the same restore path, same features, no training."""
-    from augdiff.metrics import reference as R
-    from augdiff.metrics.features import get_extractor
-
     root, ex, data, rec = trained
     before = get_extractor(ex, data=data)
     assets = tmp_path / "assets"
     out = R.export_reference(rec["workdir"], str(assets))
     assert out.endswith(rec["key"]) and (assets / "reference_classifiers" / rec["key"] /
                                           "reference.json").exists()
-    import augdiff.train.classifier as C
 
     def boom(*a, **k):
         raise AssertionError("the shipped reference classifier was trained again")
@@ -155,15 +155,10 @@ def test_shipped_copy_is_found_before_training(trained, tmp_path, monkeypatch):
 
 
 def test_trained_once_on_the_full_split_then_reused(setup, monkeypatch):
-    from augdiff.metrics import reference as R
-    from augdiff.metrics.features import get_extractor
-
     tmp_path, ex, data = setup
     rec = R.ensure_reference(ex, data, log=lambda m: None)
     assert rec["num_train"] == 16  # the full split, not data.per_class = 2 per class
     assert (tmp_path / "cache" / "reference_classifiers" / rec["key"] / "reference.json").exists()
-
-    import augdiff.train.classifier as C
 
     def boom(*a, **k):
         raise AssertionError("the cached reference classifier was trained again")
@@ -190,10 +185,6 @@ def test_trained_once_on_the_full_split_then_reused(setup, monkeypatch):
 
 
 def test_data_identity_of_a_zip_ignores_location(tmp_path):
-    import zipfile
-
-    from augdiff.metrics.reference import data_identity
-
     for name in ("a.zip", "b.zip"):
         with zipfile.ZipFile(tmp_path / name, "w") as zf:
             zf.writestr("train/x/0.png", b"abc")
@@ -209,11 +200,6 @@ def test_shipped_cifar10_reference_is_used_by_the_quickstart(cifar_zip, repo_roo
                                                              monkeypatch):
     """The quickstart's extractor config on the real zip finds the copy in
     ``augdiff/assets`` with an empty cache (no training) and it has learned CIFAR-10."""
-    import augdiff.train.classifier as C
-    from augdiff.config import load_config
-    from augdiff.data.sources import open_real_source
-    from augdiff.metrics import reference as R
-    from augdiff.metrics.evaluate import load_images, select_rows
 
     def boom(*a, **k):
         raise AssertionError("the shipped reference classifier was trained again")
@@ -227,7 +213,7 @@ def test_shipped_cifar10_reference_is_used_by_the_quickstart(cifar_zip, repo_roo
     rec = R.ensure_reference(ex, qs.data, log=lambda m: None)
     shipped = repo_root / "augdiff/assets/reference_classifiers" / rec["key"]
     assert rec["workdir"] == str(shipped) and rec["num_train"] == 50000
-    extractor = R.reference_extractor(ex, qs.data)
+    extractor = reference_extractor(ex, qs.data)
     test = open_real_source(qs.data, "test", subset=False)
     images, labels = load_images(test, select_rows(np.asarray(test.labels), None, 300, 0))
     acc = float(np.mean(extractor.classify(images) == labels))
@@ -237,9 +223,6 @@ def test_shipped_cifar10_reference_is_used_by_the_quickstart(cifar_zip, repo_roo
 def test_reference_key_ignores_synthetic_fields_and_not_training_fields(repo_root):
     """The judge trains on real data only: a synthetic-data field added to the classifier
     config must not move its key off the shipped copy; a training field must."""
-    from augdiff.config import load_config
-    from augdiff.metrics import reference as R
-
     qs = load_config(str(repo_root / "augdiff/configs/quickstart.py"))
     sub = R.reference_config(load_config(qs.evaluate.config).extractor, qs.data)
     key = R.reference_key(sub)

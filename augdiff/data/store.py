@@ -30,6 +30,7 @@ Durability and resume
 
 from __future__ import annotations
 
+import csv
 import glob
 import io
 import json
@@ -46,6 +47,9 @@ from typing import Any
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from PIL import Image
+from tqdm import tqdm
+
+from augdiff.files import atomic_write, temp_path
 
 log = logging.getLogger(__name__)
 
@@ -98,22 +102,11 @@ def decode_example(record: bytes) -> tuple[dict[str, Any], np.ndarray]:
 # --------------------------------------------------------------------------- file helpers
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _atomic_write_json(path: str, obj: Any) -> None:
-    _atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+    """A sidecar or manifest in the store's format: indent 1, sorted keys, and no ``default``
+    (a value JSON cannot hold is an error, not its ``str``), written by
+    :func:`augdiff.files.atomic_write` into the store's existing folder."""
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True), make_dirs=False)
 
 
 def _shard_files(root: str) -> list[str]:
@@ -173,8 +166,6 @@ def pending_batches(
     """The planned examples (dicts with a ``key``) not yet in the store, in batches, with a
     progress bar on process 0. Resuming a killed generator is calling this again: examples
     whose key is complete (or in ``skip``, e.g. outputs already filtered) are left out."""
-    from tqdm import tqdm
-
     todo = [it for it in plan if it["key"] not in writer.completed_keys and it["key"] not in skip]
     for start in tqdm(
         range(0, len(todo), batch_size), desc=desc, disable=writer.process_index != 0
@@ -297,7 +288,7 @@ class StoreWriter:
             return
         name = f"shard-p{self.process_index:05d}-{self._next_number:06d}.array_record"
         path = os.path.join(self.root, name)
-        tmp = f"{path}.tmp-{os.getpid()}"
+        tmp = temp_path(path)
         try:
             writer = ArrayRecordWriter(tmp, _WRITER_OPTIONS)
             try:
@@ -521,8 +512,6 @@ def export_store(root: str, out_dir: str, *, class_names: Sequence[str] | None =
     Only complete shards are exported (what :class:`SyntheticStore` reads). Returns
     ``{"num_images", "table", "out_dir", "counts_per_class"}``.
     """
-    import csv
-
     if table not in ("csv", "jsonl"):
         raise ValueError(f"export: table must be csv or jsonl, got {table!r}")
     store = SyntheticStore(root)
@@ -538,21 +527,20 @@ def export_store(root: str, out_dir: str, *, class_names: Sequence[str] | None =
         img = image[..., 0] if image.shape[-1] == 1 else image
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG")
-        _atomic_write_bytes(os.path.join(out_dir, rel), buf.getvalue())
+        atomic_write(os.path.join(out_dir, rel), buf.getvalue())
         rows.append(provenance_row(header, method, class_names, rel))
         counts[sub] += 1
     path = os.path.join(out_dir, f"provenance.{table}")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        if table == "csv":
-            w = csv.DictWriter(f, fieldnames=list(PROVENANCE_COLUMNS))
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: "" if v is None else v for k, v in r.items()})
-        else:
-            for r in rows:
-                f.write(json.dumps(r, default=str) + "\n")
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    if table == "csv":
+        w = csv.DictWriter(text, fieldnames=list(PROVENANCE_COLUMNS))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if v is None else v for k, v in r.items()})
+    else:
+        for r in rows:
+            text.write(json.dumps(r, default=str) + "\n")
+    atomic_write(path, text.getvalue())
     return {"num_images": len(rows), "table": path, "out_dir": out_dir,
             "counts_per_class": dict(sorted(counts.items()))}
 

@@ -81,6 +81,7 @@ from augdiff.edm.model import (  # noqa: F401  (the model's home; re-exported fo
     save_checkpoint,
     to_model_images,
 )
+from augdiff.files import atomic_write, write_json
 from augdiff.train.losses import NonFiniteLossError
 
 
@@ -458,17 +459,7 @@ def _truncate_metrics(path: str, upto: int) -> None:
         lines = [ln for ln in f if ln.strip()]
     keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= upto]
     if len(keep) != len(lines):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+        atomic_write(path, "".join(keep))
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -518,7 +509,7 @@ def train(config: ml_collections.ConfigDict, *, stop_after_steps: int | None = N
     info = {"num_classes": num_classes,
             "classes": sorted(int(c) for c in np.unique(np.asarray(real.labels)))}
     if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, "config.json"), config_dict)
+        write_json(os.path.join(workdir, "config.json"), config_dict)
     ckpt = checkpointer(config)
     last_ckpt = None
     if ckpt.latest_step() is not None:

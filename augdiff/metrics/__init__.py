@@ -6,7 +6,9 @@
   blockwise k-nearest-neighbour search.
 - :mod:`augdiff.metrics.ssim`: SSIM (Wang et al. 2004).
 - :mod:`augdiff.metrics.replication`: nearest-training-image distances, SSIMs, near copies.
-- :mod:`augdiff.metrics.features`: extractors ``inception_v3`` / ``clip`` / ``classifier``.
+- :mod:`augdiff.metrics.features`: extractors ``inception_v3`` / ``clip`` / ``classifier`` /
+  ``reference`` (the reference classifier of :mod:`augdiff.train.reference`, with its texture
+  block).
 - :mod:`augdiff.metrics.inception`: the FID Inception-v3 in Flax and its weight loader.
 - :mod:`augdiff.metrics.evaluate`: ``evaluate_store(config)`` behind ``augdiff evaluate``.
 """

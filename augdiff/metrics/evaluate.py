@@ -23,8 +23,9 @@ synthetic sample, for control sets whose answer is known (:func:`control_images`
 
 The noise, blur and shuffle rows are ceilings (clearly not the data). When the extractor
 cannot tell the noise ceiling from the floor (FID of noise below twice the floor's, or
-precision of noise above 0.5, :func:`discrimination`) the result carries a ``warning``:
-"this extractor does not discriminate; the numbers below say nothing about quality".
+precision of noise above 0.5, :func:`discrimination`) the result carries a ``warning``
+(:data:`NO_DISCRIMINATION`, the one copy of this sentence; reports import it): "this extractor
+does not discriminate; the numbers below say nothing about quality".
 
 With a classifier extractor the result also carries ``accuracy``: the share of synthetic
 images the extractor's classifier assigns to their stored label ("classifier accuracy on
@@ -33,10 +34,8 @@ generated samples"; chance is ``1 / num_classes``), beside its accuracy on the f
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -44,55 +43,14 @@ import ml_collections
 import numpy as np
 
 from augdiff import distributed
+from augdiff.data.selection import load_images, resolve_classes, select_rows
+from augdiff.data.sources import open_real_source
+from augdiff.data.store import SyntheticStore
+from augdiff.files import write_json
 from augdiff.metrics.features import Extractor, get_extractor
 from augdiff.metrics.fid import fid_from_features, kid
 from augdiff.metrics.prdc import prdc
 from augdiff.metrics.replication import replication
-
-
-def resolve_classes(classes: Any, class_names: Sequence[str]) -> list[int] | None:
-    """``''``/``None`` → all classes; else a comma-separated string or list of names or ids."""
-    if classes is None or classes == "" or classes == ():
-        return None
-    items = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
-    out = []
-    for c in items:
-        if isinstance(c, int) or (isinstance(c, str) and c.isdigit()):
-            i = int(c)
-            if not 0 <= i < len(class_names):
-                raise ValueError(
-                    f"evaluate.classes: class id {i} out of range 0..{len(class_names) - 1}")
-            out.append(i)
-        elif c in class_names:
-            out.append(class_names.index(c))
-        else:
-            raise ValueError(
-                f"evaluate.classes: unknown class {c!r}; known: {', '.join(class_names)}")
-    return sorted(set(out))
-
-
-def select_rows(labels: np.ndarray, classes: list[int] | None, max_n: int, seed: int) -> np.ndarray:
-    """Rows whose label is in ``classes`` (all if None); at most ``max_n`` (0 = all), a seeded
-    random choice, returned in increasing order."""
-    rows = np.arange(len(labels)) if classes is None else np.flatnonzero(np.isin(labels, classes))
-    if max_n and len(rows) > max_n:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_n, replace=False))
-    return rows
-
-
-def load_images(source: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Images (uint8 NHWC) and labels of ``rows`` of a random-access record source."""
-    from tqdm.auto import tqdm
-
-    images, labels = [], []
-    for i in tqdm(rows, desc="load images", leave=False, disable=len(rows) < 1000):
-        rec = source[int(i)]
-        images.append(np.asarray(rec["image"], np.uint8))
-        labels.append(int(rec["label"]))
-    if not images:
-        raise ValueError("evaluate: no images selected")
-    return np.stack(images), np.asarray(labels, np.int32)
-
 
 CONTROLS = ("floor", "noise", "blur", "shuffle")
 CONTROL_DESCRIPTIONS = {
@@ -253,8 +211,6 @@ def held_out_images(config: ml_collections.ConfigDict, real: Any, real_rows: np.
     if len(rest) >= n:
         rows = np.sort(np.random.default_rng(seed).choice(rest, size=n, replace=False))
         return load_images(real, rows)
-    from augdiff.data.sources import open_real_source
-
     train = open_real_source(config.data, config.evaluate.get("train_split", "train"),
                              subset=False)
     return load_images(train, select_rows(train.labels, classes, n, seed))
@@ -262,9 +218,6 @@ def held_out_images(config: ml_collections.ConfigDict, real: Any, real_rows: np.
 
 def evaluate_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Compare ``config.evaluate.store`` with a real split; write ``workdir/metrics.json``."""
-    from augdiff.data.sources import open_real_source
-    from augdiff.data.store import SyntheticStore
-
     t0 = time.time()
     ev = config.evaluate
     if not ev.get("store", ""):
@@ -325,12 +278,7 @@ def evaluate_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "seconds": round(time.time() - t0, 2),
     }
     if jax.process_index() == 0:
-        os.makedirs(config.workdir, exist_ok=True)
-        path = os.path.join(config.workdir, "metrics.json")
-        tmp = path + f".tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        write_json(os.path.join(config.workdir, "metrics.json"), result)
     return result
 
 

@@ -12,11 +12,11 @@ FID under another).
   ``flax_model.msgpack``), loaded through :mod:`augdiff.sd.loading` (imported only here).
 - ``reference`` (the default where no Inception/CLIP weights exist): the penultimate layer of
   the *reference classifier*, a small PreActResNet trained by augdiff on the full real
-  training split and cached across runs (:mod:`augdiff.metrics.reference`, keyed by the data
+  training split and cached across runs (:mod:`augdiff.train.reference`, keyed by the data
   and the training config; the CIFAR-10 one at 16² ships with augdiff), with a texture block
   (spatial std of 32 fixed random 3x3 filters) beside the penultimate features so that noise
-  is told from real images. It also classifies, which gives "classifier accuracy on
-  generated samples".
+  is told from real images (:func:`reference_extractor`, below). It also classifies, which
+  gives "classifier accuracy on generated samples".
 - ``classifier``: the penultimate layer of an augdiff classifier trained on the real data,
   restored from its orbax checkpoint directory ``cfg.checkpoint`` (the extractor that works
   with no pretrained weights at all). ``cfg.random_init=True`` instead uses an *explicitly*
@@ -27,6 +27,23 @@ Missing files are errors naming what is missing; there is no silent fallback.
 Batches are padded to a multiple of the mesh's batch shards, split over the ``('data',
 'fsdp')`` axes with :func:`augdiff.distributed.shard_batch`, run through one jitted forward,
 and trimmed (:func:`augdiff.distributed.unpad`).
+
+Texture block of the reference extractor (``extractor.texture``, on by default): the
+penultimate layer alone maps Gaussian noise *into* the real images' k-NN balls (measured on
+CIFAR-10 at 16²: precision of noise 0.99, although FID(noise) is 55× the real floor), because
+a classifier learns to ignore high-frequency energy. The extractor therefore concatenates two
+blocks,
+
+    f(x) = [ φ(x) / s_φ ,  τ(x) / s_τ ],   τ_c(x) = std_{i,j} (W_c ⋆ x)_{ij},
+
+the penultimate features φ (what the image shows) and τ, the spatial standard deviation of
+the responses of a fixed bank of 32 random 3×3 filters W (local contrast energy: the
+randomly initialised embedding of Naeem et al. 2020, §5, reduced to its first layer;
+``W = default_rng(0).standard_normal((3, 3, C, 32)) / sqrt(9 C)``, zero padding, pixels in
+[-1, 1]). Each block is divided by its total standard deviation ``s = sqrt(tr Σ)`` on 1,000
+images of the real training split (a seeded choice), so both weigh the same in FID and in the
+k-NN radii. Measured there (1,000 real vs 500): precision of noise 0.00, FID(noise) / FID(floor)
+≈ 120, and the generator's FID / floor ratio is larger than under φ alone (13× vs 10×).
 """
 
 from __future__ import annotations
@@ -44,6 +61,13 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from augdiff import distributed
+from augdiff.data.selection import load_images, select_rows
+from augdiff.data.sources import open_real_source
+from augdiff.metrics import inception
+from augdiff.models.classifiers import abstract_variables, get_classifier
+from augdiff.sd import loading
+from augdiff.train.checkpoint import restore_classifier_variables
+from augdiff.train.reference import ensure_reference
 
 EXTRACTORS = ("inception_v3", "clip", "classifier", "reference")
 
@@ -107,8 +131,6 @@ def batched_apply(
 
 def inception_extractor(weights: str, batch_size: int = 64, mesh: Mesh | None = None) -> Extractor:
     """FID Inception-v3 pool3 features (2048-d) with the weights at ``weights``."""
-    from augdiff.metrics import inception
-
     variables = inception.load_variables(weights)
     model = inception.FIDInceptionV3()
 
@@ -159,61 +181,8 @@ def classifier_extractor(
                      classify=lambda im: classify(im).astype(np.int64))
 
 
-def restore_classifier_variables(
-    checkpoint_dir: str, abstract: Any, step: int | None = None
-) -> Any:
-    """``{'params', 'batch_stats'}`` of a classifier train state saved by
-    :class:`augdiff.train.checkpoint.Checkpointer` (the trainer's ``workdir/checkpoints``).
-
-    The optimizer state is not needed, so the state is restored without a target and only
-    parameters and BatchNorm statistics are kept; their shapes are checked against
-    ``abstract`` (the model's ``jax.eval_shape`` variables).
-    """
-    import orbax.checkpoint as ocp
-
-    from augdiff.train.checkpoint import Checkpointer
-
-    if not checkpoint_dir or not os.path.isdir(checkpoint_dir):
-        raise FileNotFoundError(
-            f"classifier extractor: checkpoint directory {checkpoint_dir!r} not found (set "
-            "extractor.checkpoint to the 'checkpoints' folder of an `augdiff train` run on the "
-            "real data)"
-        )
-    ckpt = Checkpointer(checkpoint_dir, max_to_keep=None)
-    try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(
-                f"classifier extractor: no checkpoint saved in {checkpoint_dir!r}")
-        item = os.path.join(ckpt.directory, str(step), "state")
-        if not os.path.isdir(item):
-            raise FileNotFoundError(f"classifier extractor: no 'state' item in {item!r}")
-        # Restore every array as a host numpy array: no optimizer target, no saved sharding.
-        ckptr = ocp.PyTreeCheckpointer()
-        meta = ckptr.metadata(item).item_metadata.tree
-        restore_args = jax.tree_util.tree_map(
-            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta,
-            is_leaf=lambda x: not isinstance(x, dict | list | tuple),
-        )
-        raw = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-    finally:
-        ckpt.close()
-    got = {"params": raw["params"], "batch_stats": raw.get("batch_stats", {}) or {}}
-    want = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
-    got_shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), got)
-    want_shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), want)
-    if got_shapes != want_shapes:
-        raise ValueError(
-            f"classifier extractor: checkpoint {checkpoint_dir!r} (step {step}) does not match "
-            "the configured classifier (extractor.classifier / width / num_classes)"
-        )
-    return got
-
-
 def _classifier_from_config(cfg: ml_collections.ConfigDict, num_classes: int | None,
                             mesh: Mesh | None) -> Extractor:
-    from augdiff.models.classifiers import abstract_variables, get_classifier
-
     n = int(cfg.get("num_classes", 0) or 0) or num_classes
     if not n:
         raise ValueError("classifier extractor: set extractor.num_classes (or pass num_classes)")
@@ -252,8 +221,6 @@ def _clip_from_config(cfg: ml_collections.ConfigDict, mesh: Mesh | None) -> Extr
         )
     from transformers import CLIPVisionConfig, FlaxCLIPVisionModel
 
-    from augdiff.sd import loading
-
     path = os.path.abspath(path)
     model, params, _ = loading._load_transformers_component(
         os.path.dirname(path), os.path.basename(path), CLIPVisionConfig, FlaxCLIPVisionModel,
@@ -277,6 +244,87 @@ def _clip_from_config(cfg: ml_collections.ConfigDict, mesh: Mesh | None) -> Extr
                      int(proj.shape[-1]))
 
 
+# ---------------------------------------------------------------------------------------------
+# The reference classifier, with its texture block
+
+
+TEXTURE_FILTERS = 32
+TEXTURE_SEED = 0
+SCALE_IMAGES = 1000
+
+
+def texture_filters(channels: int = 3, num: int = TEXTURE_FILTERS,
+                    seed: int = TEXTURE_SEED) -> np.ndarray:
+    """The fixed random filter bank ``W [3, 3, channels, num]`` of the texture block:
+    i.i.d. standard normal entries scaled by ``1 / sqrt(9 · channels)`` (numpy's PCG64
+    generator, so the bank does not depend on the JAX version)."""
+    w = np.random.default_rng(seed).standard_normal((3, 3, int(channels), int(num)))
+    return (w / np.sqrt(9.0 * channels)).astype(np.float32)
+
+
+def texture_features(x: Any, filters: Any) -> Any:
+    """``τ(x)``: per filter, the spatial standard deviation of ``filters ⋆ x`` (NHWC images
+    in [-1, 1], zero padding, stride 1): ``[B, num_filters]``."""
+    y = jax.lax.conv_general_dilated(
+        x.astype(jnp.float32), jnp.asarray(filters), (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+    return jnp.std(y, axis=(1, 2))
+
+
+def total_std(features: np.ndarray) -> float:
+    """``sqrt(tr Σ)`` of a block of features (rows = images; Σ with ddof = 1)."""
+    f = np.asarray(features, np.float64)
+    return float(np.sqrt(np.sum(np.var(f, axis=0, ddof=1))))
+
+
+def with_texture(base: Extractor, data: Any, *, image_size: int, batch_size: int = 256,
+                 mesh: Mesh | None = None) -> Extractor:
+    """The two-block extractor ``[φ / s_φ, τ / s_τ]`` of the module docstring over the
+    classifier extractor ``base`` (φ, which also classifies); the scales come from
+    :data:`SCALE_IMAGES` rows of ``data``'s real training split."""
+    channels = int(data.get("channels", 3) or 3)
+    filters = texture_filters(channels)
+
+    def forward(images):
+        x = images.astype(jnp.float32) / 127.5 - 1.0
+        if x.shape[1:3] != (image_size, image_size):
+            x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "linear")
+        return texture_features(x, filters)
+
+    tex = batched_apply(forward, batch_size, mesh)
+    train = open_real_source(data, str(data.get("train_split", "train")), subset=False)
+    scale_images, _ = load_images(train, select_rows(np.asarray(train.labels), None,
+                                                     SCALE_IMAGES, 0))
+    s_phi, s_tau = total_std(base(scale_images)), total_std(tex(scale_images))
+
+    def fn(images: np.ndarray) -> np.ndarray:
+        return np.concatenate([base(images) / s_phi, tex(images) / s_tau], axis=1)
+
+    return Extractor(f"{base.name}+texture({TEXTURE_FILTERS} random 3x3)", fn,
+                     int(base.dim) + TEXTURE_FILTERS, classify=base.classify)
+
+
+def reference_extractor(cfg: Any, data: Any, *, mesh: Mesh | None = None) -> Extractor:
+    """The penultimate-layer extractor (with ``classify``) of the cached reference classifier,
+    named ``reference:<model>-w<width>:<key>(top-1 x%)``."""
+    rec = ensure_reference(cfg, data)
+    n = int(rec.get("num_classes", 0) or 0)
+    if not n:
+        n = open_real_source(data, str(data.get("test_split", "test")), subset=False).num_classes
+    model = get_classifier(rec["model"], n, width=int(rec["width"]),
+                           stem=rec.get("stem", "") or None)
+    variables = restore_classifier_variables(
+        rec["checkpoints"], abstract_variables(model, int(rec["image_size"]), 3))
+    name = (f"reference:{rec['model']}-w{rec['width']}:{rec['key'][:8]}"
+            f"(full train split, test top-1 {100 * float(rec['test_top1']):.1f}%)")
+    base = classifier_extractor(model, variables, name, image_size=int(rec["image_size"]),
+                                batch_size=int(cfg.get("batch_size", 256)), mesh=mesh)
+    if not cfg.get("texture", True):
+        return base
+    return with_texture(base, data, image_size=int(rec["image_size"]),
+                        batch_size=int(cfg.get("batch_size", 256)), mesh=mesh)
+
+
 def get_extractor(
     cfg: ml_collections.ConfigDict,
     *,
@@ -290,8 +338,6 @@ def get_extractor(
     classifier is trained on."""
     name = cfg.get("name", "")
     if name == "reference":
-        from augdiff.metrics.reference import reference_extractor
-
         if data is None:
             raise ValueError("reference extractor: needs the data config (get_extractor(..., "
                              "data=config.data))")

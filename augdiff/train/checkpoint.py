@@ -10,6 +10,9 @@ Restores always go through an abstract target (``jax.ShapeDtypeStruct`` with the
 caller is using. Extras are JSON; ``bytes`` values (e.g. a grain iterator state) are
 base64-wrapped transparently. Saves are synchronous by default so a step counted as saved is
 durable on disk (orbax itself writes to a temporary directory and renames on commit).
+
+:func:`restore_classifier_variables` reads back only the parameters and BatchNorm statistics
+of a classifier's saved train state (no optimizer target), checked against the model's shapes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 _BYTES_TAG = "__bytes_b64__"
@@ -129,3 +133,51 @@ class Checkpointer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def restore_classifier_variables(
+    checkpoint_dir: str, abstract: Any, step: int | None = None
+) -> Any:
+    """``{'params', 'batch_stats'}`` of a classifier train state saved by :class:`Checkpointer`
+    (the trainer's ``workdir/checkpoints``): what the classifier feature extractors and the
+    reference classifier's export load.
+
+    The optimizer state is not needed, so the state is restored without a target and only
+    parameters and BatchNorm statistics are kept; their shapes are checked against
+    ``abstract`` (the model's ``jax.eval_shape`` variables).
+    """
+    if not checkpoint_dir or not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(
+            f"classifier extractor: checkpoint directory {checkpoint_dir!r} not found (set "
+            "extractor.checkpoint to the 'checkpoints' folder of an `augdiff train` run on the "
+            "real data)"
+        )
+    ckpt = Checkpointer(checkpoint_dir, max_to_keep=None)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(
+                f"classifier extractor: no checkpoint saved in {checkpoint_dir!r}")
+        item = os.path.join(ckpt.directory, str(step), "state")
+        if not os.path.isdir(item):
+            raise FileNotFoundError(f"classifier extractor: no 'state' item in {item!r}")
+        # Restore every array as a host numpy array: no optimizer target, no saved sharding.
+        ckptr = ocp.PyTreeCheckpointer()
+        meta = ckptr.metadata(item).item_metadata.tree
+        restore_args = jax.tree_util.tree_map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta,
+            is_leaf=lambda x: not isinstance(x, dict | list | tuple),
+        )
+        raw = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    finally:
+        ckpt.close()
+    got = {"params": raw["params"], "batch_stats": raw.get("batch_stats", {}) or {}}
+    want = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
+    got_shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), got)
+    want_shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), want)
+    if got_shapes != want_shapes:
+        raise ValueError(
+            f"classifier extractor: checkpoint {checkpoint_dir!r} (step {step}) does not match "
+            "the configured classifier (extractor.classifier / width / num_classes)"
+        )
+    return got

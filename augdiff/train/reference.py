@@ -1,12 +1,15 @@
-"""The reference classifier: a real-data classifier trained once per dataset and cached.
+"""The reference classifier's training recipe: a real-data classifier trained once per dataset
+and cached.
 
-It serves two measurements that need a network which has *learned* the real data:
+It serves two measurements that need a network which has *learned* the real data (both in
+:mod:`augdiff.metrics`):
 
 - the default feature extractor of the fidelity metrics when no Inception / CLIP weights are
-  available (``extractor.name = "reference"``; its penultimate layer, as the ``classifier``
-  extractor); a network trained on a 1,000-image subset for a few epochs maps Gaussian noise
-  and CIFAR-10 to overlapping features, one trained on the full split does not (see the noise
-  control rows of :func:`augdiff.metrics.evaluate.evaluate_store`);
+  available (``extractor.name = "reference"``, :func:`augdiff.metrics.features.reference_extractor`:
+  its penultimate layer, as the ``classifier`` extractor, beside a texture block); a network
+  trained on a 1,000-image subset for a few epochs maps Gaussian noise and CIFAR-10 to
+  overlapping features, one trained on the full split does not (see the noise control rows of
+  :func:`augdiff.metrics.evaluate.evaluate_store`);
 - "classifier accuracy on generated samples": the share of class-conditional samples that
   this classifier assigns to their conditioning class (10 % is chance on CIFAR-10).
 
@@ -23,22 +26,6 @@ placed in ``augdiff/assets/reference_classifiers/<key>/`` (the same layout, writ
 :func:`export_reference`: parameters and BatchNorm statistics only) are found before the cache:
 augdiff ships the CIFAR-10 one at 16², so the quickstart does not train it; the key of a zip
 does not depend on where it lies.
-
-Features (``extractor.texture``, on by default): the penultimate layer alone maps Gaussian
-noise *into* the real images' k-NN balls (measured on CIFAR-10 at 16²: precision of noise
-0.99, although FID(noise) is 55× the real floor), because a classifier learns to ignore
-high-frequency energy. The extractor therefore concatenates two blocks,
-
-    f(x) = [ φ(x) / s_φ ,  τ(x) / s_τ ],   τ_c(x) = std_{i,j} (W_c ⋆ x)_{ij},
-
-the penultimate features φ (what the image shows) and τ, the spatial standard deviation of
-the responses of a fixed bank of 32 random 3×3 filters W (local contrast energy: the
-randomly initialised embedding of Naeem et al. 2020, §5, reduced to its first layer;
-``W = default_rng(0).standard_normal((3, 3, C, 32)) / sqrt(9 C)``, zero padding, pixels in
-[-1, 1]). Each block is divided by its total standard deviation ``s = sqrt(tr Σ)`` on 1,000
-images of the real training split (a seeded choice), so both weigh the same in FID and in the
-k-NN radii. Measured there (1,000 real vs 500): precision of noise 0.00, FID(noise) / FID(floor)
-≈ 120, and the generator's FID / floor ratio is larger than under φ alone (13× vs 10×).
 """
 
 from __future__ import annotations
@@ -46,12 +33,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import zipfile
 from typing import Any
 
+import jax
 import ml_collections
-import numpy as np
 
-from augdiff.config import to_dict
+from augdiff.config import load_config, resolve_path, to_dict
+from augdiff.files import read_json, write_json
+from augdiff.models.classifiers import abstract_variables, get_classifier
+from augdiff.train import classifier
+from augdiff.train.checkpoint import Checkpointer, restore_classifier_variables
 
 DEFAULT_SPEC = "configs/classify_cifar10.py:reference"
 # Data fields copied from the experiment into the reference run (the subset fields are not).
@@ -75,8 +68,6 @@ def data_identity(data: Any) -> dict[str, Any]:
     """What identifies the real data, independent of where it lies: for a zip, sha256 of its
     member list (names, sizes and CRC-32s, read from the central directory); for a folder,
     of its relative file names and sizes; for TFDS, the dataset name."""
-    import zipfile
-
     path = str(data.get("path", "") or "")
     if not path:
         return {"tfds_name": str(data.get("tfds_name", ""))}
@@ -103,15 +94,11 @@ def reference_config(cfg: Any, data: Any) -> ml_collections.ConfigDict:
     """The training config of the reference classifier: ``cfg.reference`` (a config spec)
     with the experiment's data fields, the full training split, and ``cfg.reference_epochs``
     (when > 0) as the number of epochs. ``workdir`` is left for :func:`ensure_reference`."""
-    from augdiff.config import load_config  # the spec resolves against the repository root
-
     sub = load_config(str(cfg.get("reference", "") or DEFAULT_SPEC))
     for key in DATA_FIELDS:
         if key in data and key in sub.data:
             sub.data[key] = data[key]
     if "path" in data and str(data.path or ""):
-        from augdiff.config import resolve_path
-
         sub.data.path = resolve_path(str(data.path))
     sub.data.per_class = 0
     sub.data.imbalance_factor = 1.0
@@ -154,19 +141,16 @@ def ensure_reference(cfg: Any, data: Any, *, log: Any = print) -> dict[str, Any]
     for root in (SHIPPED, cache_root(cfg)):
         found = os.path.join(root, "reference_classifiers", key, "reference.json")
         if os.path.exists(found):
-            with open(found) as f:
-                rec = json.load(f)
+            rec = read_json(found)
             base = os.path.dirname(found)
             return {**rec, "workdir": base, "checkpoints": os.path.join(base, "checkpoints")}
     run = os.path.join(cache_root(cfg), "reference_classifiers", key)
     done_file = os.path.join(run, "reference.json")
-    from augdiff.train.classifier import train_and_evaluate
-
     sub.workdir = run
     os.makedirs(run, exist_ok=True)
     log(f"reference classifier: training {sub.model.name} (width {sub.model.width}) on the full "
         f"training split, {sub.epochs} epochs, cached in {run}")
-    result = train_and_evaluate(sub)
+    result = classifier.train_and_evaluate(sub)
     rec = {"key": key, "workdir": run, "checkpoints": os.path.join(run, "checkpoints"),
            "model": str(sub.model.name), "width": int(sub.model.width),
            "stem": str(sub.model.get("stem", "") or ""),
@@ -175,80 +159,9 @@ def ensure_reference(cfg: Any, data: Any, *, log: Any = print) -> dict[str, Any]
            "num_train": int(result.get("train_examples", 0) or 0),
            "test_top1": float(result["test_top1"]), "epochs": int(sub.epochs),
            "data": data_identity(sub.data)}
-    import jax
-
     if jax.process_index() == 0:
-        tmp = done_file + f".tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(rec, f, indent=2, sort_keys=True)
-        os.replace(tmp, done_file)
+        write_json(done_file, rec)
     return rec
-
-
-TEXTURE_FILTERS = 32
-TEXTURE_SEED = 0
-SCALE_IMAGES = 1000
-
-
-def texture_filters(channels: int = 3, num: int = TEXTURE_FILTERS,
-                    seed: int = TEXTURE_SEED) -> np.ndarray:
-    """The fixed random filter bank ``W [3, 3, channels, num]`` of the texture block:
-    i.i.d. standard normal entries scaled by ``1 / sqrt(9 · channels)`` (numpy's PCG64
-    generator, so the bank does not depend on the JAX version)."""
-    w = np.random.default_rng(seed).standard_normal((3, 3, int(channels), int(num)))
-    return (w / np.sqrt(9.0 * channels)).astype(np.float32)
-
-
-def texture_features(x: Any, filters: Any) -> Any:
-    """``τ(x)``: per filter, the spatial standard deviation of ``filters ⋆ x`` (NHWC images
-    in [-1, 1], zero padding, stride 1): ``[B, num_filters]``."""
-    import jax
-    import jax.numpy as jnp
-
-    y = jax.lax.conv_general_dilated(
-        x.astype(jnp.float32), jnp.asarray(filters), (1, 1), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
-    return jnp.std(y, axis=(1, 2))
-
-
-def total_std(features: np.ndarray) -> float:
-    """``sqrt(tr Σ)`` of a block of features (rows = images; Σ with ddof = 1)."""
-    f = np.asarray(features, np.float64)
-    return float(np.sqrt(np.sum(np.var(f, axis=0, ddof=1))))
-
-
-def with_texture(base: Any, data: Any, *, image_size: int, batch_size: int = 256,
-                 mesh: Any = None) -> Any:
-    """The two-block extractor ``[φ / s_φ, τ / s_τ]`` of the module docstring over the
-    classifier extractor ``base`` (φ, which also classifies); the scales come from
-    :data:`SCALE_IMAGES` rows of ``data``'s real training split."""
-    import jax
-    import jax.numpy as jnp
-
-    from augdiff.data.sources import open_real_source
-    from augdiff.metrics.evaluate import load_images, select_rows
-    from augdiff.metrics.features import Extractor, batched_apply
-
-    channels = int(data.get("channels", 3) or 3)
-    filters = texture_filters(channels)
-
-    def forward(images):
-        x = images.astype(jnp.float32) / 127.5 - 1.0
-        if x.shape[1:3] != (image_size, image_size):
-            x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), "linear")
-        return texture_features(x, filters)
-
-    tex = batched_apply(forward, batch_size, mesh)
-    train = open_real_source(data, str(data.get("train_split", "train")), subset=False)
-    scale_images, _ = load_images(train, select_rows(np.asarray(train.labels), None,
-                                                     SCALE_IMAGES, 0))
-    s_phi, s_tau = total_std(base(scale_images)), total_std(tex(scale_images))
-
-    def fn(images: np.ndarray) -> np.ndarray:
-        return np.concatenate([base(images) / s_phi, tex(images) / s_tau], axis=1)
-
-    return Extractor(f"{base.name}+texture({TEXTURE_FILTERS} random 3x3)", fn,
-                     int(base.dim) + TEXTURE_FILTERS, classify=base.classify)
 
 
 def export_reference(workdir: str, dest_root: str, *, record: dict[str, Any] | None = None,
@@ -257,13 +170,9 @@ def export_reference(workdir: str, dest_root: str, *, record: dict[str, Any] | N
     ``reference.json``) into ``dest_root/reference_classifiers/<key>/``: parameters and
     BatchNorm statistics only (no optimiser state), in the layout :func:`ensure_reference`
     finds. Returns the destination."""
-    import shutil
-
-    from augdiff.train.checkpoint import Checkpointer
-
     src = os.path.join(workdir, "checkpoints")
-    rec = dict(record) if record is not None else json.load(
-        open(os.path.join(workdir, "reference.json")))
+    rec = dict(record) if record is not None else read_json(
+        os.path.join(workdir, "reference.json"))
     ckpt = Checkpointer(src, max_to_keep=None)
     try:
         step = ckpt.latest_step()
@@ -271,9 +180,6 @@ def export_reference(workdir: str, dest_root: str, *, record: dict[str, Any] | N
         ckpt.close()
     if step is None:
         raise FileNotFoundError(f"export_reference: no checkpoint in {src!r}")
-    from augdiff.metrics.features import restore_classifier_variables
-    from augdiff.models.classifiers import abstract_variables, get_classifier
-
     model = get_classifier(rec["model"], int(rec["num_classes"]), width=int(rec["width"]),
                            stem=rec.get("stem", "") or None)
     tree = restore_classifier_variables(src, abstract_variables(model, int(rec["image_size"]),
@@ -289,31 +195,5 @@ def export_reference(workdir: str, dest_root: str, *, record: dict[str, Any] | N
             with open(os.path.join(root, "commit_success.txt"), "w") as f:
                 f.write("Checkpoint commit was successful.")
     rec = {k: v for k, v in rec.items() if k not in ("workdir", "checkpoints")}
-    with open(os.path.join(out, "reference.json"), "w") as f:
-        json.dump(rec, f, indent=2, sort_keys=True)
+    write_json(os.path.join(out, "reference.json"), rec)
     return out
-
-
-def reference_extractor(cfg: Any, data: Any, *, mesh: Any = None) -> Any:
-    """The penultimate-layer extractor (with ``classify``) of the cached reference classifier,
-    named ``reference:<model>-w<width>:<key>(top-1 x%)``."""
-    from augdiff.data.sources import open_real_source
-    from augdiff.metrics.features import classifier_extractor, restore_classifier_variables
-    from augdiff.models.classifiers import abstract_variables, get_classifier
-
-    rec = ensure_reference(cfg, data)
-    n = int(rec.get("num_classes", 0) or 0)
-    if not n:
-        n = open_real_source(data, str(data.get("test_split", "test")), subset=False).num_classes
-    model = get_classifier(rec["model"], n, width=int(rec["width"]),
-                           stem=rec.get("stem", "") or None)
-    variables = restore_classifier_variables(
-        rec["checkpoints"], abstract_variables(model, int(rec["image_size"]), 3))
-    name = (f"reference:{rec['model']}-w{rec['width']}:{rec['key'][:8]}"
-            f"(full train split, test top-1 {100 * float(rec['test_top1']):.1f}%)")
-    base = classifier_extractor(model, variables, name, image_size=int(rec["image_size"]),
-                                batch_size=int(cfg.get("batch_size", 256)), mesh=mesh)
-    if not cfg.get("texture", True):
-        return base
-    return with_texture(base, data, image_size=int(rec["image_size"]),
-                        batch_size=int(cfg.get("batch_size", 256)), mesh=mesh)
