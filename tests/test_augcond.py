@@ -404,7 +404,7 @@ def test_training_config_mixes_half_synthetic(repo_root):
     from augdiff.config import load_config
 
     for variant in ("fewshot_train", "longtail_smoke_train"):
-        cfg = load_config(str(repo_root / f"configs/augcond_cifar10.py:{variant}"))
+        cfg = load_config(str(repo_root / f"augdiff/configs/augcond_cifar10.py:{variant}"))
         assert (
             cfg.synthetic.schedule.kind == "constant" and float(cfg.synthetic.schedule.rho) == 0.5
         )

@@ -18,7 +18,7 @@ from augdiff.config import ConfigError, load_config
 from augdiff.edm import sampling
 from augdiff.edm import train as edm_train
 
-SMOKE = "configs/casd_cifar10.py:smoke"
+SMOKE = "augdiff/configs/casd_cifar10.py:smoke"
 
 
 def tiny_config(repo_root, cifar_zip, workdir, **train_overrides):

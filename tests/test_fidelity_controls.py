@@ -147,3 +147,21 @@ def test_report_says_when_the_shipped_generator_changed_after_sampling(repo_root
     assert f"step {shipped['step'] - 1} when this run sampled it" in text
     assert f"now holds step {shipped['step']}" in text
     assert f"{shipped['images_seen']:,} images" not in text
+
+
+def test_report_names_the_model_the_method_store_records(repo_root):
+    """A method's generator is named from its store's manifest (what ran), not from the
+    experiment's ``generator.weights`` field, which only fills in for older stores."""
+    from augdiff.config import load_config
+    from augdiff.pipeline.report import describe_generator
+
+    c = load_config(str(repo_root / "augdiff/configs/exp_seed001_augcond.py:fewshot"))
+    c.generator.weights = "random"  # the config's claim ...
+    ran = {"generate": {"num_images": 40, "method": "augcond", "model": "weights/sd21-unclip"}}
+    text = describe_generator(c, ran)  # ... is overruled by what the store records
+    assert "**User weights** from `weights/sd21-unclip`" in text and "Random" not in text
+    tiny = {"generate": {**ran["generate"], "model": "tiny-random:unclip"}}
+    c.generator.weights = "weights/sd21-unclip"
+    assert describe_generator(c, tiny).startswith("**Random weights**")
+    old = {"generate": {"num_images": 40, "method": "augcond"}}  # a store without the field
+    assert "`weights/sd21-unclip`" in describe_generator(c, old)

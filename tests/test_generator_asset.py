@@ -10,7 +10,7 @@ import pytest
 
 from augdiff.config import load_config
 
-CONFIG = "configs/generator_cifar10.py:test"
+CONFIG = "augdiff/configs/generator_cifar10.py:test"
 
 
 def _cfg(repo_root, cifar_zip, workdir, store):

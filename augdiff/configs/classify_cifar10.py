@@ -142,7 +142,7 @@ def reference_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ``data.image_size``, six epochs of SGD with a cosine decay (2,340 steps of 128; on CIFAR-10
     at 16²: test top-1 74.3 %, 66 min on a 2-core CPU shared with another training run). One
     epoch (49.9 %) made a judge too weak to certify a generator: a sample cannot score better
-    than the judge's real test accuracy allows. :mod:`augdiff.metrics.reference` trains it once
+    than the judge's real test accuracy allows. :mod:`augdiff.train.reference` trains it once
     per dataset and caches it; the CIFAR-10 one at 16² ships with augdiff."""
     c.model.name = "preact_resnet_tiny"
     c.model.width = 32

@@ -19,7 +19,7 @@ Variants
 
 - ``reference``: the extractor that needs no pretrained weights: a PreActResNet trained by
   augdiff on the *full* real training split (``configs/classify_cifar10.py:reference``),
-  cached across runs (:mod:`augdiff.metrics.reference`; the CIFAR-10 one at 16² ships with
+  cached across runs (:mod:`augdiff.train.reference`; the CIFAR-10 one at 16² ships with
   augdiff), its penultimate features beside a texture block (``extractor.texture``); 1,000
   real against up to 1,000 synthetic images. The quickstart's default.
 
@@ -84,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.extractor.cache_dir = ""  # '' = $AUGDIFF_CACHE or ~/.cache/augdiff
     # reference: add the texture block (spatial std of 32 fixed random 3x3 filters) beside the
     # penultimate features; without it Gaussian noise lands inside the real k-NN balls
-    # (precision of noise 0.99 on CIFAR-10 at 16², 0.00 with it; augdiff.metrics.reference)
+    # (precision of noise 0.99 on CIFAR-10 at 16², 0.00 with it; metrics.features.with_texture)
     c.extractor.texture = True
 
     if variant == "default":

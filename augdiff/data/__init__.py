@@ -2,6 +2,7 @@
 
 - :mod:`augdiff.data.sources`   ``open_real_source(data_cfg, split)`` (folder, zip, TFDS)
 - :mod:`augdiff.data.subsets`   N-per-class and long-tailed subsets
+- :mod:`augdiff.data.selection` choosing rows of a source by class and reading their images
 - :mod:`augdiff.data.store`     ``StoreWriter`` / ``SyntheticStore`` (ArrayRecord shards)
 - :mod:`augdiff.data.schedules` synthetic-share schedules ρ(t)
 - :mod:`augdiff.data.loader`    ``MixedLoader`` (grain): real + synthetic batches

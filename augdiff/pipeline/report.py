@@ -96,7 +96,11 @@ def describe_generator(config: ml_collections.ConfigDict, outputs: Mapping[str, 
                 f"{g.get('checkpoint_step', '?')}), sampled with "
                 f"{g.get('sampler', '?')} into {g['num_images']:,} images; not trained here.")
     if kind == "method":
-        weights = str(gen.get("weights", "") or "")
+        # What the method's store says made it; the config's generator.weights only when the
+        # store (written before stores named their model here) does not say.
+        model = str(g.get("model") or "")
+        weights = ("random" if "tiny-random" in model else model) or str(
+            gen.get("weights", "") or "")
         if weights == "random":
             how = ("**Random weights**: the diffusion model was built with random parameters "
                    "(no pretrained weights are available here), so the images test the "

@@ -92,8 +92,10 @@ def stage_prepare(config: ml_collections.ConfigDict, outputs: Mapping[str, Any],
 def _store_summary(store: str) -> dict[str, Any]:
     """What the report and later stages need to know of a synthetic store."""
     syn = SyntheticStore(store)
+    model = (syn.manifest.get("config") or {}).get("model")
     return {"store": os.path.abspath(store), "num_images": int(len(syn)),
             "method": syn.manifest.get("method"),
+            "model": model if isinstance(model, str) else None,
             "counts_per_class": syn.manifest.get("counts_per_class", {}),
             "counters": syn.manifest.get("counters", {})}
 

@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from augdiff.config import load_config, resolve_path, to_dict
+from augdiff.config import ASSETS_DIR, load_config, resolve_path, to_dict
 from augdiff.files import read_json, write_json
 from augdiff.models.classifiers import abstract_variables, get_classifier
 from augdiff.train import classifier
@@ -51,7 +51,7 @@ DEFAULT_SPEC = "configs/classify_cifar10.py:reference"
 DATA_FIELDS = ("path", "tfds_name", "image_size", "channels", "train_split",
                "test_split")
 # Reference classifiers shipped inside the package (found before the cache, same layout).
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+SHIPPED = ASSETS_DIR
 # Fields that do not change the trained weights (left out of the key).
 _VOLATILE = ("workdir", "progress", "log_every_steps", "num_workers", "eval_cache",
              "eval_every_epochs")
