@@ -34,10 +34,11 @@ def run_fig3(config: Any, rows: Mapping[str, Mapping[str, Any]],
     ``<workdir>/analyses/fig3.png``."""
     from augdiff.analysis.pca import plot_panels, project_on_originals, spread
     from augdiff.analysis.shb_measure import _row_generate_config
+    from augdiff.data.pixels import to_signed
     from augdiff.data.sources import open_real_source
     from augdiff.edm import edit as edm_edit
     from augdiff.methods import diffusemix as DM
-    from augdiff.methods import hybrids, semantic
+    from augdiff.methods import edits, hybrids, semantic, shb
 
     opts = config.get("fig3", {}) or {}
     n = int(opts.get("max_images", 200))
@@ -53,15 +54,15 @@ def run_fig3(config: Any, rows: Mapping[str, Mapping[str, Any]],
     idx = np.sort(np.random.default_rng(0).permutation(len(real))[:n])
     original = np.stack([real[int(i)]["image"] for i in idx])
     labels = np.asarray([int(real.labels[int(i)]) for i in idx], np.int32)
-    single = DM.edm_strengths(dm)[0]
+    single = edits.edm_strengths(dm)[0]
     strengths = tuple(str(v) for v in str(opts.get("strengths", "0.5|1|2|4")).split("|"))
     if single not in strengths:
         strengths = (single, *strengths)
     loaded = edm_edit.load_edm(str(dm.edm.workdir))
-    x0 = jnp.asarray(edm_edit.to_unit(original))
+    x0 = jnp.asarray(to_signed(original))
     keys = jax.random.split(jax.random.PRNGKey(int(sub.seed) + 1), len(idx))
     spec, _ = DM.hybrid_spec(dm.hybrid)
-    _, hybrid_key, fractal_key = DM.run_keys(int(sub.seed))
+    _, hybrid_key, fractal_key = edits.run_keys(int(sub.seed))
     size = int(sub.data.image_size)
     bank = DM.fractal_bank_from_config(dm, fractal_key, size)
     gens, hybs = {}, {}
@@ -82,7 +83,7 @@ def run_fig3(config: Any, rows: Mapping[str, Mapping[str, Any]],
     workdir = os.path.join(str(config.workdir), "analyses")
     clip_cfg = dict(dm.shb.to_dict() if hasattr(dm.shb, "to_dict") else dm.shb)
     clip_cfg.update(clip=str(opts.get("clip", "") or ""), tiny=bool(opts.get("tiny", True)))
-    model, params, _, label = DM.load_clip(clip_cfg, workdir, 0)
+    model, params, _, label = shb.load_clip(clip_cfg, workdir, 0)
     embed_fn = semantic.clip_image_embedding_fn(model, params)
 
     def emb(x: np.ndarray) -> np.ndarray:

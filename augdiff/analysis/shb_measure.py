@@ -29,11 +29,11 @@ def measure(
 ) -> dict[str, Any]:
     """Mask statistics of SHB on uint8 pairs [N, h, w, 3] at ``resolution``² (and at 32² with a
     7 × 7 map for contrast). Returns ``{setting: mask_statistics}``."""
-    from augdiff.methods import diffusemix as DM
+    from augdiff.data.pixels import resize_uint8
     from augdiff.methods import hybrids, semantic
 
     out: dict[str, Any] = {}
-    g = hybrids.to_float(DM.resize_uint8(generated, resolution))
+    g = hybrids.to_float(resize_uint8(generated, resolution))
     crop, stride = semantic.scaled_crop_geometry(resolution)
     s = semantic.crop_similarity_map(embed_fn, g, text_emb, jnp.asarray(labels), crop=crop,
                                      stride=stride)
@@ -66,6 +66,7 @@ def run_shb_measure(config: Any, rows: Mapping[str, Mapping[str, Any]],
     from augdiff.data.sources import open_real_source
     from augdiff.data.store import SyntheticStore
     from augdiff.methods import diffusemix as DM
+    from augdiff.methods import shb
 
     opts = config.get("shb_measure", {}) or {}
     n = int(opts.get("max_images", 64))
@@ -80,9 +81,9 @@ def run_shb_measure(config: Any, rows: Mapping[str, Mapping[str, Any]],
     original = np.stack([real[int(p["parent"])]["image"] for p in provs])
     labels = np.asarray([int(edits[int(i)]["label"]) for i in idx])
     workdir = os.path.join(str(config.workdir), "analyses")
-    model, params, tok, label = DM.load_clip(sub.diffusemix.shb, workdir, 0)
-    text = DM.class_text_embeddings(model, params, tok, real.class_names,
-                                    str(sub.diffusemix.shb.template))
+    model, params, tok, label = shb.load_clip(sub.diffusemix.shb, workdir, 0)
+    text = shb.class_text_embeddings(model, params, tok, real.class_names,
+                                     str(sub.diffusemix.shb.template))
     from augdiff.methods import semantic
 
     stats = measure(original, generated, labels, semantic.clip_image_embedding_fn(model, params),
