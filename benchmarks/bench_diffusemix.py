@@ -3,12 +3,12 @@
     python benchmarks/bench_diffusemix.py [--batch 8] [--resolution 32] [--steps 10]
                                           [--iters 3] [--train-batch 128] [--json out]
 
-1. **Edits/s**: :func:`augdiff.methods.diffusemix.edit_images` (one jit: VAE encode of the
+1. **Edits/s**: :func:`augdiff.methods.edits.edit_images` (one jit: VAE encode of the
    inputs, the whole Euler-ancestral loop with InstructPix2Pix's three-way guidance, VAE
    decode) on a tiny random-weight InstructPix2Pix (:func:`augdiff.sd.tiny.make_tiny_sd`), or
    on ``--model DIR`` (any diffusers-format InstructPix2Pix folder, e.g. SD-1.5 sized).
    Reported per image and per image-step (``steps`` UNet calls of batch 3B each).
-2. **Online transforms**: :class:`augdiff.methods.diffusemix.OnlinePairs` ``.device`` (the
+2. **Online transforms**: :class:`augdiff.methods.online.OnlinePairs` ``.device`` (the
    trainer's hook: concatenation or random masks redrawn per epoch, fractal blending with
    λ ~ U[α, β] and label scaling) per batch, next to the transforms of
    ``benchmarks/bench_transforms.py`` (SHB without CLIP) and one PreActResNet18 train step.
@@ -42,7 +42,8 @@ def _bench_transforms():
 
 def bench_edits(model: str | None, batch: int, resolution: int, steps: int, iters: int) -> dict:
     from augdiff import distributed
-    from augdiff.methods import diffusemix as DM
+    from augdiff.data.store import example_keys
+    from augdiff.methods import edits as E
     from augdiff.sd import loading, pipelines, tiny
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,15 +52,15 @@ def bench_edits(model: str | None, batch: int, resolution: int, steps: int, iter
         comps, params = loading.load_sd(path, kind="ip2p")
     mesh = distributed.make_mesh(devices=jax.local_devices())
     params = pipelines.place_params(params, mesh)
-    prompts = list(DM.DIFFUSEMIX_PROMPTS)
+    prompts = list(E.DIFFUSEMIX_PROMPTS)
     emb = pipelines.encode_prompts(comps, params, prompts)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-    edit_key = DM.run_keys(0)[0]
+    edit_key = E.run_keys(0)[0]
 
     def run(i: int) -> np.ndarray:
-        keys = DM.example_keys(edit_key, range(i * batch, (i + 1) * batch))
-        return DM.edit_images(comps, params, images, emb[np.arange(batch) % len(prompts)], keys,
+        keys = example_keys(edit_key, range(i * batch, (i + 1) * batch))
+        return E.edit_images(comps, params, images, emb[np.arange(batch) % len(prompts)], keys,
                               resolution=resolution, num_steps=steps, mesh=mesh)
 
     t0 = time.perf_counter()
@@ -77,8 +78,8 @@ def bench_edits(model: str | None, batch: int, resolution: int, steps: int, iter
 
 
 def bench_online(batch: int, size: int, iters: int) -> dict[str, float]:
-    from augdiff.methods import diffusemix as DM
     from augdiff.methods import hybrids as H
+    from augdiff.methods import online as O
 
     bt = _bench_transforms()
     rng = np.random.default_rng(0)
@@ -97,8 +98,8 @@ def bench_online(batch: int, size: int, iters: int) -> dict[str, float]:
          H.DiffuseMixSpec(mask="random", policy="online", lam=(0.0, 0.4), label_scaling=True),
          bank),
     ):
-        pairs = DM.OnlinePairs(None, None, spec=spec, key=jax.random.PRNGKey(1), fractals=fr,
-                               parents=np.zeros(1, np.int64), pair_ids=np.zeros(1, np.int64))
+        pairs = O.OnlinePairs(None, None, spec=spec, key=jax.random.PRNGKey(1), fractals=fr,
+                              parents=np.zeros(1, np.int64), pair_ids=np.zeros(1, np.int64))
         fn = jax.jit(pairs.device)
         out[name] = bt.timeit(lambda fn=fn: fn(dev, 3)["image"], iters)[1]
     return out

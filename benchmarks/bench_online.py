@@ -32,9 +32,9 @@ import ml_collections
 import numpy as np
 
 from augdiff import distributed
-from augdiff.data.online import OnlineEDM
 from augdiff.edm import train as edm_train
 from augdiff.edm.core import EDMConfig
+from augdiff.methods.online import OnlineEDM
 from augdiff.models.classifiers import get_classifier
 from augdiff.train.classifier import (
     create_train_state,
@@ -103,7 +103,7 @@ def main() -> None:
     eparams = distributed.replicate(est.ema, mesh)
     net_apply = edm_train.make_net_apply(emodel)
     if a.checkpoint:
-        from augdiff.data.online import load_generator
+        from augdiff.methods.online import load_generator
 
         g = load_generator(a.checkpoint, mesh)
         net_apply, eparams = g["net_apply"], g["params"]

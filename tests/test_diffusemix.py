@@ -17,9 +17,12 @@ import numpy as np
 import pytest
 
 from augdiff.config import load_config
-from augdiff.data.store import SyntheticStore
+from augdiff.data.store import SyntheticStore, example_keys
 from augdiff.methods import diffusemix as DM
+from augdiff.methods import edits as E
 from augdiff.methods import hybrids
+from augdiff.methods import online as O
+from augdiff.methods import shb as S
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "augdiff" / "configs" / "diffusemix_cifar100.py")
@@ -99,19 +102,19 @@ def _shard_keys(root: str) -> list[str]:
 
 
 def test_prompts_plan_and_keys():
-    assert DM.resolve_prompts("all") == DM.DIFFUSEMIX_PROMPTS and len(DM.DIFFUSEMIX_PROMPTS) == 9
-    assert DM.resolve_prompts("sunset") == ("sunset",)
-    assert DM.resolve_prompts("Autumn| a sketch with crayon") == ("Autumn", "a sketch with crayon")
+    assert E.resolve_prompts("all") == E.DIFFUSEMIX_PROMPTS and len(E.DIFFUSEMIX_PROMPTS) == 9
+    assert E.resolve_prompts("sunset") == ("sunset",)
+    assert E.resolve_prompts("Autumn| a sketch with crayon") == ("Autumn", "a sketch with crayon")
     with pytest.raises(ValueError, match="duplicate"):
-        DM.resolve_prompts("snowy|snowy")
+        E.resolve_prompts("snowy|snowy")
     with pytest.raises(ValueError, match="empty prompt"):
-        DM.resolve_prompts("snowy||rainbow")
-    plan = DM.plan_edits(3, 2)
+        E.resolve_prompts("snowy||rainbow")
+    plan = E.plan_edits(3, 2)
     assert [p["example"] for p in plan] == list(range(6))
     assert plan[3] == dict(key="edit-r0000001-p01", example=3, parent=1, prompt_index=1)
-    edit, hyb, frac = DM.run_keys(0)
+    edit, hyb, frac = E.run_keys(0)
     assert len({tuple(np.asarray(k)) for k in (edit, hyb, frac)}) == 3
-    keys = DM.example_keys(edit, [5, 0, 5])
+    keys = example_keys(edit, [5, 0, 5])
     np.testing.assert_array_equal(keys[0], jax.random.fold_in(edit, 5))
     np.testing.assert_array_equal(keys[0], keys[2])
 
@@ -122,8 +125,8 @@ def test_output_status_filters_black_and_nonfinite():
     x[2, 0, 0, 0] = np.nan
     x[3, 1, 1, 2] = np.inf
     x[4] = 1.5 / 255
-    assert list(DM.output_status(x)) == ["ok", "black", "nonfinite", "nonfinite", "ok"]
-    assert list(DM.output_status(x, black_threshold=2 / 255)) == [
+    assert list(E.output_status(x)) == ["ok", "black", "nonfinite", "nonfinite", "ok"]
+    assert list(E.output_status(x, black_threshold=2 / 255)) == [
         "ok", "black", "nonfinite", "nonfinite", "black"]
 
 
@@ -218,7 +221,7 @@ def test_configs_cover_seed000_rows(variant, tmp_path):
     assert cfg.synthetic.path == want
     assert (cfg.online.kind == "diffusemix") == (variant == "online")
     if variant == "nine":
-        assert DM.resolve_prompts(cfg.diffusemix.prompts) == DM.DIFFUSEMIX_PROMPTS
+        assert E.resolve_prompts(cfg.diffusemix.prompts) == E.DIFFUSEMIX_PROMPTS
     with pytest.raises(Exception, match="unknown variant"):
         load_config(f"{CONFIG}:nope")
 
@@ -268,7 +271,7 @@ def test_end_to_end_store_hybrids_and_training(run_a, cifar20):
     row = next(i for i in range(len(hyb)) if hyb.provenance(i)["pair_id"] == 7)
     e_row = next(i for i in range(len(edits)) if edits.provenance(i)["example"] == 7)
     spec, _ = DM.hybrid_spec(cfg.diffusemix.hybrid)
-    _, hkey, fkey = DM.run_keys(0)
+    _, hkey, fkey = E.run_keys(0)
     bank = hybrids.fractal_bank(fkey, cfg.diffusemix.fractal_bank_size, 16)
     x, _ = hybrids.diffusemix(hkey, hybrids.to_float(real[3]["image"][None]),
                               hybrids.to_float(edits[e_row]["image"][None]),
@@ -280,7 +283,7 @@ def test_end_to_end_store_hybrids_and_training(run_a, cifar20):
         f"workdir={cfg.workdir}/train", f"data.path={cifar20}", "data.per_class=0",
         "data.image_size=16", f"store_dir={os.path.dirname(hyb_dir)}", "model.width=8",
         "batch_size=8", "epochs=2", "steps_per_epoch=2", "eval_batch_size=16", "progress=False"])
-    result = train_and_evaluate(tcfg)
+    result = train_and_evaluate(tcfg, online=O.build)
     assert result["synthetic_examples"] == 2 * N_REAL
     shares = [e["synthetic_share"] for e in result["epochs"]]
     assert len(shares) == 2 and all(0.25 <= s <= 0.75 for s in shares)  # ρ = 1:1 of 8 rows
@@ -294,7 +297,7 @@ def test_same_seed_same_bytes_and_resume_after_kill(run_a, cifar20, ip2p_path, t
     shard byte-equal to the uninterrupted run's (resumed shards hold the same examples)."""
     cfg_a, _ = run_a
     cfg = _config(tmp_path, cifar20, f"diffusemix.model={ip2p_path}")
-    real_edit = DM.edit_images
+    real_edit = E.edit_images
     calls = {"n": 0}
 
     def dying(*args, **kwargs):
@@ -303,13 +306,13 @@ def test_same_seed_same_bytes_and_resume_after_kill(run_a, cifar20, ip2p_path, t
             raise KeyboardInterrupt("simulated kill")
         return real_edit(*args, **kwargs)
 
-    monkeypatch.setattr(DM, "edit_images", dying)
+    monkeypatch.setattr(E, "edit_images", dying)
     with pytest.raises(KeyboardInterrupt):
         DM.generate(cfg)
     edits_dir, hyb_dir = DM.store_dirs(cfg)
     assert len(_shard_keys(edits_dir)) == 16  # two complete shards of 8
     assert not glob.glob(os.path.join(edits_dir, "*.tmp-*"))
-    monkeypatch.setattr(DM, "edit_images", real_edit)
+    monkeypatch.setattr(E, "edit_images", real_edit)
     summary = DM.generate(cfg)
     assert summary["edits_summary"]["written"] == 2 * N_REAL - 16
     for d in (edits_dir, hyb_dir):
@@ -339,7 +342,7 @@ def test_black_and_nonfinite_filtered_counted_once(cifar20, ip2p_path, tmp_path,
         base = np.linspace(0.2, 0.9, n * res * res * 3, dtype=np.float32)
         return base.reshape(n, res, res, 3)
 
-    plan = {tuple(np.asarray(DM.example_keys(DM.run_keys(0)[0], [e]))[0]): e
+    plan = {tuple(np.asarray(example_keys(E.run_keys(0)[0], [e]))[0]): e
             for e in range(2 * N_REAL)}
 
     def fake_with_failures(components, params, images, prompt_embeds, keys, **kw):
@@ -352,7 +355,7 @@ def test_black_and_nonfinite_filtered_counted_once(cifar20, ip2p_path, tmp_path,
                 out[b, 0, 0, 0] = np.nan
         return out
 
-    monkeypatch.setattr(DM, "edit_images", fake_with_failures)
+    monkeypatch.setattr(E, "edit_images", fake_with_failures)
     summary = DM.generate(cfg)["edits_summary"]
     black = [e for e in range(2 * N_REAL) if e % 5 == 0]
     nan = [e for e in range(2 * N_REAL) if e % 5 and e % 7 == 0]
@@ -379,7 +382,7 @@ def test_online_pairs_match_offline_hybrids_and_redraw(run_a):
     real = open_real_source(cfg.data, "train")
     edits_dir, hyb_dir = DM.store_dirs(cfg)
     edits, hyb = SyntheticStore(edits_dir), SyntheticStore(hyb_dir)
-    pairs = DM.make_online(
+    pairs = O.make_online(
         load_config(f"{CONFIG}:smoke", ["online.kind=diffusemix", "data.image_size=16"]),
         real, edits)
     assert pairs.spec.policy == "offline"
@@ -410,7 +413,7 @@ def test_online_pairs_match_offline_hybrids_and_redraw(run_a):
     np.testing.assert_array_equal(got[4], real[2]["image"])  # real rows untouched
     assert float(out["weight"][4]) == 1.0
     spec = hybrids.DiffuseMixSpec(mask="random", policy="online", fractal=False)
-    online = DM.OnlinePairs(real, edits, spec=spec, key=pairs.key, fractals=None,
+    online = O.OnlinePairs(real, edits, spec=spec, key=pairs.key, fractals=None,
                             parents=pairs.parents, pair_ids=pairs.pair_ids)
     device = jax.jit(online.device)
     e0, e1 = (np.asarray(device(dev, t)["image"]) for t in (0, 1))
@@ -480,14 +483,14 @@ def test_semantic_hybrids_with_tiny_clip(run_a, tmp_path):
         "data.image_size=16", "diffusemix.hybrid.mask=semantic", "diffusemix.hybrid.fractal=False",
         "diffusemix.hybrid.label_scaling=False", "diffusemix.shb.tiny=True", "progress=False"])
     real = open_real_source(scfg.data, "train")
-    _, hkey, fkey = DM.run_keys(0)
+    _, hkey, fkey = E.run_keys(0)
     out = tmp_path / "shb"
     summary = DM._generate_hybrids(scfg, real, edits_dir, str(out), hkey, fkey, False)
     assert summary == {"written": 2 * N_REAL, "mask": "semantic", "clip": "tiny-random"}
     store = SyntheticStore(out)
     assert store.manifest["config"]["clip"] == "tiny-random"
-    model, params, tok, _ = DM.load_clip(scfg.diffusemix.shb, str(tmp_path), 0)
-    text = DM.class_text_embeddings(model, params, tok, real.class_names, "a photo of a {}")
+    model, params, tok, _ = S.load_clip(scfg.diffusemix.shb, str(tmp_path), 0)
+    text = S.class_text_embeddings(model, params, tok, real.class_names, "a photo of a {}")
     assert text.shape == (10, 32)
     edits = SyntheticStore(edits_dir)
     r = 4

@@ -1,4 +1,4 @@
-"""Online EDM generation inside classifier training (augdiff.data.online).
+"""Online EDM generation inside classifier training (augdiff.methods.online).
 
 References are independent of the online module: the Heun sampler called directly on keys and
 labels derived in the test, the uint8 rounding of NVlabs/edm written out, a χ² statistic
@@ -21,10 +21,10 @@ from PIL import Image
 
 from augdiff import distributed
 from augdiff.config import ConfigError
-from augdiff.data.online import OnlineEDM, class_probs
 from augdiff.edm import samplers
 from augdiff.edm import train as edm_train
 from augdiff.edm.core import EDMConfig, denoise
+from augdiff.methods.online import OnlineEDM, class_probs
 from augdiff.train.checkpoint import Checkpointer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -195,9 +195,9 @@ def test_edit_mode_equals_the_offline_edit_and_hybrid_functions_on_the_same_keys
     functions (augdiff.edm.edit.make_edit_fn, augdiff.methods.hybrids.diffusemix) called here
     on keys derived in the test; and over 6 steps of the SAME real batch no synthetic row
     repeats (fresh edits and masks every step)."""
-    from augdiff.data.online import OnlineEdit
     from augdiff.edm.edit import make_edit_fn
     from augdiff.methods import hybrids
+    from augdiff.methods.online import OnlineEdit
 
     cfg, model, state = generator
     mesh = distributed.make_mesh(devices=jax.devices()[:1])
@@ -295,9 +295,10 @@ class _Crash(RuntimeError):
 
 @pytest.mark.slow
 def test_online_run_killed_and_resumed_equals_uninterrupted(online_setup, tmp_path):
+    from augdiff.methods.online import build
     from augdiff.train.classifier import train_and_evaluate
 
-    full = train_and_evaluate(_train_config(online_setup, tmp_path / "full"))
+    full = train_and_evaluate(_train_config(online_setup, tmp_path / "full"), online=build)
     assert full["synthetic_share"] == 0.5
     assert full["steps_per_epoch"] == 3
 
@@ -307,9 +308,9 @@ def test_online_run_killed_and_resumed_equals_uninterrupted(online_setup, tmp_pa
 
     cfg = _train_config(online_setup, tmp_path / "resumed")
     with pytest.raises(_Crash):
-        train_and_evaluate(cfg, step_hook=crash)
+        train_and_evaluate(cfg, step_hook=crash, online=build)
     assert Checkpointer(tmp_path / "resumed" / "checkpoints").latest_step() == 4
-    resumed = train_and_evaluate(cfg)
+    resumed = train_and_evaluate(cfg, online=build)
     run = json.loads((tmp_path / "resumed" / "run.json").read_text())
     assert run["resumed_from_step"] == 4 and run["generated_images"] == 16  # refresh 1 again
     assert resumed == full
@@ -327,7 +328,7 @@ def test_online_run_killed_and_resumed_equals_uninterrupted(online_setup, tmp_pa
 def test_the_shipped_generator_loads_as_an_online_source(repo_root):
     """The EMA-only checkpoint shipped in the package (no optimiser state) loads through the
     online source's loader, with the step and parameter count recorded at export."""
-    from augdiff.data.online import load_generator
+    from augdiff.methods.online import load_generator
 
     asset = repo_root / "augdiff/assets/generator_cifar10"
     record = json.loads((asset / "generator.json").read_text())
@@ -339,7 +340,7 @@ def test_the_shipped_generator_loads_as_an_online_source(repo_root):
     assert sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(gen["params"])) \
         == record["num_params"]
     # kind='edit' builds the edit source from the config's fields (policy forced online).
-    from augdiff.data.online import OnlineEdit, make_online_source
+    from augdiff.methods.online import OnlineEdit, make_online_source
 
     c = _config_module("classify_cifar10").get_config("smoke")
     c.data.image_size, c.batch_size = 16, 16
@@ -358,3 +359,16 @@ def test_the_shipped_generator_loads_as_an_online_source(repo_root):
                                      "label": np.zeros(8, np.int32),
                                      "weight": np.ones(8, np.float32),
                                      "source": np.zeros(8, np.int32)}, mesh), 0)
+
+
+def test_online_config_without_a_builder_is_a_one_line_error():
+    """The trainer knows no method: a config asking for online rows needs ``online=``."""
+    from augdiff.train import classifier
+
+    cfg = ml_collections.ConfigDict({"online": {"kind": "diffusemix"},
+                                     "synthetic": {"online": {"kind": "edm"}}})
+    with pytest.raises(ValueError, match=r"online\.kind and synthetic\.online\.kind .*"
+                                         r"online=augdiff\.methods\.online\.build"):
+        classifier._online_sources(cfg, None, None, None, None)
+    none = ml_collections.ConfigDict({"online": {"kind": "none"}})
+    assert classifier._online_sources(none, None, None, None, None) == (None, None)

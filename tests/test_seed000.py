@@ -242,6 +242,7 @@ def test_shb_blends_the_full_resolution_edit(tmp_path):
     from augdiff.data.sources import open_real_source
     from augdiff.data.store import StoreWriter, SyntheticStore
     from augdiff.methods import diffusemix as DM
+    from augdiff.methods import edits as E
 
     data = _image_folder(tmp_path / "data")
     cfg = load_config(f"{REPO / 'augdiff' / 'configs' / 'diffusemix_cifar100.py'}:shb", [
@@ -252,7 +253,7 @@ def test_shb_blends_the_full_resolution_edit(tmp_path):
     n = len(real)
     up = lambda a, s: np.asarray(Image.fromarray(a).resize((s, s), Image.BICUBIC))  # noqa: E731
     o32 = [up(real[i]["image"], 32) for i in range(n)]
-    _, hkey, fkey = DM.run_keys(0)
+    _, hkey, fkey = E.run_keys(0)
 
     def stores(root, full_images):
         man = dict(resolution=32, image_size=16, num_classes=2, class_names=["cat", "dog"])

@@ -27,17 +27,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from augdiff.analysis.pca import embed_images, plot_panels, project_on_originals, spread
+from augdiff.data.pixels import to_signed
+from augdiff.data.sources import open_real_source
+from augdiff.edm import edit as edm_edit
+from augdiff.methods import diffusemix as DM
+from augdiff.methods import edits, hybrids, semantic, shb
+
 
 def run_fig3(config: Any, rows: Mapping[str, Mapping[str, Any]],
              log: Callable[[str], None]) -> dict[str, Any]:
     """Table-experiment analysis ``fig3`` (see the module docstring); writes
     ``<workdir>/analyses/fig3.png``."""
-    from augdiff.analysis.pca import plot_panels, project_on_originals, spread
-    from augdiff.data.sources import open_real_source
-    from augdiff.edm import edit as edm_edit
-    from augdiff.methods import diffusemix as DM
-    from augdiff.methods import hybrids, semantic
-
     opts = config.get("fig3", {}) or {}
     n = int(opts.get("max_images", 200))
     row = str(opts.get("row", "baseline"))
@@ -52,15 +53,15 @@ def run_fig3(config: Any, rows: Mapping[str, Mapping[str, Any]],
     idx = np.sort(np.random.default_rng(0).permutation(len(real))[:n])
     original = np.stack([real[int(i)]["image"] for i in idx])
     labels = np.asarray([int(real.labels[int(i)]) for i in idx], np.int32)
-    single = DM.edm_strengths(dm)[0]
+    single = edits.edm_strengths(dm)[0]
     strengths = tuple(str(v) for v in str(opts.get("strengths", "0.5|1|2|4")).split("|"))
     if single not in strengths:
         strengths = (single, *strengths)
     loaded = edm_edit.load_edm(str(dm.edm.workdir))
-    x0 = jnp.asarray(edm_edit.to_unit(original))
+    x0 = jnp.asarray(to_signed(original))
     keys = jax.random.split(jax.random.PRNGKey(int(sub.seed) + 1), len(idx))
     spec, _ = DM.hybrid_spec(dm.hybrid)
-    _, hybrid_key, fractal_key = DM.run_keys(int(sub.seed))
+    _, hybrid_key, fractal_key = edits.run_keys(int(sub.seed))
     size = int(sub.data.image_size)
     bank = DM.fractal_bank_from_config(dm, fractal_key, size)
     gens, hybs = {}, {}
@@ -81,12 +82,10 @@ def run_fig3(config: Any, rows: Mapping[str, Mapping[str, Any]],
     workdir = os.path.join(str(config.workdir), "analyses")
     clip_cfg = dict(dm.shb.to_dict() if hasattr(dm.shb, "to_dict") else dm.shb)
     clip_cfg.update(clip=str(opts.get("clip", "") or ""), tiny=bool(opts.get("tiny", True)))
-    model, params, _, label = DM.load_clip(clip_cfg, workdir, 0)
+    model, params, _, label = shb.load_clip(clip_cfg, workdir, 0)
     embed_fn = semantic.clip_image_embedding_fn(model, params)
 
     def emb(x: np.ndarray) -> np.ndarray:
-        from augdiff.analysis.pca import embed_images
-
         return embed_images(embed_fn, x, batch_size=min(256, len(x)), progress=False)
 
     sets = {"original": emb(x0)}

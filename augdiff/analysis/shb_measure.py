@@ -19,8 +19,15 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from augdiff.data.pixels import resize_uint8
+from augdiff.data.sources import open_real_source
+from augdiff.data.store import SyntheticStore
+from augdiff.methods import diffusemix as DM
+from augdiff.methods import hybrids, semantic, shb
 
 
 def measure(
@@ -29,11 +36,8 @@ def measure(
 ) -> dict[str, Any]:
     """Mask statistics of SHB on uint8 pairs [N, h, w, 3] at ``resolution``² (and at 32² with a
     7 × 7 map for contrast). Returns ``{setting: mask_statistics}``."""
-    from augdiff.methods import diffusemix as DM
-    from augdiff.methods import hybrids, semantic
-
     out: dict[str, Any] = {}
-    g = hybrids.to_float(DM.resize_uint8(generated, resolution))
+    g = hybrids.to_float(resize_uint8(generated, resolution))
     crop, stride = semantic.scaled_crop_geometry(resolution)
     s = semantic.crop_similarity_map(embed_fn, g, text_emb, jnp.asarray(labels), crop=crop,
                                      stride=stride)
@@ -46,8 +50,6 @@ def measure(
         m = semantic.shb_mask(s, resolution, resolution, **kw)
         out[f"{resolution}: {name}"] = semantic.mask_statistics(m)
         if not kw:  # what the blend's resize to the training size leaves soft
-            import jax
-
             m32 = jax.image.resize(m, (m.shape[0], 32, 32, 1), "linear", antialias=True)
             out[f"{resolution} → 32: paper mask as resized with the blend"] = \
                 semantic.mask_statistics(m32)
@@ -63,10 +65,6 @@ def run_shb_measure(config: Any, rows: Mapping[str, Mapping[str, Any]],
                     log: Callable[[str], None]) -> dict[str, Any]:
     """Table-experiment analysis ``shb_measure``: SHB masks at 256² for up to
     ``config.shb_measure.max_images`` (default 64) edits of the ``shb`` row's edits store."""
-    from augdiff.data.sources import open_real_source
-    from augdiff.data.store import SyntheticStore
-    from augdiff.methods import diffusemix as DM
-
     opts = config.get("shb_measure", {}) or {}
     n = int(opts.get("max_images", 64))
     row = "shb" if "shb" in rows else next(iter(rows))
@@ -80,11 +78,9 @@ def run_shb_measure(config: Any, rows: Mapping[str, Mapping[str, Any]],
     original = np.stack([real[int(p["parent"])]["image"] for p in provs])
     labels = np.asarray([int(edits[int(i)]["label"]) for i in idx])
     workdir = os.path.join(str(config.workdir), "analyses")
-    model, params, tok, label = DM.load_clip(sub.diffusemix.shb, workdir, 0)
-    text = DM.class_text_embeddings(model, params, tok, real.class_names,
-                                    str(sub.diffusemix.shb.template))
-    from augdiff.methods import semantic
-
+    model, params, tok, label = shb.load_clip(sub.diffusemix.shb, workdir, 0)
+    text = shb.class_text_embeddings(model, params, tok, real.class_names,
+                                     str(sub.diffusemix.shb.template))
     stats = measure(original, generated, labels, semantic.clip_image_embedding_fn(model, params),
                     text)
     caveat = (" (RANDOM weights: the masks show the p50 threshold and the blur geometry, not "

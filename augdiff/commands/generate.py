@@ -1,7 +1,7 @@
 """``augdiff generate``: run a generation method into a synthetic store.
 
-Dispatches on ``config.method`` to a module exposing ``generate(config) -> dict`` (imported
-lazily, so one method never loads another's dependencies):
+Dispatches on ``config.method`` through :data:`augdiff.methods.registry.METHODS` to a module
+exposing ``generate(config) -> dict``:
 
 - ``sd``: plain Stable Diffusion text2img / img2img (:mod:`augdiff.sd.generate`)
 - ``diffusemix``: :mod:`augdiff.methods.diffusemix`
@@ -11,28 +11,20 @@ lazily, so one method never loads another's dependencies):
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from typing import Any
 
-METHODS = {
-    "sd": "augdiff.sd.generate",
-    "diffusemix": "augdiff.methods.diffusemix",
-    "augcond": "augdiff.methods.augcond",
-    "diffinv": "augdiff.methods.inversion",
-}
+from augdiff.config import ConfigError
+from augdiff.methods.registry import get_method
 
 
 def main(config: Any) -> int:
-    method = config.get("method", None)
-    if method not in METHODS:
-        print(
-            f"augdiff generate: config.method must be one of {sorted(METHODS)}, got {method!r}",
-            file=sys.stderr,
-        )
+    try:
+        module = get_method(config.get("method", None))
+    except ConfigError as e:
+        print(f"augdiff generate: {e}", file=sys.stderr)
         return 2
-    module = importlib.import_module(METHODS[method])
     summary = module.generate(config)
     print(json.dumps(summary, indent=2, default=str))
     return 0

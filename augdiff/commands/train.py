@@ -11,18 +11,19 @@ import sys
 
 import ml_collections
 
+from augdiff.config import ConfigError, require
+from augdiff.methods import online
+from augdiff.train.classifier import NonFiniteLossError, train_and_evaluate
+
 
 def main(config: ml_collections.ConfigDict) -> int:
-    from augdiff.config import ConfigError, require
-    from augdiff.train.classifier import NonFiniteLossError, train_and_evaluate
-
     try:
         require(config, "workdir", "model.name", "batch_size", "epochs")
         if not (config.data.get("path") or config.data.get("tfds_name")):
             raise ConfigError(
                 "set --config.data.path (image folder or zip) or --config.data.tfds_name"
             )
-        result = train_and_evaluate(config)
+        result = train_and_evaluate(config, online=online.build)
     except (ConfigError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
         print(f"augdiff train: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -44,7 +44,7 @@ def base_config(num_classes_hint: int = 10) -> ml_collections.ConfigDict:
     c.synthetic.schedule.warmup = 0  # w for warmup
     c.synthetic.schedule.t1 = 0  # step schedule
     c.synthetic.schedule.t2 = 0
-    # Online generation (augdiff.data.online): an EDM checkpoint sampled into each batch.
+    # Online generation (augdiff.methods.online): an EDM checkpoint sampled into each batch.
     c.synthetic.online = ml_collections.ConfigDict()
     c.synthetic.online.kind = "none"  # none | edm (samples) | edit (SDEdit + DiffuseMix)
     c.synthetic.online.checkpoint = ""  # a train-diffusion workdir (class-conditional)

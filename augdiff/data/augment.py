@@ -52,13 +52,29 @@ def random_crop_flip(key: jax.Array, x: jax.Array, pad: int = 4, fill: float = 0
     return jnp.where(flip[:, None, None, None], crop[:, :, ::-1], crop)
 
 
-def _box_mask(
+def box_mask(
     h: int, w: int, y0: jax.Array, y1: jax.Array, x0: jax.Array, x1: jax.Array
 ) -> jax.Array:
     """Boolean ``[h, w]`` mask of rows ``[y0, y1)`` and columns ``[x0, x1)``."""
     rows = jnp.arange(h)[:, None]
     cols = jnp.arange(w)[None, :]
     return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+
+
+def cutmix_box(
+    lam: jax.Array, cy: jax.Array, cx: jax.Array, h: int, w: int
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The CutMix box (Yun et al. 2019, §3.1) of ``λ`` centred at pixel ``(cy, cx)``: side
+    ratio ``√(1 − λ)`` (``⌊h√(1−λ)⌋ × ⌊w√(1−λ)⌋``), clipped at the border. Returns rows
+    ``[y0, y1)`` and columns ``[x0, x1)``. The one box geometry of :func:`cutmix` and of
+    augmented conditioning's per-pair CutMix (:func:`augdiff.methods.augcond.cutmix_box`),
+    which draw ``λ`` and the centre from their own keys."""
+    ratio = jnp.sqrt(1.0 - lam)
+    cut_h = jnp.floor(h * ratio).astype(jnp.int32)
+    cut_w = jnp.floor(w * ratio).astype(jnp.int32)
+    y0, y1 = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + cut_h // 2, 0, h)
+    x0, x1 = jnp.clip(cx - cut_w // 2, 0, w), jnp.clip(cx + cut_w // 2, 0, w)
+    return y0, y1, x0, x1
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
@@ -72,7 +88,7 @@ def cutout(key: jax.Array, x: jax.Array, size: int, fill: float = 0.0) -> jax.Ar
     cy = jax.random.randint(ky, (n,), 0, h)
     cx = jax.random.randint(kx, (n,), 0, w)
     y0, x0 = cy - size // 2, cx - size // 2
-    masks = jax.vmap(lambda a, b: _box_mask(h, w, a, a + size, b, b + size))(y0, x0)
+    masks = jax.vmap(lambda a, b: box_mask(h, w, a, a + size, b, b + size))(y0, x0)
     return jnp.where(masks[..., None], jnp.asarray(fill, x.dtype), x)
 
 
@@ -103,14 +119,10 @@ def cutmix(
     n, h, w, _ = x.shape
     k_lam, k_perm, ky, kx = jax.random.split(key, 4)
     lam = jax.random.beta(k_lam, alpha, alpha)
-    ratio = jnp.sqrt(1.0 - lam)
-    cut_h = jnp.floor(h * ratio).astype(jnp.int32)
-    cut_w = jnp.floor(w * ratio).astype(jnp.int32)
     cy = jax.random.randint(ky, (), 0, h)
     cx = jax.random.randint(kx, (), 0, w)
-    y0, y1 = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + cut_h // 2, 0, h)
-    x0, x1 = jnp.clip(cx - cut_w // 2, 0, w), jnp.clip(cx + cut_w // 2, 0, w)
-    mask = _box_mask(h, w, y0, y1, x0, x1)
+    y0, y1, x0, x1 = cutmix_box(lam, cy, cx, h, w)
+    mask = box_mask(h, w, y0, y1, x0, x1)
     perm = jax.random.permutation(k_perm, n)
     x_mix = jnp.where(mask[None, :, :, None], x[perm], x)
     lam_area = (1.0 - (y1 - y0) * (x1 - x0) / (h * w)).astype(y_onehot.dtype)

@@ -16,16 +16,16 @@ such in the store (:func:`edit_prompt`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 
 from augdiff.config import ConfigError
+from augdiff.edm.core import denoise, sigma_schedule
+from augdiff.edm.model import open_generator
+from augdiff.edm.samplers import heun_sampler
 
 
 def edit_prompt(sigma_start: float, label: int) -> str:
@@ -37,9 +37,6 @@ def sdedit(denoiser: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array,
            noise: jax.Array, sigma_start: float, num_steps: int, *, sigma_min: float = 0.002,
            rho: float = 7.0) -> jax.Array:
     """SDEdit with Heun: ``x = x₀ + σ_start·n`` then EDM Algorithm 1 from ``σ_start`` to 0."""
-    from augdiff.edm.core import sigma_schedule
-    from augdiff.edm.samplers import heun_sampler
-
     if not sigma_start > sigma_min:
         raise ValueError(f"sdedit: sigma_start must exceed sigma_min={sigma_min}, "
                          f"got {sigma_start}")
@@ -48,37 +45,13 @@ def sdedit(denoiser: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array,
 
 
 def load_edm(workdir: str) -> dict[str, Any]:
-    """The EMA parameters and model of the latest checkpoint of an ``augdiff train-diffusion``
-    workdir or an exported generator (e.g. the shipped ``augdiff/assets/generator_cifar10``):
-    ``dict(net_apply, params, config, edm, num_classes, class_conditional, size, step,
-    checkpoint)``, restored through :func:`augdiff.edm.model.load_model` (the one restore
-    path). Errors name a missing workdir or checkpoint."""
-    from augdiff.edm import model as edm_model
-    from augdiff.train.checkpoint import Checkpointer
-
-    ckdir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckdir):
-        raise FileNotFoundError(f"no EDM checkpoints in {workdir!r} (expected {ckdir}): run "
-                                "`augdiff train-diffusion` with that workdir first")
-    ckpt = Checkpointer(ckdir)
-    try:
-        step = ckpt.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckdir}")
-        extras = edm_model.checkpoint_extras(ckpt, step)
-    finally:
-        ckpt.close()
-    config = ml_collections.ConfigDict(extras["config"])
-    if str(config.mode) == "casd":
+    """The edit generator: :func:`augdiff.edm.model.open_generator` of an ``augdiff
+    train-diffusion`` workdir or an exported generator (e.g. the shipped
+    ``augdiff/assets/generator_cifar10``), which must be a dm/sda model (not casd)."""
+    loaded = open_generator(workdir)
+    if loaded["mode"] == "casd":
         raise ConfigError("the EDM edit generator needs a dm/sda model, not casd")
-    config.workdir = workdir
-    loaded = edm_model.load_model(config, step=step)
-    num_classes = loaded.num_classes
-    size, ch = int(config.data.image_size), int(config.data.channels)
-    return dict(net_apply=edm_model.make_net_apply(loaded.model), params=loaded.params,
-                config=config, edm=edm_model.edm_config(config), num_classes=num_classes,
-                class_conditional=bool(config.model.class_conditional), size=size, channels=ch,
-                step=int(loaded.step), checkpoint=loaded.path)
+    return loaded
 
 
 def make_edit_fn(loaded: dict[str, Any], *, sigma_start: float,
@@ -86,8 +59,6 @@ def make_edit_fn(loaded: dict[str, Any], *, sigma_start: float,
     """Jitted ``fn(params, keys[B], images[B,H,W,C] in [-1, 1], classes[B]) -> edits`` at the
     model's resolution (inputs of another size are resized bilinearly first). Example ``b``
     draws its noise from ``keys[b]``."""
-    from augdiff.edm.core import denoise
-
     net_apply, e = loaded["net_apply"], loaded["edm"]
     size, cond = int(loaded["size"]), bool(loaded["class_conditional"])
 
@@ -111,7 +82,3 @@ def make_edit_fn(loaded: dict[str, Any], *, sigma_start: float,
 
     return fn
 
-
-def to_unit(images_uint8: np.ndarray) -> np.ndarray:
-    """uint8 images → float32 [-1, 1]."""
-    return np.asarray(images_uint8, np.float32) / 127.5 - 1.0

@@ -23,7 +23,13 @@ import ml_collections
 import numpy as np
 import optax
 
+from augdiff import distributed
 from augdiff.config import ConfigError, config_diff, to_dict
+from augdiff.data.pixels import edm_to_uint8, to_signed
+from augdiff.edm.augment import AUGMENT_DIM
+from augdiff.edm.core import EDMConfig
+from augdiff.models.songunet import SongUNet, songunet_config
+from augdiff.train.checkpoint import Checkpointer
 
 MODES = ("dm", "sda", "casd")
 
@@ -78,14 +84,15 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def to_model_images(images: jax.Array) -> jax.Array:
-    """uint8 [0, 255] → float32 [-1, 1] (the convention inside models)."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
+    """uint8 [0, 255] → float32 [-1, 1] (the convention inside models;
+    :func:`augdiff.data.pixels.to_signed`)."""
+    return to_signed(images)
 
 
 def from_model_images(x: jax.Array | np.ndarray) -> np.ndarray:
-    """float [-1, 1] → uint8 [0, 255] with rounding and clipping (NVlabs/edm generate.py)."""
-    x = np.asarray(x, np.float32)
-    return np.clip(np.rint(x * 127.5 + 128.0 - 0.5), 0, 255).astype(np.uint8)
+    """float [-1, 1] → uint8 [0, 255] with rounding and clipping (NVlabs/edm generate.py;
+    :func:`augdiff.data.pixels.edm_to_uint8`)."""
+    return edm_to_uint8(x)
 
 
 
@@ -106,8 +113,6 @@ def build_model(config: ml_collections.ConfigDict, *, num_classes: int,
     the compute dtype: ``bfloat16`` runs the network in bf16 while parameters (and the
     optimiser/EMA) stay float32.
     """
-    from augdiff.models.songunet import SongUNet, songunet_config
-
     mode = str(config.mode)
     if mode not in MODES:
         raise ConfigError(f"config.mode must be one of {MODES}, got {mode!r}")
@@ -125,8 +130,6 @@ def build_model(config: ml_collections.ConfigDict, *, num_classes: int,
         if config.model.get(field, None):
             kwargs[field] = tuple(int(v) for v in config.model[field])
     if augment_enabled(config):
-        from augdiff.edm.augment import AUGMENT_DIM
-
         kwargs["augment_dim"] = AUGMENT_DIM
     if bool(config.model.class_conditional):
         kwargs["label_dim"] = int(num_classes)
@@ -162,8 +165,6 @@ def make_net_apply(model: Any) -> Callable[..., jax.Array]:
 
 def edm_config(config: ml_collections.ConfigDict) -> Any:
     """The :class:`augdiff.edm.core.EDMConfig` of ``config.edm``."""
-    from augdiff.edm.core import EDMConfig
-
     e = config.edm
     return EDMConfig(sigma_min=float(e.sigma_min), sigma_max=float(e.sigma_max),
                      rho=float(e.rho), sigma_data=float(e.sigma_data),
@@ -209,8 +210,6 @@ def parameter_count(config: ml_collections.ConfigDict, num_classes: int) -> int:
 
 def checkpointer(config: ml_collections.ConfigDict) -> Any:
     """The run's :class:`augdiff.train.checkpoint.Checkpointer` (``<workdir>/checkpoints``)."""
-    from augdiff.train.checkpoint import Checkpointer
-
     return Checkpointer(os.path.join(str(config.workdir), "checkpoints"),
                         max_to_keep=int(config.train.keep_checkpoints) or None)
 
@@ -369,3 +368,39 @@ def load_model(config: ml_collections.ConfigDict, *, sharding: Any = None,
     finally:
         ckpt.close()
     return LoadedModel(model=model, params=params, extras=extras, step=int(step), path=path)
+
+
+def open_generator(workdir: str, *, mesh: Any = None, step: int | None = None) -> dict[str, Any]:
+    """The one opener of a trained EDM generator for sampling or editing: the latest (or given)
+    checkpoint of an ``augdiff train-diffusion`` workdir or of an exported generator (e.g. the
+    shipped ``augdiff/assets/generator_cifar10``), rebuilt from the config saved in the
+    checkpoint and restored through :func:`load_model` (EMA parameters, replicated on ``mesh``
+    when given, else on the default device).
+
+    Returns ``dict(net_apply, params, config, edm, mode, num_sources, num_classes, classes,
+    class_conditional, size, channels, image_shape, step, checkpoint)``. A missing workdir or
+    checkpoint is a ``FileNotFoundError`` naming it.
+    """
+    ckdir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckdir):
+        raise FileNotFoundError(f"no EDM checkpoints in {workdir!r} (expected {ckdir}): run "
+                                "`augdiff train-diffusion` with that workdir first")
+    ckpt = Checkpointer(ckdir)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckdir}")
+        extras = checkpoint_extras(ckpt, step)
+    finally:
+        ckpt.close()
+    config = ml_collections.ConfigDict(extras["config"])
+    config.workdir = workdir
+    sharding = distributed.replicated(mesh) if mesh is not None else None
+    loaded = load_model(config, sharding=sharding, step=step)
+    size, ch = int(config.data.image_size), int(config.data.channels)
+    return dict(net_apply=make_net_apply(loaded.model), params=loaded.params, config=config,
+                edm=edm_config(config), mode=str(config.mode),
+                num_sources=int(config.model.num_sources), num_classes=loaded.num_classes,
+                classes=loaded.classes, class_conditional=bool(config.model.class_conditional),
+                size=size, channels=ch, image_shape=(size, size, ch), step=int(loaded.step),
+                checkpoint=loaded.path)

@@ -35,8 +35,12 @@ from tqdm.auto import tqdm
 
 from augdiff import distributed
 from augdiff.config import ConfigError
+from augdiff.data.store import StoreWriter, SyntheticStore
 from augdiff.edm import model as edm_model
+from augdiff.edm import samplers
+from augdiff.edm.core import denoise, sigma_schedule
 from augdiff.edm.model import checkpoint_extras  # noqa: F401  (re-exported for callers)
+from augdiff.edm.samplers import nfe
 
 
 def example_labels(indices: np.ndarray, classes: list[int], *, class_conditional: bool,
@@ -69,9 +73,6 @@ def make_sample_fn(net_apply: Callable[..., jax.Array], edm_cfg: Any, *, mode: s
     condition ``y`` is guided away from ``guidance_label`` (the source label in casd, else the
     class label) by ``D_w = D(y_neg) + w·(D(y) − D(y_neg))``.
     """
-    from augdiff.edm import samplers
-    from augdiff.edm.core import denoise, sigma_schedule
-
     if sampler not in samplers.SAMPLERS:
         raise ConfigError(f"sample.sampler must be one of {samplers.SAMPLERS}, got {sampler!r}")
     if mode == "casd" and not 0 <= source_label < num_sources:
@@ -190,14 +191,10 @@ def sample_to_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
                    out_shardings=batch_sh)
     key = jax.device_put(jax.random.PRNGKey(int(s.seed)), rep)
 
-    from augdiff.data.store import StoreWriter
-
     store = str(s.store) or os.path.join(workdir, "store")
     mine = distributed.process_slice(n_total)
     local_dev = jax.local_device_count()
     local_bs = -(-max(int(s.batch_size) // jax.process_count(), 1) // local_dev) * local_dev
-    from augdiff.edm.samplers import nfe
-
     provenance_base = {
         "checkpoint": ckpt_path, "checkpoint_step": int(step), "mode": str(config.mode),
         "sampler": str(s.sampler), "steps": int(s.num_steps),
@@ -236,8 +233,6 @@ def sample_to_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
             bar.update(n)
         bar.close()
     if jax.process_index() == 0 and int(s.grid) > 0:
-        from augdiff.data.store import SyntheticStore
-
         syn = SyntheticStore(store)
         k = min(int(s.grid), len(syn))
         if k:

@@ -66,7 +66,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from augdiff import distributed
-from augdiff.sd import loading, pipelines
+from augdiff.data import augment
+from augdiff.data.pixels import to_signed_rgb, unit_to_store
+from augdiff.data.sources import open_real_source
+from augdiff.data.store import StoreWriter, example_keys, pending_batches
+from augdiff.sd import loading, pipelines, tiny
 
 Array = jax.Array
 
@@ -91,20 +95,18 @@ def _check_alpha(alpha: float) -> None:
 def cutmix_box(key: Array, height: int, width: int, alpha: float) -> dict[str, Array]:
     """The CutMix box of one pair (Yun et al. 2019, §3.1).
 
-    ``λ ~ Beta(α, α)``; box side ratio ``√(1 − λ)`` (``⌊H√(1−λ)⌋ × ⌊W√(1−λ)⌋``) centred at a
-    uniform pixel, clipped at the border. Returns the box ``y0, y1, x0, x1``, the sampled
-    ``lam_sampled`` and the realised ``lam = 1 − |box| / (HW)`` (the share of ``x₁`` kept).
+    ``λ ~ Beta(α, α)`` from the pair key's ``STREAM_LAMBDA`` sub-stream and a uniform centre
+    from its ``STREAM_POSITION`` sub-stream; the box geometry is
+    :func:`augdiff.data.augment.cutmix_box` (side ratio ``√(1 − λ)``, clipped). Returns the
+    box ``y0, y1, x0, x1``, the sampled ``lam_sampled`` and the realised
+    ``lam = 1 − |box| / (HW)`` (the share of ``x₁`` kept).
     """
     k_lam, k_pos = jax.random.fold_in(key, STREAM_LAMBDA), jax.random.fold_in(key, STREAM_POSITION)
     lam = jax.random.beta(k_lam, alpha, alpha)
-    ratio = jnp.sqrt(1.0 - lam)
-    cut_h = jnp.floor(height * ratio).astype(jnp.int32)
-    cut_w = jnp.floor(width * ratio).astype(jnp.int32)
     ky, kx = jax.random.split(k_pos)
     cy = jax.random.randint(ky, (), 0, height)
     cx = jax.random.randint(kx, (), 0, width)
-    y0, y1 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
-    x0, x1 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
+    y0, y1, x0, x1 = augment.cutmix_box(lam, cy, cx, height, width)
     area = ((y1 - y0) * (x1 - x0)).astype(jnp.float32)
     return dict(y0=y0, y1=y1, x0=x0, x1=x1, lam_sampled=lam, lam=1.0 - area / (height * width))
 
@@ -114,8 +116,7 @@ def pixel_cutmix(key: Array, x1: Array, x2: Array, alpha: float) -> tuple[Array,
     _check_alpha(alpha)
     h, w = x1.shape[0], x1.shape[1]
     box = cutmix_box(key, h, w, alpha)
-    rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
-    inside = (rows >= box["y0"]) & (rows < box["y1"]) & (cols >= box["x0"]) & (cols < box["x1"])
+    inside = augment.box_mask(h, w, box["y0"], box["y1"], box["x0"], box["x1"])
     return jnp.where(inside[..., None], x2, x1), box
 
 
@@ -463,55 +464,6 @@ def plan_examples(labels: np.ndarray, counts: np.ndarray) -> list[dict[str, Any]
 # ------------------------------------------------------------------------ the command
 
 
-def load_model(model_cfg: Any, workdir: str, seed: int, kind: str) -> tuple[Any, dict]:
-    """``(components, params)`` from ``model_cfg.path``; with an empty path and ``tiny=True`` a
-    tiny random-weight model of ``kind`` is made in ``<workdir>/tiny_<kind>`` (process 0)."""
-    path = model_cfg.path
-    if not path:
-        if not model_cfg.tiny:
-            raise ValueError("config.model.path is empty: give a model folder/hub id or tiny=True")
-        from augdiff.sd import tiny
-
-        path = os.path.join(workdir, f"tiny_{kind}")
-        if not os.path.isfile(os.path.join(path, "model_index.json")):
-            if jax.process_index() == 0:
-                tiny.make_tiny_sd(path, kind=kind, seed=int(seed), formats=("flax",))
-            if jax.process_count() > 1:
-                from jax.experimental import multihost_utils
-
-                multihost_utils.sync_global_devices(f"augdiff tiny model {path}")
-    return loading.load_sd(path, dtype=model_cfg.dtype, kind=kind)
-
-
-def _resize(x: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)) for a in x])
-
-
-def to_float(images_uint8: np.ndarray, size: int | None = None) -> np.ndarray:
-    """uint8 NHWC (1 or 3 channels) → float32 RGB in [-1, 1], resized (bicubic) to ``size``."""
-
-    x = np.asarray(images_uint8)
-    if x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
-    if size and x.shape[1:3] != (size, size):
-        x = _resize(x, size)
-    return x.astype(np.float32) / 127.5 - 1.0
-
-
-def to_store(images01: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """[0, 1] float NHWC → uint8 at ``size`` with ``channels`` (1: ITU-R 601 luma)."""
-    from PIL import Image
-
-    out = pipelines.to_uint8(images01)
-    if out.shape[1:3] != (size, size):
-        out = _resize(out, size)
-    if channels == 1:
-        out = np.stack([np.asarray(Image.fromarray(a).convert("L"))[..., None] for a in out])
-    return out
-
-
 def _json_scalar(v: np.ndarray) -> Any:
     v = np.asarray(v)
     return int(v) if np.issubdtype(v.dtype, np.integer) else round(float(v), 6)
@@ -521,9 +473,6 @@ def generate(config: Any) -> dict[str, Any]:
     """``augdiff generate`` with ``method='augcond'``: augmented-conditioning images of the real
     training subset into the synthetic store (resumable; each process its own examples)."""
 
-    from augdiff.data.sources import open_real_source
-    from augdiff.data.store import StoreWriter, example_keys, pending_batches
-
     ac = config.augcond
     aug = Augmentation.parse(
         ac.augmentation,
@@ -532,7 +481,8 @@ def generate(config: Any) -> dict[str, Any]:
         dropout_rescale=bool(ac.get("dropout_rescale", True)),
         embed_cutmix_mode=str(ac.get("embed_cutmix_mode", "block")),
     )
-    components, params = load_model(config.model, config.workdir, int(config.seed), "unclip")
+    components, params = tiny.load_from_config(config.model, config.workdir, int(config.seed),
+                                               "unclip")
     real = open_real_source(config.data, "train")
     labels = np.asarray(real.labels)
     counts = generation_counts(
@@ -575,8 +525,8 @@ def generate(config: Any) -> dict[str, Any]:
             keys = example_keys(base, [it["example"] for it in batch])
             parents = np.array([it["parent"] for it in batch])
             partners = same_class_partners(keys, parents, labels) if aug.needs_partner else parents
-            x1 = to_float(np.stack([real[int(r)]["image"] for r in parents]))
-            x2 = to_float(np.stack([real[int(r)]["image"] for r in partners]))
+            x1 = to_signed_rgb(np.stack([real[int(r)]["image"] for r in parents]))
+            x2 = to_signed_rgb(np.stack([real[int(r)]["image"] for r in partners]))
             embeds, info = augmented_embeddings(
                 components, params, aug, keys, x1, x2 if aug.needs_partner else None, mesh=mesh
             )
@@ -595,7 +545,7 @@ def generate(config: Any) -> dict[str, Any]:
                 width=res,
                 mesh=mesh,
             )
-            out = to_store(images, int(config.data.image_size), int(config.data.channels))
+            out = unit_to_store(images, int(config.data.image_size), int(config.data.channels))
             for i, (it, img) in enumerate(zip(batch, out, strict=True)):
                 prov = dict(
                     parent=int(parents[i]),

@@ -51,6 +51,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from augdiff.data.fractal import fractal_images
+from augdiff.data.pixels import range_to_uint8 as to_uint8
+from augdiff.data.pixels import uint8_to_range as to_float
+from augdiff.distributed import pad_to_multiple, unpad
+
 Orientation = Literal["vertical", "horizontal", "random"]
 MaskKind = Literal["concat", "random", "original"]
 MaskPolicy = Literal["offline", "online"]
@@ -315,8 +320,6 @@ def fractal_bank(
     DiffuseMix draws the fractal of each sample from a fixed fractal dataset; a bank generated
     once from a key plays that role.
     """
-    from augdiff.data.fractal import fractal_images
-
     lo, hi = value_range
     return lo + (hi - lo) * fractal_images(key, n, size)
 
@@ -344,8 +347,7 @@ def load_fractal_folder(
         except OSError as e:
             where = os.path.join(path, name)
             raise ValueError(f"fractal image {where!r} is unreadable: {e}") from e
-    lo, hi = value_range
-    return lo + (hi - lo) * (jnp.asarray(np.stack(images), jnp.float32) / 255.0)
+    return to_float(np.stack(images), value_range)
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,24 +465,6 @@ def diffusemix(
     return x, label_weights(lam, spec.label_scaling)
 
 
-def to_uint8(
-    x: jax.Array | np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)
-) -> np.ndarray:
-    """Float images in ``value_range`` to uint8 HWC(s) for :class:`StoreWriter` (round half up)."""
-    lo, hi = value_range
-    y = (np.asarray(x, np.float32) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.floor(y + 0.5), 0, 255).astype(np.uint8)
-
-
-
-def to_float(
-    x: np.ndarray | jax.Array, value_range: tuple[float, float] = (-1.0, 1.0)
-) -> jax.Array:
-    """uint8 images to float32 in ``value_range`` (the inverse of :func:`to_uint8` on the grid)."""
-    lo, hi = value_range
-    return lo + (hi - lo) * (jnp.asarray(x, jnp.float32) / 255.0)
-
-
 def write_hybrids(
     writer: Any,
     original: np.ndarray,
@@ -507,8 +491,6 @@ def write_hybrids(
     is a bank in [-1, 1]. Returns the number of examples added.
     """
     from tqdm.auto import tqdm
-
-    from augdiff.distributed import pad_to_multiple, unpad
 
     if spec.policy != "offline":
         raise ValueError("write_hybrids stores fixed hybrids: use a spec with policy='offline'")

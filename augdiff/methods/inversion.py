@@ -63,6 +63,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import io
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -76,8 +77,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from augdiff import distributed
-from augdiff.methods import augcond
-from augdiff.sd import guidance, loading, pipelines, schedulers
+from augdiff.data.pixels import to_signed_rgb, unit_to_store
+from augdiff.data.sources import open_real_source
+from augdiff.data.store import StoreWriter, example_keys, pending_batches
+from augdiff.files import atomic_write
+from augdiff.sd import guidance, loading, pipelines, schedulers, tiny
+from augdiff.train.checkpoint import Checkpointer
 
 Array = jax.Array
 
@@ -280,8 +285,6 @@ def invert(
       (learned vectors [B, tokens, d] as numpy, [(step, mean loss of that step)] of this run).
     """
     from tqdm import tqdm
-
-    from augdiff.train.checkpoint import Checkpointer
 
     cond = jnp.asarray(init_cond, jnp.float32)
     latents = jnp.asarray(latents, jnp.float32)
@@ -605,17 +608,9 @@ def _vectors_file(workdir: str, g: int) -> str:
 
 
 def _save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
 
 
 def run_stage1(
@@ -643,7 +638,7 @@ def run_stage1(
             continue
         ids = np.arange(g * bs, min((g + 1) * bs, n_total))
         labels = np.asarray(real.labels)[ids]
-        x = augcond.to_float(np.stack([real[int(i)]["image"] for i in ids]), res)
+        x = to_signed_rgb(np.stack([real[int(i)]["image"] for i in ids]), res)
         latents = pipelines.encode_images_to_latents(components, params, x)
         keys = jnp.stack([jax.random.fold_in(base, int(i)) for i in ids])
         init = initial_vectors(
@@ -689,7 +684,7 @@ def run_stage1(
             loss=np.float64(history[-1][1] if history else np.nan),
         )
         done += 1
-    _sync("diffinv stage 1")
+    distributed.barrier("diffinv stage 1")
     return {"groups": -(-n_total // bs), "groups_done_now": done, "images": n_total}
 
 
@@ -741,8 +736,6 @@ def run_stage2(
     the vector at that stage-1 checkpoint interpolated with that partner (strength s), plus
     λ-noise, sampled with weight w against the unconditional of that checkpoint's vectors.
     """
-
-    from augdiff.data.store import StoreWriter, example_keys, pending_batches
 
     smp_cfg = config.sampling
     ids, labels, groups, snaps = load_inversion(config.workdir)
@@ -846,7 +839,7 @@ def run_stage2(
                 width=res,
                 mesh=mesh,
             )
-            out = augcond.to_store(images, int(config.data.image_size), int(config.data.channels))
+            out = unit_to_store(images, int(config.data.image_size), int(config.data.channels))
             for i, (it, img) in enumerate(zip(batch, out, strict=True)):
                 ci, wi, pi = combos[i]
                 prov = dict(
@@ -878,11 +871,8 @@ def run_stage2(
 
 def generate(config: Any) -> dict[str, Any]:
     """``augdiff generate`` with ``method='diffinv'``: stage 1 then stage 2, each resumable."""
-    from augdiff.data.sources import open_real_source
-
-    components, params = augcond.load_model(
-        config.model, config.workdir, int(config.seed), "txt2img"
-    )
+    components, params = tiny.load_from_config(config.model, config.workdir, int(config.seed),
+                                               "txt2img")
     real = open_real_source(config.data, "train")
     mesh = distributed.make_mesh(devices=jax.local_devices())
     params = pipelines.place_params(params, mesh)

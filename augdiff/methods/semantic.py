@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from augdiff.distributed import pad_to_multiple, unpad
 from augdiff.methods.hybrids import compose
 
 FeatureFn = Callable[[jax.Array], jax.Array]
@@ -141,8 +142,6 @@ def crop_similarity_map(
     """``S_ij = cos(φ(crop_ij), t_y)`` [B, n_h, n_w] over the crops of the generated images
     (step 1); ``embed_fn(crops [N, c, c, C]) -> [N, D]`` is CLIP's image embedding (e.g.
     :func:`clip_image_embedding_fn`), run over fixed-size chunks of crops."""
-    from augdiff.distributed import pad_to_multiple, unpad
-
     t = class_text(text_emb, labels)
     crops = extract_crops(generated, crop, stride)
     b, nh, nw = crops.shape[:3]

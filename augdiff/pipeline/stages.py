@@ -8,7 +8,7 @@ prepare            opens the real train / test splits and the configured subset
 train_generator    trains an EDM generator on the real subset (:func:`augdiff.edm.train.train`)
 generate           fills the synthetic store: samples the EDM checkpoint
                    (:func:`augdiff.edm.sampling.sample_to_store`), or runs a generation method
-                   (:data:`augdiff.methods.METHODS`), or adopts an existing store
+                   (:data:`augdiff.methods.registry.METHODS`), or adopts an existing store
 train_real         a classifier on the real subset only, once per seed in ``config.seeds``
 train_synthetic    ... on the synthetic store only (share ρ = 1)
 train_mixed        ... on real + synthetic with the ``config.mixed`` schedule
@@ -44,8 +44,8 @@ from augdiff.edm import train as edm_train
 from augdiff.edm.model import parameter_count
 from augdiff.edm.sampling import sample_to_store
 from augdiff.files import write_json
-from augdiff.methods import get_method
 from augdiff.methods.online import build as build_online
+from augdiff.methods.registry import get_method
 from augdiff.metrics.evaluate import evaluate_store
 from augdiff.metrics.features import get_extractor
 from augdiff.pipeline.book import Units, is_main

@@ -24,36 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from augdiff import distributed
-from augdiff.sd import loading, pipelines
+from augdiff.data.pixels import unit_to_store
+from augdiff.data.sources import open_real_source
+from augdiff.data.store import StoreWriter, example_keys, pending_batches
+from augdiff.sd import loading, pipelines, tiny
 
 
 def _model(config: Any) -> tuple[loading.SDComponents, dict]:
     sd = config.sd
-    path = sd.model
-    if not path:
-        if not sd.tiny:
-            raise ValueError(
-                "config.sd.model is empty: give a model path/hub id or set sd.tiny=True"
-            )
-        from augdiff.sd import tiny
-
-        path = os.path.join(config.workdir, "tiny_sd")
-        if not os.path.isfile(os.path.join(path, "model_index.json")):
-            if jax.process_index() == 0:
-                tiny.make_tiny_sd(path, kind="txt2img", seed=int(config.seed), formats=("flax",))
-        distributed.barrier("tiny_sd_written")  # the other processes load what process 0 wrote
-    return loading.load_sd(path, dtype=sd.dtype, kind="txt2img")
-
-
-def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    out = pipelines.to_uint8(images)
-    if out.shape[1] == size and out.shape[2] == size:
-        return out
-    return np.stack(
-        [np.asarray(Image.fromarray(x).resize((size, size), Image.BICUBIC)) for x in out]
-    )
+    return tiny.load_or_make_tiny(
+        sd.model, kind="txt2img", dtype=sd.dtype, tiny=bool(sd.tiny),
+        tiny_dir=os.path.join(config.workdir, "tiny_sd"), seed=int(config.seed),
+        missing="config.sd.model is empty: give a model path/hub id or set sd.tiny=True")
 
 
 def _plan(config: Any, class_names: list[str], real: Any) -> list[dict[str, Any]]:
@@ -93,8 +75,6 @@ def _plan(config: Any, class_names: list[str], real: Any) -> list[dict[str, Any]
 
 def generate(config: Any) -> dict[str, Any]:
     """Run the generation the config describes; returns a summary dict."""
-    from augdiff.data.sources import open_real_source
-    from augdiff.data.store import StoreWriter, example_keys, pending_batches
 
     sd = config.sd
     components, params = _model(config)
@@ -139,7 +119,7 @@ def generate(config: Any) -> dict[str, Any]:
                 )
             else:
                 parents = [real[it["parent"]]["image"] for it in batch]
-                x = _resize_uint8(np.stack(parents).astype(np.float32) / 255.0, res)
+                x = unit_to_store(np.stack(parents).astype(np.float32) / 255.0, res)
                 images = pipelines.img2img(
                     components,
                     params,
@@ -150,7 +130,7 @@ def generate(config: Any) -> dict[str, Any]:
                     negative=uncond,
                     **common,
                 )
-            out = _resize_uint8(images, int(config.data.image_size))
+            out = unit_to_store(images, int(config.data.image_size))
             for it, img in zip(batch, out, strict=True):
                 prov = dict(
                     prompt=it["prompt"],

@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
+
+from augdiff.files import atomic_write
 
 TINY_MARKER = "AUGDIFF_TINY_RANDOM_WEIGHTS.txt"
 """File written by :func:`augdiff.sd.tiny.make_tiny_sd` at the root of a tiny random model."""
@@ -329,21 +330,8 @@ def source_hash(wpath: str, cache_dir: str | None = None) -> str:
             changed = True
         total.update(os.path.basename(path).encode() + b"\0" + digest.encode())
     if memo_path and changed:
-        _atomic_write(memo_path, json.dumps(memo).encode())
+        atomic_write(memo_path, json.dumps(memo).encode())
     return total.hexdigest()
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _abstract_digest(abstract: Any) -> str:
@@ -389,7 +377,7 @@ def convert_pt_cached(
         )
         if target is not None:
             try:
-                _atomic_write(target, serialization.msgpack_serialize(params))
+                atomic_write(target, serialization.msgpack_serialize(params))
                 status = "miss"
             except OSError as e:
                 warnings.warn(f"cannot write the weights cache for {component!r}: {e}",

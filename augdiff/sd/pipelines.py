@@ -40,7 +40,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from augdiff import distributed
-from augdiff.sd import schedulers
+from augdiff.data.pixels import signed_to_unit
+from augdiff.sd import guidance, schedulers
 from augdiff.sd.loading import SDComponents
 from augdiff.sd.unclip import apply_unet, clip_preprocess, noise_image_embeddings
 
@@ -213,16 +214,6 @@ def decode_latents(components: SDComponents, params: dict, latents: Array) -> Ar
     return _decode_jit(components, params, jnp.asarray(latents))
 
 
-def to_unit_range(images: Array) -> Array:
-    """[-1, 1] -> [0, 1], clipped (diffusers' post-processing)."""
-    return jnp.clip(images / 2 + 0.5, 0.0, 1.0)
-
-
-def to_uint8(images: Any) -> np.ndarray:
-    """[0, 1] float images -> uint8 (round to nearest)."""
-    return np.asarray(np.round(np.clip(np.asarray(images), 0, 1) * 255), np.uint8)
-
-
 @functools.partial(jax.jit, static_argnames=("components", "normalize"))
 def _clip_image(
     components: SDComponents, params: dict, images: Array, normalize: bool
@@ -347,8 +338,6 @@ def _sample(
     ``guidance_rescale`` φ > 0 rescales the CFG output (``guidance.rescale_noise_cfg``).
     All guidance arithmetic and branch stacking is ``augdiff.sd.guidance``'s.
     """
-    from augdiff.sd import guidance
-
     w_text = guidance_scale.reshape(-1, 1, 1, 1)
     w_image = image_guidance_scale.reshape(-1, 1, 1, 1)
 
@@ -394,7 +383,7 @@ def _sample(
     x = schedulers.denoise_loop(model_fn, sampler, x, step_keys, start_index=start_index)
     if not decode:
         return x
-    return to_unit_range(_decode(components, params, x))
+    return signed_to_unit(_decode(components, params, x))
 
 
 def make_sampler(

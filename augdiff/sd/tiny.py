@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from augdiff import distributed
 from augdiff.sd import loading
 
 PIPELINE_CLASS = {
@@ -381,3 +383,61 @@ def make_tiny_sd(
             "augdiff.sd.tiny.make_tiny_sd for tests and CPU smoke runs. Not a trained model.\n"
         )
     return root
+
+
+def make_tiny_clip(path: str | os.PathLike, seed: int = 0) -> str:
+    """A tiny random-weight ``FlaxCLIPModel`` (the tiny SD text/vision configs: 32-d, 4×4 patch
+    grid at 32²) with a local byte-level tokenizer, saved with ``save_pretrained``."""
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, FlaxCLIPModel
+
+    root = os.fspath(path)
+    vocab = write_tokenizer(root)
+    cfg = CLIPConfig.from_text_vision_configs(
+        CLIPTextConfig(**text_config(vocab)),
+        CLIPVisionConfig(**vision_config()),
+        projection_dim=IMAGE_EMBED_DIM,
+    )
+    model = FlaxCLIPModel(cfg, _do_init=False)
+    params = random_params(loading.text_encoder_abstract(model), np.random.default_rng(seed))
+    model.save_pretrained(root, params=params)
+    with open(os.path.join(root, loading.TINY_MARKER), "w") as f:
+        f.write(f"augdiff tiny CLIP with RANDOM weights (seed {seed}); not a trained model.\n")
+    return root
+
+
+def path_or_tiny(path: str, *, tiny: bool, tiny_dir: str, marker: str,
+                 make: Callable[[str], Any], missing: str) -> str:
+    """The one home of "weights from a path, or a tiny random model": ``path`` when given;
+    else (``tiny`` set) ``tiny_dir``, where process 0 first makes the tiny model with
+    ``make(tiny_dir)`` unless ``tiny_dir/marker`` exists, every process then meeting at a
+    barrier (so the others load what process 0 wrote). Without a path or ``tiny`` a
+    ``ValueError(missing)``."""
+    if path:
+        return path
+    if not tiny:
+        raise ValueError(missing)
+    if jax.process_index() == 0 and not os.path.isfile(os.path.join(tiny_dir, marker)):
+        make(tiny_dir)
+    distributed.barrier(f"augdiff tiny model {tiny_dir}")
+    return tiny_dir
+
+
+def load_or_make_tiny(path: str, *, kind: str, dtype: Any, tiny: bool, tiny_dir: str,
+                      seed: int, missing: str) -> tuple[loading.SDComponents, dict]:
+    """``(components, params)`` of the Stable Diffusion model of ``kind`` at ``path``
+    (:func:`augdiff.sd.loading.load_sd`), or with an empty path and ``tiny`` the tiny
+    random-weight one of :func:`make_tiny_sd` in ``tiny_dir`` (:func:`path_or_tiny`)."""
+    root = path_or_tiny(
+        path, tiny=tiny, tiny_dir=tiny_dir, marker="model_index.json", missing=missing,
+        make=lambda d: make_tiny_sd(d, kind=kind, seed=int(seed), formats=("flax",)))
+    return loading.load_sd(root, dtype=dtype, kind=kind)
+
+
+def load_from_config(model_cfg: Any, workdir: str, seed: int,
+                     kind: str) -> tuple[loading.SDComponents, dict]:
+    """:func:`load_or_make_tiny` of a method config's ``model`` block: ``path`` (folder / hub
+    id), ``tiny`` (empty path: the tiny model in ``<workdir>/tiny_<kind>``) and ``dtype``."""
+    return load_or_make_tiny(
+        model_cfg.path, kind=kind, dtype=model_cfg.dtype, tiny=bool(model_cfg.tiny),
+        tiny_dir=os.path.join(workdir, f"tiny_{kind}"), seed=int(seed),
+        missing="config.model.path is empty: give a model folder/hub id or tiny=True")

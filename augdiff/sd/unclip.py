@@ -33,8 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from augdiff.models.conv import im2col_intercept
 from augdiff.sd import attention
 from augdiff.sd.loading import SDComponents
+from augdiff.sd.schedulers import NoiseSchedule
 
 Array = jax.Array
 
@@ -53,8 +55,6 @@ def noise_level_embedding(noise_level: Array, dim: int) -> Array:
 
 def image_noising_alphas_cumprod(components: SDComponents) -> np.ndarray:
     """ᾱ of the DDPM ``image_noising_scheduler`` (schedule maths lives in ``schedulers``)."""
-    from augdiff.sd.schedulers import NoiseSchedule
-
     if components.image_noising_scheduler_config is None:
         raise ValueError(
             f"model kind {components.kind!r} has no image_noising_scheduler (not unCLIP)"
@@ -115,8 +115,6 @@ def _cpu_conv() -> Any:
     if mode not in ("auto", "im2col", "xla"):
         raise ValueError(f"AUGDIFF_SD_CONV={mode!r}: choose auto, im2col or xla")
     if mode == "im2col" or (mode == "auto" and jax.default_backend() == "cpu"):
-        from augdiff.models.conv import im2col_intercept
-
         return im2col_intercept()
     return contextlib.nullcontext()
 

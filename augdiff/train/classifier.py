@@ -18,7 +18,6 @@ Pieces, usable on their own:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -37,6 +36,12 @@ from jax.sharding import Mesh, NamedSharding
 from augdiff import distributed
 from augdiff.config import config_diff, to_dict
 from augdiff.data import augment as A
+from augdiff.data import schedules
+from augdiff.data.loader import MixedLoader
+from augdiff.data.online import online_config, online_rows
+from augdiff.data.sources import open_real_source
+from augdiff.data.store import SyntheticStore
+from augdiff.files import write_json
 from augdiff.models.classifiers import get_classifier, param_count
 from augdiff.train import losses
 from augdiff.train.checkpoint import Checkpointer
@@ -217,7 +222,7 @@ def make_train_step(
 
     ``online(batch, epoch) -> batch``: an optional on-device transform applied before the
     classical augmentation, to the batch with ``image`` in [-1, 1] (e.g. DiffuseMix hybrids
-    redrawn per epoch, :class:`augdiff.methods.diffusemix.OnlinePairs`); it may replace
+    redrawn per epoch, :class:`augdiff.methods.online.OnlinePairs`); it may replace
     ``image`` and ``weight``, and reads the extra batch fields ``online_keys``. The epoch is
     ``state.step // steps_per_epoch``.
     """
@@ -365,10 +370,6 @@ def _dtype(name: Any) -> Any:
 
 
 def _open_data(config: ml_collections.ConfigDict):
-    from augdiff.data import schedules
-    from augdiff.data.loader import MixedLoader
-    from augdiff.data.sources import open_real_source
-
     data = config.data
     # Subsets (per_class, imbalance_factor) shape the training split only; the test split is
     # always complete.
@@ -378,8 +379,6 @@ def _open_data(config: ml_collections.ConfigDict):
     syn_cfg = config.get("synthetic", None)
     schedule: Any = 0.0
     if syn_cfg is not None and syn_cfg.get("path", ""):
-        from augdiff.data.store import SyntheticStore
-
         synthetic = SyntheticStore(syn_cfg.path)
         if synthetic.num_classes > real.num_classes:
             raise ValueError(
@@ -403,8 +402,6 @@ def _open_data(config: ml_collections.ConfigDict):
         int(config.batch_size),
         fixed=int(config.get("steps_per_epoch", 0) or 0),
     )
-    from augdiff.data.online import online_rows
-
     loader = MixedLoader(
         real,
         synthetic,
@@ -439,35 +436,43 @@ def epoch_steps(num_real: int, num_synthetic: int, batch_size: int, *, fixed: in
     return max(1, (int(num_real) + int(num_synthetic)) // int(batch_size))
 
 
-def _online_transform(config: ml_collections.ConfigDict, real: Any, synthetic: Any) -> Any:
-    """The on-device online transform ``config.online.kind`` names, or None (``'none'``).
+OnlineBuilder = Callable[[ml_collections.ConfigDict, Any, Any, Mesh], tuple[Any, Any]]
+"""``online(config, real, synthetic, mesh) -> (transform, source)``: the builder a caller of
+:func:`train_and_evaluate` hands in (:func:`augdiff.methods.online.build`)."""
 
-    ``'diffusemix'``: :func:`augdiff.methods.diffusemix.make_online` (hybrids of each synthetic
-    edit and its parent real image, masks redrawn per epoch). The object has ``host(batch)``
-    (adds ``extra_keys`` to a loader batch), ``device(batch, epoch)`` and ``extra_keys``.
-    """
+
+def _online_kind(config: ml_collections.ConfigDict) -> str:
+    """``config.online.kind`` ('none' without one); an unknown kind is a ``ValueError``."""
     online = config.get("online", None)
     kind = online.get("kind", "none") if online is not None else "none"
     if kind in ("none", ""):
-        return None
+        return "none"
     if kind != "diffusemix":
         raise ValueError(f"online.kind {kind!r} unknown; choose none or diffusemix")
-    from augdiff.methods.diffusemix import make_online
-
-    return make_online(config, real, synthetic)
+    return kind
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+def _online_sources(config: ml_collections.ConfigDict, real: Any, synthetic: Any, mesh: Mesh,
+                    online: OnlineBuilder | None) -> tuple[Any, Any]:
+    """``(transform, generator)`` of the run: the on-device transform ``config.online.kind``
+    names and the generator of ``config.synthetic.online``, both built by the caller's
+    ``online`` (the trainer knows no method); ``(None, None)`` when neither is asked for."""
+    kind = _online_kind(config)
+    wanted = (["online.kind"] if kind != "none" else []) + (
+        ["synthetic.online.kind"] if online_config(config) is not None else [])
+    if not wanted:
+        return None, None
+    if online is None:
+        raise ValueError(f"{' and '.join(wanted)} asks for online rows: pass "
+                         "online=augdiff.methods.online.build to train_and_evaluate")
+    return online(config, real, synthetic, mesh)
 
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     *,
     step_hook: Callable[[int, dict[str, Any]], None] | None = None,
+    online: OnlineBuilder | None = None,
 ) -> dict[str, Any]:
     """Train a classifier as ``config`` says and evaluate it on the full test split each epoch
     (every ``eval_every_epochs`` epochs and after the last one when that is set).
@@ -481,6 +486,11 @@ def train_and_evaluate(
 
     ``step_hook(step, metrics)`` is called after every step (``step`` counts completed steps);
     tests use it to simulate a crash.
+
+    ``online(config, real, synthetic, mesh) -> (transform, source)`` builds what the config's
+    ``online.kind`` (an on-device transform) and ``synthetic.online`` (a generator source)
+    ask for; pass :func:`augdiff.methods.online.build`. A config that asks for either without
+    ``online`` is a ``ValueError``.
     """
     t_start = time.time()
     workdir = os.path.abspath(config.workdir)
@@ -495,11 +505,9 @@ def train_and_evaluate(
     eval_bs = -(-eval_bs // n_shards) * n_shards
 
     real, test, synthetic, loader, steps_per_epoch = _open_data(config)
-    online = _online_transform(config, real, synthetic)
-    from augdiff.data.online import make_online_source
-
-    generator = make_online_source(config, real, mesh)  # synthetic.online: rows made on device
-    train_keys = TRAIN_KEYS + (tuple(online.extra_keys) if online is not None else ())
+    # config.online: a transform on device; synthetic.online: rows made on device.
+    transform, generator = _online_sources(config, real, synthetic, mesh, online)
+    train_keys = TRAIN_KEYS + (tuple(transform.extra_keys) if transform is not None else ())
     num_classes = int(real.num_classes)
     epochs = int(config.epochs)
     total_steps = epochs * steps_per_epoch
@@ -524,7 +532,7 @@ def train_and_evaluate(
         loss_kind=loss_kind,
         augment=config.augment.to_dict(),
         lr_fn=lr_fn,
-        online=online.device if online is not None else None,
+        online=transform.device if transform is not None else None,
         online_keys=train_keys[len(TRAIN_KEYS):],
         steps_per_epoch=steps_per_epoch,
     )
@@ -611,8 +619,8 @@ def train_and_evaluate(
     try:
         for step in range(start_step, total_steps):
             host_batch = next(it)
-            if online is not None:
-                host_batch = online.host(host_batch)
+            if transform is not None:
+                host_batch = transform.host(host_batch)
             batch = distributed.host_local_to_global(
                 {k: np.asarray(host_batch[k]) for k in train_keys}, mesh
             )
@@ -656,7 +664,7 @@ def train_and_evaluate(
                             tb.add_scalar(f"epoch/{k}", v, epoch)
                     tb.flush()
                 if is_main:
-                    _write_json(os.path.join(workdir, "metrics.json"), summary())
+                    write_json(os.path.join(workdir, "metrics.json"), summary())
                     bar.write(f"epoch {epoch}/{epochs}: train_loss {row['train_loss']:.4f}"
                               + (f" test_top1 {row['test_top1']:.4f} test_top5 "
                                  f"{row['test_top5']:.4f}" if evaluated else ""))
@@ -677,9 +685,9 @@ def train_and_evaluate(
             close()
     result = summary()
     if is_main:
-        _write_json(os.path.join(workdir, "metrics.json"), result)
+        write_json(os.path.join(workdir, "metrics.json"), result)
         loop_s = time.time() - t_train
-        _write_json(os.path.join(workdir, "run.json"), {
+        write_json(os.path.join(workdir, "run.json"), {
             "wall_time_s": time.time() - t_start,
             "train_loop_s": loop_s,
             "eval_s": eval_s,  # inside train_loop_s; the steps took train_loop_s - eval_s
