@@ -20,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Converted-weights cache off in tests (a cached copy would hide conversion changes);
-# tests/test_weights_cache.py turns it on in a temporary directory.
+# tests/sd/test_weights_cache.py turns it on in a temporary directory.
 os.environ.setdefault("AUGDIFF_WEIGHTS_CACHE", "off")
 
 import fnmatch  # noqa: E402

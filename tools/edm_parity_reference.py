@@ -1,7 +1,7 @@
-"""Write the NVlabs/edm SongUNet reference outputs that ``tests/test_songunet.py`` checks.
+"""Write the NVlabs/edm SongUNet reference outputs that ``tests/models/test_songunet.py`` checks.
 
     python tools/edm_parity_reference.py --edm PATH/TO/edm \
-        [--out tests/data/edm_songunet_parity.npz]
+        [--out tests/fixtures/edm_songunet_parity.npz]
 
 Needs a checkout of the public NVlabs/edm repository (``PATH/TO/edm`` holds ``training/``
 and ``torch_utils/``; the reference was produced at commit 008a4e5) and PyTorch. No EDM
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--edm", required=True, help="a checkout of NVlabs/edm")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), os.pardir,
-                                                  "tests", "data", "edm_songunet_parity.npz"))
+                                                  "tests", "fixtures", "edm_songunet_parity.npz"))
     args = ap.parse_args(argv)
     import torch
 

@@ -22,7 +22,7 @@ from augdiff.data.schedules import parse_share
 from augdiff.pipeline import book, run, stages, wiring
 from augdiff.pipeline.report import fmt_pct, parse_results_table
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 EXPERIMENTS = {
     "quickstart.py": ["default", "train_generator", "online", "test"],

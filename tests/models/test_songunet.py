@@ -214,7 +214,7 @@ def test_resample_box_filter_fast_path_equals_fir_and_general_filter():
         resample(x, (1, 1))
 
 
-PARITY = pathlib.Path(__file__).parent / "data" / "edm_songunet_parity.npz"
+PARITY = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "edm_songunet_parity.npz"
 
 
 def _edm_reference():

@@ -24,7 +24,7 @@ from augdiff.methods import hybrids
 from augdiff.methods import online as O
 from augdiff.methods import shb as S
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "augdiff" / "configs" / "diffusemix_cifar100.py")
 N_REAL, PROMPTS = 20, "Autumn|snowy"
 

@@ -27,7 +27,7 @@ from augdiff.edm.core import EDMConfig, denoise
 from augdiff.methods.online import OnlineEDM, class_probs
 from augdiff.train.checkpoint import Checkpointer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 C, SIZE = 4, 16
 
 

@@ -30,7 +30,7 @@ from augdiff.train.classifier import (
     train_and_evaluate,
 )
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 NUM_CLASSES, SIZE = 4, 16
 
 

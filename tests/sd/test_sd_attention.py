@@ -1,6 +1,6 @@
 """SD UNet attention through ``jax.nn.dot_product_attention`` (augdiff.sd.attention): the
 same outputs as diffusers' own einsum path on the CPU, every attention layer routed, and the
-selection honoured. (tests/test_sd_parity.py checks the default path against diffusers'
+selection honoured. (tests/parity/test_sd_parity.py checks the default path against diffusers'
 PyTorch UNet.)"""
 
 import jax

@@ -12,7 +12,7 @@ import pytest
 
 from augdiff.methods import hybrids as H
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _diffusemix_generated_weight(size: int, vertical: bool, blend_width: int = 20) -> np.ndarray:
