@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,11 +22,17 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> pathlib.Path:
-    """The package built as a wheel and unpacked into ``site/``."""
+    """The package built as a wheel (from a copy of the sources, so the build leaves nothing
+    in the checkout) and unpacked into ``site/``."""
     out = tmp_path_factory.mktemp("wheel")
+    src = out / "src"
+    shutil.copytree(REPO / "augdiff", src / "augdiff",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(REPO)], capture_output=True, text=True, timeout=600,
+         "-w", str(out), str(src)], capture_output=True, text=True, timeout=600,
         cwd=out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = out.glob("augdiff-*.whl")

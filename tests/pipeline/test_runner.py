@@ -164,6 +164,33 @@ def test_train_mixed_with_mixed_online_samples_the_generator():
         wiring.validate_stages(c)
 
 
+def test_training_stages_hand_the_online_sources_to_the_trainer(tmp_path, monkeypatch):
+    """The wire between the stage and the trainer: ``train_mixed`` of the ``online`` variant
+    calls ``train_and_evaluate`` with the derived config asking for online rows *and* the
+    sources that make them (``augdiff.methods.online.build``); the trainer itself knows no
+    method."""
+    from augdiff.methods import online
+
+    seen = []
+
+    def fake_train(sub, **kwargs):
+        seen.append((sub, kwargs))
+        return {"test_top1": 0.5, "test_top5": 0.9, "train_loss": 1.0}
+
+    monkeypatch.setattr(stages, "train_and_evaluate", fake_train)
+    c = _load("quickstart.py", "online")
+    c.workdir = str(tmp_path)
+    c.seeds = (3,)
+    outputs = {"prepare": {"num_train": 640}, "generate": {"num_images": 500, "store": "/s"}}
+    stage_book = book.StageBook(str(tmp_path))
+    book.StageBook.start(stage_book, "train_mixed", "fp", {})
+    stages.STAGE_FUNCTIONS["train_mixed"](c, outputs, book.Units(stage_book, "train_mixed",
+                                                                 print))
+    (sub, kwargs), = seen
+    assert sub.synthetic.online.kind == "edm" and sub.seed == 3
+    assert kwargs["online"] is online.build
+
+
 def test_seed_statistics_closed_form():
     per = {f"seed_{i}": {"test_top1": a, "test_top5": b}
            for i, (a, b) in enumerate([(0.5, 0.9), (0.6, 0.8), (0.7, 1.0)])}
@@ -220,16 +247,14 @@ def test_bookkeeping_skips_done_stages_and_names_changed_fields(tmp_path):
 
 
 def test_killed_stage_is_resumed_and_new_seeds_only_train_new_seeds(tmp_path, monkeypatch):
-    import augdiff.train.classifier as clf
-
     trained: list[str] = []
 
-    def fake_train(config):
+    def fake_train(config, **kwargs):
         trained.append(os.path.basename(config.workdir))
         return {"test_top1": 0.1 * (config.seed + 1), "test_top5": 0.5, "train_loss": 1.0,
                 "epochs": [{}], "steps_per_epoch": config.steps_per_epoch}
 
-    monkeypatch.setattr(clf, "train_and_evaluate", fake_train)
+    monkeypatch.setattr(stages, "train_and_evaluate", fake_train)
     c = _load("quickstart.py", "test")
     c.workdir = str(tmp_path / "run")
     c.stages = ("prepare", "train_real")
@@ -240,19 +265,19 @@ def test_killed_stage_is_resumed_and_new_seeds_only_train_new_seeds(tmp_path, mo
     # Simulate a kill after seed 0: the stage stays 'running' with one finished unit.
     boom = {"n": 0}
 
-    def crash_second(config):
+    def crash_second(config, **kwargs):
         boom["n"] += 1
         if boom["n"] == 2:
             raise KeyboardInterrupt("killed")
         return fake_train(config)
 
-    monkeypatch.setattr(clf, "train_and_evaluate", crash_second)
+    monkeypatch.setattr(stages, "train_and_evaluate", crash_second)
     with pytest.raises(KeyboardInterrupt):
         run.run_experiment(c, stage_functions=fns, log=lambda m: None)
     rec = json.loads((tmp_path / "run" / "stages.json").read_text())["stages"]["train_real"]
     assert rec["status"] == "running" and list(rec["units"]) == ["seed_0"]
 
-    monkeypatch.setattr(clf, "train_and_evaluate", fake_train)
+    monkeypatch.setattr(stages, "train_and_evaluate", fake_train)
     trained.clear()
     out = run.run_experiment(c, stage_functions=fns, log=lambda m: None)
     assert trained == ["seed_1"]
