@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from augdiff import distributed
+from augdiff.methods import diffinv
 from augdiff.methods import inversion as inv
 from augdiff.sd import loading, pipelines, tiny
 
@@ -69,14 +70,14 @@ def main() -> None:
     cond = jnp.asarray(
         init[: args.stage2_batch] + 0.1 * rng.standard_normal(init[: args.stage2_batch].shape)
     )
-    ubar = inv.unconditional_vector(cond)
+    ubar = diffinv.unconditional_vector(cond)
     w = np.resize(np.array([2.0, 3.0, 4.0], np.float32), args.stage2_batch)
     skw = dict(
         num_steps=args.stage2_steps, height=args.resolution, width=args.resolution, mesh=mesh
     )
-    inv.sample(comps, params, cond, ubar, w, keys[: args.stage2_batch], **skw)  # compile
+    diffinv.sample(comps, params, cond, ubar, w, keys[: args.stage2_batch], **skw)  # compile
     t0 = time.perf_counter()
-    inv.sample(comps, params, cond, ubar, w, keys[: args.stage2_batch], **skw)
+    diffinv.sample(comps, params, cond, ubar, w, keys[: args.stage2_batch], **skw)
     s_img = (time.perf_counter() - t0) / args.stage2_batch
 
     result = {

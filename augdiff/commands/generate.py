@@ -6,7 +6,7 @@ exposing ``generate(config) -> dict``:
 - ``sd``: plain Stable Diffusion text2img / img2img (:mod:`augdiff.sd.generate`)
 - ``diffusemix``: :mod:`augdiff.methods.diffusemix`
 - ``augcond``: :mod:`augdiff.methods.augcond`
-- ``diffinv``: :mod:`augdiff.methods.inversion`
+- ``diffinv``: :mod:`augdiff.methods.diffinv` (stage 1 in :mod:`augdiff.methods.inversion`)
 """
 
 from __future__ import annotations

@@ -10,14 +10,14 @@ from __future__ import annotations
 from types import ModuleType
 
 from augdiff.config import ConfigError
-from augdiff.methods import augcond, diffusemix, inversion
+from augdiff.methods import augcond, diffinv, diffusemix
 from augdiff.sd import generate as sd_generate
 
 METHODS: dict[str, ModuleType] = {
     "sd": sd_generate,  # plain Stable Diffusion text2img / img2img
     "diffusemix": diffusemix,  # seed 000
     "augcond": augcond,  # seed 001
-    "diffinv": inversion,  # seed 003
+    "diffinv": diffinv,  # seed 003
 }
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from augdiff import distributed
+from augdiff.methods import diffinv
 from augdiff.methods import inversion as inv
 from augdiff.sd import pipelines
 
@@ -141,7 +142,7 @@ def test_reconstruction_closer_with_learned_than_mean_vector(t2i, problem, inver
     _, (comps, params) = t2i
     lat, _, init = problem
     vec, _ = inverted
-    ubar = np.broadcast_to(inv.unconditional_vector(vec), vec.shape)
+    ubar = np.broadcast_to(diffinv.unconditional_vector(vec), vec.shape)
     key = jax.random.PRNGKey(5)
     err = {}
     for name, c in (("own", vec), ("mean", ubar), ("init", init)):
@@ -228,13 +229,13 @@ def test_perturbation_is_the_papers_interpolation_then_noise():
     c = rng.standard_normal((n, 5, 32)).astype(np.float32)
     partner = rng.standard_normal((n, 5, 32)).astype(np.float32)
     keys = jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(1), e))(jnp.arange(n))
-    default = inv.Perturbation()
+    default = diffinv.Perturbation()
     assert (default.interpolation_strength, default.noise_scale) == (0.1, 0.1)
     # interpolation only: exactly 0.9 c + 0.1 c_partner
-    out = inv.perturb(keys, c, partner, inv.Perturbation(noise_scale=0.0))
+    out = diffinv.perturb(keys, c, partner, diffinv.Perturbation(noise_scale=0.0))
     np.testing.assert_allclose(out, 0.9 * c + 0.1 * partner, atol=1e-6)
     # both: the residual after the interpolation is λ ε, ε ~ N(0, I)
-    out = np.asarray(inv.perturb(keys, c, partner, default))
+    out = np.asarray(diffinv.perturb(keys, c, partner, default))
     eps = (out - (0.9 * c + 0.1 * partner)) / 0.1
     m = eps.size  # 4σ bounds for the mean and standard deviation of N(0, 1) draws
     assert abs(eps.mean()) < 4 / np.sqrt(m) and abs(eps.std() - 1.0) < 4 / np.sqrt(2 * m)
@@ -242,22 +243,22 @@ def test_perturbation_is_the_papers_interpolation_then_noise():
     flat = out.reshape(n, -1)
     dist = np.linalg.norm(flat[:, None] - flat[None], axis=-1)
     assert dist[~np.eye(n, dtype=bool)].min() > 1e-2
-    np.testing.assert_allclose(out[3:5], inv.perturb(keys[3:5], c[3:5], partner[3:5], default))
+    np.testing.assert_allclose(out[3:5], diffinv.perturb(keys[3:5], c[3:5], partner[3:5], default))
     with pytest.raises(ValueError, match="interpolation_strength"):
-        inv.Perturbation(interpolation_strength=1.5)
+        diffinv.Perturbation(interpolation_strength=1.5)
 
 
 def test_45_variants_are_checkpoints_x_guidance_x_partners():
     """App. B.2.2: 45 = 3 checkpoints (1K/2K/3K) × w ∈ {2, 3, 4} × 5 partners, each once;
     the 5 partners of a (vector, checkpoint, w) are distinct members of the same class."""
-    grid = inv.variant_grid((1000, 2000, 3000), (2.0, 3.0, 4.0), 5)
+    grid = diffinv.variant_grid((1000, 2000, 3000), (2.0, 3.0, 4.0), 5)
     assert len(grid) == 45 and len(set(grid)) == 45
     assert set(grid) == {(c, w, p) for c in range(3) for w in range(3) for p in range(5)}
     labels = np.repeat(np.arange(4), [9, 5, 3, 1])
     for row in (0, 9, 14, 17):
         members = set(np.flatnonzero(labels == labels[row])) - {row}
         for combo in range(9):
-            ps = inv.partner_set(0, row, combo, row, labels, 5)
+            ps = diffinv.partner_set(0, row, combo, row, labels, 5)
             assert len(ps) == 5 and all(int(p) in members or not members for p in ps)
             if len(members) >= 5:
                 assert len(set(ps.tolist())) == 5  # without replacement
@@ -267,10 +268,10 @@ def test_45_variants_are_checkpoints_x_guidance_x_partners():
                 assert list(ps) == [row] * 5  # alone in its class
         # different (checkpoint, w) combos draw different partner sets
         if len(members) >= 5:
-            sets = {tuple(inv.partner_set(0, row, k, row, labels, 5)) for k in range(9)}
+            sets = {tuple(diffinv.partner_set(0, row, k, row, labels, 5)) for k in range(9)}
             assert len(sets) > 1
     np.testing.assert_array_equal(
-        inv.partner_set(3, 1, 2, 1, labels, 5), inv.partner_set(3, 1, 2, 1, labels, 5)
+        diffinv.partner_set(3, 1, 2, 1, labels, 5), diffinv.partner_set(3, 1, 2, 1, labels, 5)
     )
 
 
@@ -279,16 +280,16 @@ def test_unconditional_modes():
     v = rng.standard_normal((6, 2, 3)).astype(np.float32)
     groups, labels = np.array([0, 0, 0, 1, 1, 1]), np.array([0, 1, 0, 1, 0, 1])
     rows = np.array([0, 4, 5])
-    glob = inv.unconditional_rows(v, rows, "global", groups=groups, labels=labels)
+    glob = diffinv.unconditional_rows(v, rows, "global", groups=groups, labels=labels)
     np.testing.assert_allclose(glob, np.broadcast_to(v.mean(0), (3, 2, 3)), atol=1e-6)
-    grp = inv.unconditional_rows(v, rows, "group", groups=groups, labels=labels)
+    grp = diffinv.unconditional_rows(v, rows, "group", groups=groups, labels=labels)
     np.testing.assert_allclose(grp[0], v[:3].mean(0), atol=1e-6)
     np.testing.assert_allclose(grp[1], v[3:].mean(0), atol=1e-6)
-    cls = inv.unconditional_rows(v, rows, "class", groups=groups, labels=labels)
+    cls = diffinv.unconditional_rows(v, rows, "class", groups=groups, labels=labels)
     np.testing.assert_allclose(cls[1], v[[0, 2, 4]].mean(0), atol=1e-6)
     np.testing.assert_allclose(cls[2], v[[1, 3, 5]].mean(0), atol=1e-6)
     with pytest.raises(ValueError, match="uncond must be one of"):
-        inv.unconditional_rows(v, rows, "median", groups=groups, labels=labels)
+        diffinv.unconditional_rows(v, rows, "median", groups=groups, labels=labels)
 
 
 def test_guidance_forms():
@@ -310,7 +311,7 @@ def test_guidance_forms():
 
 @pytest.mark.slow
 def test_mean_vector_cfg_sampling_matches_a_reference_loop(t2i):
-    """``inv.sample`` equals a reference written here from the paper: per step,
+    """``diffinv.sample`` equals a reference written here from the paper: per step,
     ε̂ = (1 + w) ε(x, t, ĉ) − w ε(x, t, ū) with the raw UNet, one DDIM step
     (Song et al. eq. 12, η = 0, from the scheduler tables written out), then the VAE decoder;
     each row with its own w."""
@@ -323,7 +324,7 @@ def test_mean_vector_cfg_sampling_matches_a_reference_loop(t2i):
     cond = vectors[:3]
     w = np.array([2.0, 3.0, 4.0], np.float32)
     keys = jax.vmap(lambda e: jax.random.fold_in(jax.random.PRNGKey(4), e))(jnp.arange(3))
-    ours = inv.sample(
+    ours = diffinv.sample(
         comps, params, cond, ubar, w, keys, num_steps=2, sampler="ddim", height=16, width=16
     )
     # reference
@@ -351,7 +352,7 @@ def test_mean_vector_cfg_sampling_matches_a_reference_loop(t2i):
     ref = np.clip(ref / 2 + 0.5, 0, 1)
     np.testing.assert_allclose(ours, ref, atol=2e-4)
     with pytest.raises(ValueError, match="uncond"):
-        inv.sample(comps, params, cond, vectors[:2], w, keys, num_steps=2, height=16, width=16)
+        diffinv.sample(comps, params, cond, vectors[:2], w, keys, num_steps=2, height=16, width=16)
 
 
 def _fake_stage1(workdir, labels, steps, rng, group_size):
@@ -495,7 +496,7 @@ def test_generate_both_stages_into_store_and_resume(t2i, cifar_zip, tmp_path, re
         [f"workdir={tmp_path}", f"data.path={cifar_zip}", f"model.path={path}"],
     )
     assert cfg.data.channels == 1 and cfg.data.image_size == 28
-    first = inv.generate(cfg)
+    first = diffinv.generate(cfg)
     assert first["stage1"]["images"] == 10 and first["stage1"]["groups_done_now"] == 2
     assert first["stage2"]["written"] == 40  # 2 checkpoints × 2 w × 1 partner per vector
     ids, labels, vectors = inv.load_vectors(str(tmp_path))
@@ -516,5 +517,5 @@ def test_generate_both_stages_into_store_and_resume(t2i, cifar_zip, tmp_path, re
     # The two variants of a vector differ.
     by_key = {store.keys[i]: store[i]["image"] for i in range(len(store))}
     assert np.abs(by_key["di-r0000000-v000"].astype(int) - by_key["di-r0000000-v001"]).max() > 0
-    again = inv.generate(cfg)  # resumed: stage 1 finished, every key already stored
+    again = diffinv.generate(cfg)  # resumed: stage 1 finished, every key already stored
     assert again["stage1"]["groups_done_now"] == 0 and again["stage2"]["written"] == 0
