@@ -413,7 +413,7 @@ def stage2_spy(t2i, cifar_zip, tmp_path, repo_root, monkeypatch):
         snaps = _fake_stage1(
             str(tmp_path), labels, list(cfg.sampling.checkpoints), np.random.default_rng(5), 8
         )
-        summary = inv.run_stage2(cfg, comps, params, real, None)
+        summary = diffinv.run_stage2(cfg, comps, params, real, None)
         from augdiff.data.store import SyntheticStore
 
         store = SyntheticStore(tmp_path / "synthetic")
