@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 
 def _xp(x: Any) -> Any:
@@ -81,8 +82,6 @@ def uint8_to_range(x: Any, value_range: tuple[float, float] = (-1.0, 1.0)) -> ja
 def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 NHWC → ``size``² (PIL bicubic, antialiased when shrinking); 1 channel → RGB; the
     input itself when it already is ``size``²."""
-    from PIL import Image
-
     x = np.asarray(images)
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"expected uint8 NHWC images, got {x.dtype} {x.shape}")
@@ -108,8 +107,6 @@ def to_signed_rgb(images_uint8: np.ndarray, size: int | None = None) -> np.ndarr
 def unit_to_store(images01: Any, size: int, channels: int = 3) -> np.ndarray:
     """float [0, 1] NHWC → the uint8 a store holds: :func:`unit_to_uint8`, then
     :func:`resize_uint8` to ``size``², then for ``channels = 1`` ITU-R 601 luma (PIL ``L``)."""
-    from PIL import Image
-
     out = resize_uint8(unit_to_uint8(images01), int(size))
     if channels == 1:
         out = np.stack([np.asarray(Image.fromarray(a).convert("L"))[..., None] for a in out])

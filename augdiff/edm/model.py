@@ -25,7 +25,6 @@ import optax
 
 from augdiff import distributed
 from augdiff.config import ConfigError, config_diff, to_dict
-from augdiff.data.pixels import edm_to_uint8, to_signed
 from augdiff.edm.augment import AUGMENT_DIM
 from augdiff.edm.core import EDMConfig
 from augdiff.models.songunet import SongUNet, songunet_config
@@ -80,19 +79,6 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
         optax.scale_by_learning_rate(schedule),
     ]
     return optax.chain(*parts)
-
-
-
-def to_model_images(images: jax.Array) -> jax.Array:
-    """uint8 [0, 255] → float32 [-1, 1] (the convention inside models;
-    :func:`augdiff.data.pixels.to_signed`)."""
-    return to_signed(images)
-
-
-def from_model_images(x: jax.Array | np.ndarray) -> np.ndarray:
-    """float [-1, 1] → uint8 [0, 255] with rounding and clipping (NVlabs/edm generate.py;
-    :func:`augdiff.data.pixels.edm_to_uint8`)."""
-    return edm_to_uint8(x)
 
 
 

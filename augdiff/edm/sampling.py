@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from augdiff import distributed
 from augdiff.config import ConfigError
+from augdiff.data.pixels import edm_to_uint8
 from augdiff.data.store import StoreWriter, SyntheticStore
 from augdiff.edm import model as edm_model
 from augdiff.edm import samplers
@@ -223,7 +224,7 @@ def sample_to_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
             glob = distributed.host_local_to_global(host, mesh)
             images = distributed.global_to_host_local(
                 draw(params, key, glob["i"], glob["c"]), mesh)
-            images = edm_model.from_model_images(images[:n])
+            images = edm_to_uint8(images[:n])
             for j in range(n):
                 i, c = int(idx[j]), int(host["c"][j])
                 prov = dict(provenance_base, example=i,

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from augdiff import distributed
 from augdiff.config import ConfigError, to_dict
 from augdiff.data.loader import MixedLoader
+from augdiff.data.pixels import to_signed
 from augdiff.data.sources import open_real_source
 from augdiff.data.store import StoreWriter, SyntheticStore
 from augdiff.edm.augment import AugmentConfig, augment
@@ -71,7 +72,6 @@ from augdiff.edm.model import (  # noqa: F401  (the model's home; re-exported fo
     checkpointer,
     config_field,
     edm_config,
-    from_model_images,
     init_state,
     learning_rate,
     make_net_apply,
@@ -79,7 +79,6 @@ from augdiff.edm.model import (  # noqa: F401  (the model's home; re-exported fo
     mismatching_fields,
     restore_checkpoint,
     save_checkpoint,
-    to_model_images,
 )
 from augdiff.files import atomic_write, write_json
 from augdiff.train.losses import NonFiniteLossError
@@ -191,7 +190,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array
     """
     step_key = jax.random.fold_in(key, state.step)
     loss_key, dropout_key, aug_key = jax.random.split(step_key, 3)
-    x0 = to_model_images(batch["image"])
+    x0 = to_signed(batch["image"])
     labels = batch_labels(batch, cfg)
     if cfg.augment is not None:  # EDM's non-leaky pipe: the net sees what was applied
         x0, aug_labels = augment(aug_key, x0, cfg.augment)

@@ -187,10 +187,18 @@ def test_every_table_row_is_a_named_row_with_the_papers_numbers():
 
 
 def test_paper_table_layout():
-    from augdiff.pipeline.tables import paper_table
+    """The paper's side of the table comes from the table config's ``paper`` fields, in the
+    paper's row order (Tables 1-2 of seed 000)."""
+    from augdiff.config import load_config
+    from augdiff.pipeline.tables import paper_rows, paper_table
 
-    mod = _exp_module()
-    md = paper_table(["baseline", "shb_fractal"], mod.PAPER,
+    paper = paper_rows(load_config("configs/exp_seed000_diffusemix.py:ci"))
+    assert list(paper) == [
+        "baseline", "vanilla", "dm_lin", "dm_warm", "dm_step", "hybrid_0.05_0.15",
+        "hybrid_0.10_0.20", "hybrid_0.15_0.25", "hybrid_0.20_0.30", "fractal_0.20_lsf1.00",
+        "fractal_0.20_lsf0.80", "dc", "shb", "shb_fractal", "random"]
+    assert paper["vanilla"][4:] == (75.35, 91.66) and paper["shb"][4:] == (69.50, 87.99)
+    md = paper_table(["baseline", "shb_fractal"], paper,
                      {"baseline": {"test_top1": 0.5, "test_top5": 0.9}})
     lines = md.splitlines()
     assert lines[0].startswith("| Method | Sch. | Ratio | Lsf | Top-1 paper | Top-1 augdiff")
