@@ -17,7 +17,8 @@ from the ground floor up (a module imports only from its own floor or lower ones
   conditioning, Diffusion Inversion, online generation; the method registry.
 - :mod:`augdiff.analysis`: CLIP-embedding PCA, seed 000's Fig. 3 and SHB measurements.
 - :mod:`augdiff.pipeline`: ``augdiff run`` (stages, bookkeeping, table experiments,
-  ``report.md``).
+  ``report.md``); :mod:`augdiff.aot`: ``augdiff compile`` (every program of an experiment
+  compiled ahead of time for a TPU topology and measured per chip).
 - :mod:`augdiff.commands` and :mod:`augdiff.cli`: the ``augdiff`` command line.
 """
 

@@ -25,9 +25,10 @@ COMMANDS = {
     "run": "augdiff.commands.run",
     "export": "augdiff.commands.export",
     "inspect": "augdiff.commands.inspect",
+    "compile": "augdiff.commands.compile",
 }
 # Commands that take their own arguments instead of a config.
-PLAIN_COMMANDS = ("env", "export", "inspect")
+PLAIN_COMMANDS = ("env", "export", "inspect", "compile")
 
 USAGE = """usage: augdiff <command> --config configs/<experiment>.py[:variant] [--config.k=v ...]
 
@@ -44,6 +45,8 @@ commands:
                    (augdiff export --store S --out DIR [--data PATH])
   inspect          counts, methods, models, filtered images and resume state of a store
                    (augdiff inspect --store S)
+  compile          compile every program of an experiment for a TPU topology and size it
+                   per chip, before launch (augdiff compile --config C --topology v5e:2x4)
 """
 
 

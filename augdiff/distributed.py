@@ -14,12 +14,18 @@ Key conventions
   (by repeating its last row) and trimmed afterwards, never dropped.
 - ``host_local_to_global`` / ``global_to_host_local``: multi-process arrays, each process
   holding its own rows.
+- ``target_platform()`` / ``compiling_for(platform)``: the platform a program traced now will
+  run on. It is the default backend, except inside ``compiling_for('tpu')`` (ahead-of-time
+  compilation for a TPU topology from a CPU machine, ``augdiff compile``): code that picks a
+  platform-specific path (the CPU convolution weight gradient, the SD attention kernel) asks
+  this, never ``jax.default_backend()``, so a TPU program never carries a CPU-only path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -29,6 +35,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXES = ("data", "fsdp")
+PLATFORMS = ("cpu", "gpu", "tpu")
+_TARGETS: list[str] = []
 
 _DISTRIBUTED_INITIALIZED = False
 
@@ -87,6 +95,41 @@ def initialize_distributed(
         multihost_utils.sync_global_devices("augdiff_initialized")
 
 
+def target_platform() -> str:
+    """``'cpu'``, ``'gpu'`` or ``'tpu'``: where the program being traced will run (the innermost
+    :func:`compiling_for`, else ``jax.default_backend()``)."""
+    if _TARGETS:
+        return _TARGETS[-1]
+    return target_platform_of_backend()
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str) -> Iterator[None]:
+    """Trace the programs built inside the block for ``platform`` (one of :data:`PLATFORMS`),
+    whatever backend this process runs on. Clears JAX's trace caches on entry and exit, so a
+    function traced for one platform is never handed back for another."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform {platform!r}: choose one of {', '.join(PLATFORMS)}")
+    jax.clear_caches()
+    _TARGETS.append(platform)
+    # A program compiled for another platform is not one this process can load back: keep it
+    # out of the persistent compilation cache.
+    cache = jax.config.jax_enable_compilation_cache
+    if platform != target_platform_of_backend():
+        jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        _TARGETS.pop()
+        jax.config.update("jax_enable_compilation_cache", cache)
+        jax.clear_caches()
+
+
+def target_platform_of_backend() -> str:
+    backend = jax.default_backend()
+    return "gpu" if backend in ("cuda", "rocm") else backend
+
+
 def barrier(name: str, timeout_s: float = 900.0) -> None:
     """Block until every process reaches ``name`` (no-op for one process).
 
@@ -119,12 +162,15 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     return Mesh(np.asarray(devices).reshape(data, fsdp), DATA_AXES)
 
 
-def mesh_from_config(config: Any) -> Mesh:
-    """Build the mesh a config describes (``config.mesh.data``, ``config.mesh.fsdp``)."""
+def mesh_from_config(config: Any, devices: Sequence[Any] | None = None) -> Mesh:
+    """Build the mesh a config describes (``config.mesh.data``, ``config.mesh.fsdp``) over
+    ``devices`` (default: every device of every process; ``augdiff compile`` passes a TPU
+    topology's devices)."""
     mesh_cfg = config.get("mesh", None) if hasattr(config, "get") else None
     if mesh_cfg is None:
-        return make_mesh()
-    return make_mesh(data=int(mesh_cfg.get("data", -1)), fsdp=int(mesh_cfg.get("fsdp", 1)))
+        return make_mesh(devices=devices)
+    return make_mesh(data=int(mesh_cfg.get("data", -1)), fsdp=int(mesh_cfg.get("fsdp", 1)),
+                     devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -43,51 +43,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SD15_UNET: dict[str, Any] = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    block_out_channels=[320, 640, 1280, 1280],
-    layers_per_block=2,
-    attention_head_dim=8,
-    cross_attention_dim=768,
-    norm_num_groups=32,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-)
-SD21_UNCLIP_UNET: dict[str, Any] = dict(
+from augdiff.sd.architectures import (  # noqa: E402  (the published configurations' home)
+    CLIP_L14_TEXT,
+    IP2P_UNET,
     SD15_UNET,
-    sample_size=96,
-    attention_head_dim=[5, 10, 20, 20],
-    cross_attention_dim=1024,
-    use_linear_projection=True,
-    class_embed_type="projection",
-    projection_class_embeddings_input_dim=2048,
-)
-IP2P_UNET: dict[str, Any] = dict(SD15_UNET, in_channels=8)
-SD15_VAE: dict[str, Any] = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[128, 256, 512, 512],
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=512,
-    scaling_factor=0.18215,
-)
-CLIP_L14_TEXT: dict[str, Any] = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    projection_dim=768,
-    hidden_act="quick_gelu",
+    SD15_VAE,
+    SD21_UNCLIP_UNET,
 )
 
 NAMES = (

@@ -5,7 +5,8 @@
 # (AUGDIFF_DISTRIBUTED=1 lets JAX discover the slice), builds the mesh from config.mesh
 # over all chips of all hosts, and each process reads/writes only its own data shard.
 # The repo must be checked out at the same path on every worker (e.g. clone it there first
-# with the same --worker=all command) and installed with: pip install -e '.[test]' "jax[tpu]".
+# with the same --worker=all command) and installed with: pip install -e '.[tpu]'. Compile the
+# experiment for the slice first, from any machine: augdiff compile --config ... --topology v5e:2x4.
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
 REPO_DIR=${REPO_DIR:-augdiff}

@@ -136,6 +136,16 @@ def make_sample_fn(net_apply: Callable[..., jax.Array], edm_cfg: Any, *, mode: s
     return fn
 
 
+def jit_sampler(sample_fn: Callable[..., jax.Array], mesh: Any) -> Callable[..., jax.Array]:
+    """``sample_fn`` (:func:`make_sample_fn`) jitted once for ``mesh``: parameters and key
+    replicated, the example indices and classes (and so the images) split over the batch axes.
+    Every example is independent, so the compiled loop holds no collective."""
+    rep = distributed.replicated(mesh)
+    batch_sh = distributed.batch_sharding(mesh)
+    return jax.jit(sample_fn, in_shardings=(rep, rep, batch_sh, batch_sh),
+                   out_shardings=batch_sh)
+
+
 def save_grid(images: np.ndarray, path: str) -> None:
     """Write uint8 images [N, H, W, C] as one PNG grid (⌈√N⌉ columns)."""
     n, h, w, c = images.shape
@@ -187,9 +197,7 @@ def sample_to_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
         guidance=float(s.guidance), guidance_label=int(s.guidance_label),
         churn=dict(S_churn=float(s.S_churn), S_min=float(s.S_min), S_max=float(s.S_max),
                    S_noise=float(s.S_noise)))
-    batch_sh = distributed.batch_sharding(mesh)
-    draw = jax.jit(sample_fn, in_shardings=(rep, rep, batch_sh, batch_sh),
-                   out_shardings=batch_sh)
+    draw = jit_sampler(sample_fn, mesh)
     key = jax.device_put(jax.random.PRNGKey(int(s.seed)), rep)
 
     store = str(s.store) or os.path.join(workdir, "store")

@@ -187,6 +187,12 @@ class OnlineEDM(Spill):
                                         "refresh_every": self.refresh_every,
                                         "buffer_size": n_buf, "rows": m})
 
+    def refresh_program(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """The jitted refresh (Heun sampling of one replay buffer) and its arguments, the refresh
+        number as a ``jax.ShapeDtypeStruct``: what ``augdiff compile`` lowers."""
+        r = jax.ShapeDtypeStruct((), jnp.int32, sharding=distributed.replicated(self.mesh))
+        return self._refresh, (self.params, r)
+
     def buffer(self, r: int) -> dict[str, jax.Array]:
         """The replay buffer of refresh ``r`` (cached; regenerated when ``r`` changes).
 

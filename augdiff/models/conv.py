@@ -17,8 +17,9 @@ CPU runtime does well:
 ``G`` groups the sum runs per group, ``ci`` and ``co`` in the same group). The forward pass
 and the input gradient stay XLA's (the input gradient is the VJP of ``lax`` itself).
 
-Where: the custom weight gradient is used when tracing for the CPU backend (decided at trace
-time from ``jax.default_backend()``) and the convolution is one it supports (NHWC/HWIO,
+Where: the custom weight gradient is used when tracing for the CPU (decided at trace time
+from :func:`augdiff.distributed.target_platform`, so a program compiled ahead of time for a
+TPU on a CPU machine gets the TPU's path) and the convolution is one it supports (NHWC/HWIO,
 no input or kernel dilation); everywhere else -- GPUs, TPUs, unsupported configurations --
 the call is exactly ``lax.conv_general_dilated`` with its native gradient. The environment
 variable ``AUGDIFF_CONV_WGRAD`` overrides the choice: ``auto`` (default), ``matmul``
@@ -38,6 +39,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from augdiff import distributed
+
 Array = jax.Array
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
@@ -50,7 +53,7 @@ def wgrad_mode() -> str:
     if mode not in ("auto", "matmul", "native"):
         raise ValueError(f"AUGDIFF_CONV_WGRAD must be auto, matmul or native, not {mode!r}")
     if mode == "auto":
-        return "matmul" if jax.default_backend() == "cpu" else "native"
+        return "matmul" if distributed.target_platform() == "cpu" else "native"
     return mode
 
 

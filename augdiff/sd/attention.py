@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from augdiff import distributed
+
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "diffusers")
 _override: list[str] = []
 
@@ -71,7 +73,7 @@ def _attention(module: Any, hidden: jax.Array, context: jax.Array | None,
     v = module.value(context).reshape(b, -1, heads, d)
     if impl == "auto":
         out = None
-        if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        if distributed.target_platform() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
             try:
                 out = jax.nn.dot_product_attention(q, k, v, scale=d**-0.5,
                                                    implementation="cudnn")
@@ -89,7 +91,7 @@ def _attention(module: Any, hidden: jax.Array, context: jax.Array | None,
 def intercept() -> Iterator[None]:
     """Route every ``FlaxAttention`` call inside the block per :func:`implementation`."""
     impl = implementation()
-    if impl == "auto" and jax.default_backend() == "cpu":
+    if impl == "auto" and distributed.target_platform() == "cpu":
         impl = "diffusers"
     if impl == "diffusers":
         yield

@@ -2,8 +2,9 @@
 
 All functions are pure and jittable; the SD pipelines (``augdiff.sd.pipelines._sample``) use
 them for every guided call. The guided branches are evaluated in ONE denoiser call on a batch
-that stacks them along axis 0 (``concat_branches`` → UNet → ``split_branches``), in diffusers'
-order: ``[uncond, cond]`` for CFG and ``[text+image, image-only, uncond]`` for InstructPix2Pix.
+that stacks them along axis 0, example by example (``concat_branches`` → UNet →
+``split_branches``), in diffusers' order within each example: ``(uncond, cond)`` for CFG and
+``(text+image, image-only, uncond)`` for InstructPix2Pix.
 """
 
 from __future__ import annotations
@@ -54,25 +55,35 @@ def rescale_noise_cfg(
 
 
 def concat_branches(*branches: Array) -> Array:
-    """Stack guidance branches along the batch axis for one denoiser call."""
+    """Stack guidance branches on the batch axis for one denoiser call, **example-major**:
+    row ``b·n + k`` is branch ``k`` of example ``b``.
+
+    Example-major (not ``[branch 0 rows; branch 1 rows]``) keeps every example's branches on
+    the device that holds the example when the batch is split over a mesh: the UNet call
+    needs no data movement, where the branch-major layout made XLA move rows between chips
+    (all-to-all and collective-permutes) at every sampler step. The UNet treats rows
+    independently, so the layout changes no value."""
     if not branches:
         raise ValueError("concat_branches needs at least one branch")
-    shapes = {b.shape[1:] for b in branches}
+    shapes = {b.shape for b in branches}
     if len(shapes) != 1:
-        raise ValueError(f"guidance branches differ in non-batch shape: {sorted(shapes)}")
-    return jnp.concatenate(branches, axis=0)
+        raise ValueError(f"guidance branches differ in shape: {sorted(shapes)}")
+    x = jnp.stack(branches, axis=1)
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
 def split_branches(x: Array, n: int) -> tuple[Array, ...]:
-    """Inverse of ``concat_branches`` for ``n`` equal branches."""
+    """Inverse of :func:`concat_branches` for ``n`` branches."""
     if x.shape[0] % n:
         raise ValueError(f"batch of {x.shape[0]} does not split into {n} guidance branches")
-    return tuple(jnp.split(x, n, axis=0))
+    x = x.reshape((x.shape[0] // n, n) + x.shape[1:])
+    return tuple(x[:, k] for k in range(n))
 
 
 def repeat_branches(x: Array, n: int) -> Array:
-    """``n`` copies of ``x`` stacked along the batch axis (the latent of every branch)."""
-    return jnp.concatenate([x] * n, axis=0)
+    """``n`` copies of every row of ``x`` in :func:`concat_branches`' layout (the latent of
+    every branch)."""
+    return jnp.repeat(x, n, axis=0)
 
 
 GUIDANCE_FORMS = ("paper", "diffusers")

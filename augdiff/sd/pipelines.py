@@ -172,6 +172,17 @@ def _vae_encode(
     return z * components.vae_scaling_factor if scaled else z
 
 
+def _vae_encode_rows(components: SDComponents, params: dict, images: Array,
+                     noise: Array | None, scaled: bool, mesh: Mesh | None) -> Array:
+    """:func:`_vae_encode` with the rows padded to and split over ``mesh`` (every chip encodes
+    its own rows, as the sampler that follows runs them) and trimmed back."""
+    if mesh is None:
+        return _vae_encode(components, params, images, noise, scaled)
+    rows, n = _batched(mesh, {"x": images, "noise": noise})
+    z = _vae_encode(components, _params_on(mesh, params), rows["x"], rows.get("noise"), scaled)
+    return z[:n]
+
+
 def encode_images_to_latents(
     components: SDComponents,
     params: dict,
@@ -659,7 +670,8 @@ def img2img(
     )
     if sample_posterior and encoder_noise is None:
         encoder_noise = _normal_rows(keys, _VAE, lat_shape)
-    z0 = _vae_encode(components, params, x, encoder_noise if sample_posterior else None, True)
+    z0 = _vae_encode_rows(components, params, x, encoder_noise if sample_posterior else None,
+                          True, mesh)
     use_cfg = _uses_cfg(guidance_scale)
     un = (
         _as_embeds(components, params, [""] if negative is None else negative, n, "negative")
@@ -711,7 +723,7 @@ def instruct_pix2pix(
     n = x.shape[0]
     cond = _as_embeds(components, params, prompts, n, "prompts")
     uncond = _as_embeds(components, params, [""], n, "uncond")
-    image_latents = _vae_encode(components, params, x, None, False)
+    image_latents = _vae_encode_rows(components, params, x, None, False, mesh)
     smp = make_sampler(components, sampler, num_steps)
     return _run(
         components,

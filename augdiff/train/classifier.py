@@ -468,6 +468,26 @@ def _online_sources(config: ml_collections.ConfigDict, real: Any, synthetic: Any
     return online(config, real, synthetic, mesh)
 
 
+def build_classifier(
+    config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int
+) -> tuple[nn.Module, Callable[[jax.Array], jax.Array], optax.GradientTransformation,
+           tuple[int, int, int]]:
+    """``(model, lr_fn, tx, image_shape)`` of a classifier config: what :func:`make_train_step`
+    and :func:`create_train_state` are built from (one home for ``augdiff train`` and
+    ``augdiff compile``)."""
+    model = get_classifier(
+        config.model.name,
+        num_classes,
+        width=int(config.model.width),
+        dtype=_dtype(config.model.get("dtype", "float32")),
+        stem=config.model.get("stem", None) or None,
+    )
+    lr_fn = learning_rate_fn(config.optim, steps_per_epoch, int(config.epochs))
+    tx = make_optimizer(config.optim, lr_fn)
+    image_shape = (int(config.data.image_size),) * 2 + (int(config.data.channels),)
+    return model, lr_fn, tx, image_shape
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     *,
@@ -512,16 +532,7 @@ def train_and_evaluate(
     epochs = int(config.epochs)
     total_steps = epochs * steps_per_epoch
 
-    model = get_classifier(
-        config.model.name,
-        num_classes,
-        width=int(config.model.width),
-        dtype=_dtype(config.model.get("dtype", "float32")),
-        stem=config.model.get("stem", None) or None,
-    )
-    lr_fn = learning_rate_fn(config.optim, steps_per_epoch, epochs)
-    tx = make_optimizer(config.optim, lr_fn)
-    image_shape = (int(config.data.image_size),) * 2 + (int(config.data.channels),)
+    model, lr_fn, tx, image_shape = build_classifier(config, num_classes, steps_per_epoch)
     state = create_train_state(jax.random.PRNGKey(config.seed), model, tx, image_shape)
     state = jax.device_put(state, state_sharding(state, mesh))
 

@@ -38,7 +38,7 @@ FLOORS = {
     "augdiff.metrics": 6,
     "augdiff.methods": 7,
     "augdiff.analysis": 8,
-    "augdiff.pipeline": 9,
+    "augdiff.pipeline": 9, "augdiff.aot": 9,
     "augdiff.commands": 10, "augdiff.cli": 10,
 }
 # Run-time imports by name that are a registry, not a hidden arrow.

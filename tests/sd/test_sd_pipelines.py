@@ -52,6 +52,21 @@ def test_same_images_on_1_and_8_devices(sd, cond):
     assert np.max(np.abs(eight[0] - eight[4])) > 1e-3  # same prompt, different key
 
 
+def test_img2img_encodes_on_the_mesh_as_on_one_device(sd, cond):
+    """img2img's VAE encode runs on the mesh's rows (3 images padded over 8 devices, posterior
+    sampled from the row keys) and gives the images it gives on one device."""
+    comps, params = sd
+    images = jax.random.uniform(jax.random.PRNGKey(1), (3, 16, 16, 3), minval=-1, maxval=1)
+    kw = dict(strength=0.6, guidance_scale=3.0, num_steps=3, sampler="ddim")
+    key = jax.random.PRNGKey(2)
+    one = pipelines.img2img(comps, params, images, cond[:3], key,
+                            mesh=distributed.make_mesh(devices=jax.devices()[:1]), **kw)
+    eight = pipelines.img2img(comps, params, images, cond[:3], key, mesh=distributed.make_mesh(),
+                              **kw)
+    assert eight.shape == (3, 16, 16, 3)
+    np.testing.assert_allclose(one, eight, atol=1e-5)
+
+
 def test_vae_input_errors(sd):
     """Values of encode/decode are checked against diffusers' PyTorch VAE in test_sd_parity."""
     comps, params = sd

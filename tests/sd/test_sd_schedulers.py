@@ -560,6 +560,22 @@ def test_cfg_and_pix2pix_guidance_closed_forms():
     )
 
 
+def test_branch_stacking_pairs_every_example_with_its_branches():
+    """One denoiser call sees row ``b·n + k`` = branch ``k`` of example ``b``: the latent copies
+    (``repeat_branches``) line up with the stacked conditionings (``concat_branches``), and
+    ``split_branches`` hands back each branch in its order."""
+    x = np.arange(3 * 2, dtype=np.float32).reshape(3, 2)  # example b: [2b, 2b + 1]
+    u, c = x + 100.0, x + 200.0
+    np.testing.assert_array_equal(G.repeat_branches(x, 2), G.concat_branches(x, x))
+    stacked = np.asarray(G.concat_branches(u, c))
+    np.testing.assert_array_equal(stacked, np.stack([u[0], c[0], u[1], c[1], u[2], c[2]]))
+    uu, cc = G.split_branches(stacked, 2)
+    np.testing.assert_array_equal(uu, u)
+    np.testing.assert_array_equal(cc, c)
+    a, b, d = G.split_branches(G.concat_branches(u, c, x), 3)
+    np.testing.assert_array_equal(d, x)
+
+
 def test_rescale_noise_cfg_matches_per_example_std():
     rng = np.random.default_rng(1)
     g = rng.standard_normal(SHAPE).astype(np.float32) * np.array([2.0, 5.0]).reshape(2, 1, 1, 1)
