@@ -190,39 +190,48 @@ def test_no_cpu_weight_gradient_in_a_tpu_program(quickstart):
 
 def test_no_cpu_unet_path_in_a_tpu_program(monkeypatch):
     """The SD UNet's CPU choices (im2col convolutions, diffusers' einsum attention) are off
-    when tracing for a TPU: its convolutions stay ``conv_general_dilated`` and its attention
-    goes through ``jax.nn.dot_product_attention``."""
-    from augdiff.sd import architectures, pipelines
+    when tracing for a TPU: its convolutions stay ``conv_general_dilated``, its self-attention
+    (256 tokens at 16² latents) goes to the Pallas flash kernel and its cross-attention to
+    ``jax.nn.dot_product_attention``."""
+    from augdiff.sd import architectures, attention, pipelines
 
-    calls = []
-    real = jax.nn.dot_product_attention
+    calls: list[str] = []
+    real_dpa, real_flash = jax.nn.dot_product_attention, attention.flash_attention
 
-    def counting(*a, **k):
-        calls.append(k.get("implementation"))
-        return real(*a, **k)
+    def counting_dpa(*a, **k):
+        calls.append(f"xla:{a[0].shape[1]}x{a[1].shape[1]}")
+        return real_dpa(*a, **k)
 
-    monkeypatch.setattr(jax.nn, "dot_product_attention", counting)
+    def counting_flash(q, k, v, scale):
+        calls.append(f"flash:{q.shape[1]}x{k.shape[1]}")
+        return real_flash(q, k, v, scale)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", counting_dpa)
+    monkeypatch.setattr(attention, "flash_attention", counting_flash)
     comps, params = architectures.abstract_sd(architectures.tiny_architecture("txt2img"),
                                               "float32")
-    x = jax.ShapeDtypeStruct((2, 4, 8, 8), np.float32)
+    x = jax.ShapeDtypeStruct((2, 4, 16, 16), np.float32)
     ctx = jax.ShapeDtypeStruct((2, 77, int(comps.unet.cross_attention_dim)), np.float32)
     t = jax.ShapeDtypeStruct((), np.int32)
 
-    def trace(platform: str) -> str:
+    def trace(platform: str) -> tuple[str, list[str]]:
         calls.clear()
         with distributed.compiling_for(platform):
-            return str(jax.make_jaxpr(
+            text = str(jax.make_jaxpr(
                 lambda p, x, t, c: pipelines.unet_output(comps, p, x, t, c))(params, x, t, ctx))
+        return text, list(calls)
 
-    cpu = trace("cpu")
-    cpu_attention = list(calls)
-    tpu = trace("tpu")
-    # control: on the CPU the 3x3 convolutions are im2col GEMMs and the attention diffusers'
-    assert cpu.count("conv_general_dilated") <= 2 and not cpu_attention
+    cpu, cpu_calls = trace("cpu")
+    tpu, tpu_calls = trace("tpu")
+    # control: on the CPU the convolutions on 8² inputs are im2col GEMMs and the attention
+    # diffusers' einsums
     n_convs = sum(1 for leaf in jax.tree_util.tree_leaves_with_path(params["unet"])
                   if len(leaf[1].shape) == 4)
+    assert cpu.count("conv_general_dilated") < n_convs and not cpu_calls
     assert tpu.count("conv_general_dilated") == n_convs
-    assert calls and set(calls) == {"xla"}, calls
+    assert "flash:256x256" in tpu_calls, tpu_calls  # the 16² level's self-attention
+    assert all(c.startswith("flash") or c.endswith("x77") or c == "xla:64x64"
+               for c in tpu_calls), tpu_calls
 
 
 def test_multi_host_topology_compiles_with_the_same_code():
