@@ -130,6 +130,27 @@ def target_platform_of_backend() -> str:
     return "gpu" if backend in ("cuda", "rocm") else backend
 
 
+def mesh_context(mesh: Mesh | None) -> contextlib.AbstractContextManager[Any]:
+    """Trace (and run) the programs of the block on ``mesh`` (``jax.set_mesh``): the mesh
+    :func:`per_shard` splits kernels over. ``None`` changes nothing."""
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+
+
+def per_shard(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on each device's rows of the batch axis of the mesh in context
+    (:func:`mesh_context`), by ``shard_map``; without a mesh (or with one batch shard) just
+    ``fn(*args)``. For kernels XLA cannot partition itself (Pallas / Mosaic custom calls):
+    every example is independent, so each device runs the kernel on its own rows."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = () if mesh.empty else tuple(a for a in DATA_AXES if a in mesh.axis_names
+                                       and mesh.shape[a] > 1)
+    if not axes:
+        return fn(*args)
+    spec = P(axes)
+    return jax.shard_map(fn, in_specs=tuple(spec for _ in args), out_specs=spec,
+                         check_vma=False)(*args)
+
+
 def barrier(name: str, timeout_s: float = 900.0) -> None:
     """Block until every process reaches ``name`` (no-op for one process).
 

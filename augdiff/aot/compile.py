@@ -22,6 +22,7 @@ path (the im2col weight gradient, the CPU attention choice) reaches them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -69,7 +70,8 @@ def compile_program(program: Program, topology: chips.Topology, *,
     n_dev = len(topology.devices)
     t0 = time.perf_counter()
     try:
-        with distributed.compiling_for(topology.platform):
+        with distributed.compiling_for(topology.platform), \
+                distributed.mesh_context(program.mesh):
             compiled = program.fn.lower(*program.args).compile()
     except Exception as e:  # noqa: BLE001  (reported as one line, the next program goes on)
         row.update(compiled=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}",
@@ -129,7 +131,7 @@ def compile_config(config: ml_collections.ConfigDict, topology_name: str, *,
             continue
         if batch and program.rebuild is not None:
             with distributed.compiling_for(topology.platform):
-                program = program.rebuild(batch)
+                program = dataclasses.replace(program.rebuild(batch), mesh=mesh)
         yield compile_program(program, topology)
 
 
@@ -186,7 +188,8 @@ def one_line(row: dict[str, Any]) -> str:
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
-    """The rows a previous (possibly cut) run wrote to ``path`` (JSON lines)."""
+    """The rows a previous (possibly cut) run wrote to ``path`` (JSON lines), the last one of
+    each program and topology, in the order they were first measured."""
     if not path or not os.path.isfile(path):
         return []
     rows = []
@@ -198,4 +201,7 @@ def read_rows(path: str) -> list[dict[str, Any]]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     break  # a line cut by a kill: measured again
-    return rows
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        latest[(r.get("topology", ""), r.get("program", ""))] = r
+    return list(latest.values())

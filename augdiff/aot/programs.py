@@ -45,7 +45,7 @@ from augdiff.edm.sampling import jit_sampler, make_sample_fn
 from augdiff.methods import inversion
 from augdiff.methods.online import OnlineEDM
 from augdiff.pipeline import wiring
-from augdiff.sd import architectures, pipelines
+from augdiff.sd import architectures, attention, pipelines
 from augdiff.train import classifier as clf
 
 
@@ -63,6 +63,8 @@ class Program:
       flops: FLOPs of one unit of work (a function: counting lowers a program).
       fixed_argnums: arguments whose size does not grow with the batch (weights, state).
       rebuild: the same program at another global batch (the largest-batch search).
+      mesh: the mesh it is laid out on (traced under :func:`augdiff.distributed.mesh_context`,
+        as the stages run it).
     """
 
     name: str
@@ -74,6 +76,7 @@ class Program:
     flops: Callable[[], float]
     fixed_argnums: tuple[int, ...] = (0,)
     rebuild: Callable[[int], Program] | None = None
+    mesh: Mesh | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -102,7 +105,10 @@ def host_flops(fn: Callable[..., Any], *args: Any, static: tuple[int, ...] = ())
     """FLOPs of one call of ``fn`` (XLA's cost analysis of the program lowered for this host,
     no compile), traced on the target platform's code path (the caller's
     :func:`augdiff.distributed.compiling_for`)."""
-    lowered = jax.jit(fn, static_argnums=static).lower(*unsharded(args))
+    # counted with XLA's attention: a Pallas or cuDNN kernel lowers for its own chip only, and
+    # the arithmetic is the same
+    with attention.use("xla"):
+        lowered = jax.jit(fn, static_argnums=static).lower(*unsharded(args))
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float((cost or {}).get("flops", 0.0))
@@ -491,6 +497,13 @@ def is_experiment(config: ml_collections.ConfigDict) -> bool:
 def programs_for(config: ml_collections.ConfigDict, mesh: Mesh) -> list[Program]:
     """Every program ``config`` runs: an experiment's stages (``augdiff run``), or the command
     a component config is for (``train-diffusion`` + ``sample``, ``generate``, ``train``)."""
+    programs = _programs_for(config, mesh)
+    for p in programs:
+        p.mesh = mesh
+    return programs
+
+
+def _programs_for(config: ml_collections.ConfigDict, mesh: Mesh) -> list[Program]:
     if is_experiment(config):
         return experiment_programs(config, mesh)
     if "method" in config:

@@ -8,7 +8,8 @@ built at its real size from abstract parameters (no weights), sharded on the top
 exactly as a launch shards it (``config.mesh``), compiled by XLA:TPU and measured per chip
 (:mod:`augdiff.aot.compile`). One row per program; a program that does not compile or does not
 fit a chip is also one line on stderr naming it and the bytes, and the exit status is 1.
-``--json`` appends each row as it is measured and skips rows already there (resumable).
+``--json`` appends each row as it is measured and skips programs already compiled there
+(resumable; one that failed is tried again).
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def main(argv: list[str]) -> int:
     except (ConfigError, chips.TopologyError) as e:
         print(f"augdiff compile: {e}", file=sys.stderr)
         return 2
-    previous = [r for r in read_rows(args.json) if r.get("topology") == args.topology]
+    # programs compiled before are shown, not compiled again; one that failed is tried again
+    previous = [r for r in read_rows(args.json)
+                if r.get("topology") == args.topology and r.get("compiled")]
     rows = list(previous)
     print(f"augdiff compile: {args.config} on {args.topology}", flush=True)
     print(HEADER, flush=True)

@@ -315,9 +315,10 @@ def invert(
         bar = tqdm(total=num_steps, initial=step, desc="diffinv stage 1", disable=not progress)
         while step < num_steps:
             stop = min(step + max(int(chunk), 1), min(s for s in saves if s > step))
-            cond, opt_state, per_image = run(
-                params, cond, opt_state, latents, image_keys, step, stop
-            )
+            with distributed.mesh_context(mesh):  # per-shard kernels (TPU attention)
+                cond, opt_state, per_image = run(
+                    params, cond, opt_state, latents, image_keys, step, stop
+                )
             step = stop
             loss = np.asarray(per_image)[:n]
             history.append((step, float(loss.mean())))

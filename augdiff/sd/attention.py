@@ -78,7 +78,9 @@ def flash_eligible(q: jax.Array, k: jax.Array) -> bool:
 
 
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
-    """softmax(q kᵀ · scale) v on ``[B, T, heads, d]`` by the Pallas TPU flash-attention kernel.
+    """softmax(q kᵀ · scale) v on ``[B, T, heads, d]`` by the Pallas TPU flash-attention kernel,
+    each device on its own rows of the batch (:func:`augdiff.distributed.per_shard`: XLA cannot
+    partition a Mosaic kernel itself).
 
     The kernel takes ``[B, heads, T, d]`` with ``d`` ≤ 128 or a multiple of 128; a wider
     head is zero-padded to the next multiple (zeros add nothing to q·k, and the padded output
@@ -89,7 +91,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> j
     width = d if d <= FLASH_BLOCK else -(-d // FLASH_BLOCK) * FLASH_BLOCK
     pad = [(0, 0), (0, 0), (0, 0), (0, width - d)]
     q, k, v = (jnp.pad(jnp.swapaxes(a, 1, 2), pad) for a in (q, k, v))
-    out = pallas_flash.flash_attention(q, k, v, sm_scale=float(scale))
+    out = distributed.per_shard(
+        lambda q, k, v: pallas_flash.flash_attention(q, k, v, sm_scale=float(scale)), q, k, v)
     return jnp.swapaxes(out[..., :d], 1, 2)
 
 

@@ -475,25 +475,26 @@ def _run(
     )
     batch = {k: v for k, v in batch.items() if v is not None}
     batch, n = _batched(mesh, batch)
-    out = _sample(
-        components,
-        sampler,
-        mode,
-        int(start_index),
-        output == "images",
-        guidance_rescale if mode == "cfg" else 0.0,
-        _params_on(mesh, params),
-        batch["noise"],
-        batch["keys"],
-        batch.get("init_latents"),
-        batch["cond"],
-        batch.get("uncond"),
-        batch.get("class_cond"),
-        batch.get("class_uncond"),
-        batch.get("image_latents"),
-        batch["guidance_scale"],
-        batch["image_guidance_scale"],
-    )
+    with distributed.mesh_context(mesh):  # per-shard kernels (TPU attention)
+        out = _sample(
+            components,
+            sampler,
+            mode,
+            int(start_index),
+            output == "images",
+            guidance_rescale if mode == "cfg" else 0.0,
+            _params_on(mesh, params),
+            batch["noise"],
+            batch["keys"],
+            batch.get("init_latents"),
+            batch["cond"],
+            batch.get("uncond"),
+            batch.get("class_cond"),
+            batch.get("class_uncond"),
+            batch.get("image_latents"),
+            batch["guidance_scale"],
+            batch["image_guidance_scale"],
+        )
     return _gather(out, n)
 
 

@@ -100,3 +100,17 @@ def test_gpu_topology_names_and_one_line_errors(tmp_path, monkeypatch, capsys):
     assert compile_cmd.main(argv) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "augdiff compile" in line]
     assert len(err) == 1 and "CUDA plugin is not installed" in err[0]
+
+
+def test_a_program_that_failed_is_compiled_again(tmp_path, capsys):
+    rows_file = tmp_path / "rows.jsonl"
+    failed = {"program": "preact_resnet_tiny eval step", "stage": "train_real",
+              "topology": "v5e:2x2", "batch": 1000, "unit": "image", "compiled": False,
+              "error": "NotImplementedError: planted", "compile_s": 1.0}
+    rows_file.write_text(json.dumps(failed) + "\n")
+    argv = ["--config", QUICKSTART, "--topology", "v5e:2x2", "--only", "eval step",
+            "--json", str(rows_file)]
+    assert compile_cmd.main(argv) == 0
+    lines = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    assert [r["compiled"] for r in lines] == [False, True]
+    assert "planted" not in capsys.readouterr().out
