@@ -94,7 +94,8 @@ def test_gpu_topology_names_and_one_line_errors(tmp_path, monkeypatch, capsys):
     assert len(err) == 1 and "target description" in err[0]
     # no CUDA plugin: one line naming the install
     target = tmp_path / "h100.pbtxt"
-    target.write_text("gpu_device_info {\n  core_count: 132\n  collective_memory_granularity: 1\n}\n")
+    target.write_text("gpu_device_info {\n  core_count: 132\n"
+                      "  collective_memory_granularity: 1\n}\n")
     monkeypatch.setitem(sys.modules, "jax_plugins.xla_cuda12", None)
     argv = ["--config", QUICKSTART, "--topology", "h100:8", "--target-config", str(target)]
     assert compile_cmd.main(argv) == 2

@@ -72,7 +72,8 @@ def quickstart():
 def diffinv():
     # 32² images: 16² latents, whose 256-token self-attention takes the Pallas kernel, which
     # must run per shard inside the sharded programs
-    return _programs("configs/diffinv_cifar10.py:smoke", "v5e:2x2", ["--config.inversion.resolution=32"])
+    return _programs("configs/diffinv_cifar10.py:smoke", "v5e:2x2",
+                     ["--config.inversion.resolution=32"])
 
 
 def _assert_rows_split(compiled, program, argnum: int, n_dev: int) -> None:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from augdiff.models import songunet as songunet_lib
 from augdiff.models.songunet import (
     INIT,
     INIT_ATTN,
@@ -148,6 +149,34 @@ def test_dropout_is_train_only_and_keyed(tiny):
     assert np.abs(np.asarray(a - c)).max() > 0
     ev = jax.jit(model.apply)(v, x, t, cls, y)
     assert np.abs(np.asarray(a - ev)).max() > 0
+
+
+def test_dropout_barrier_changes_no_value(tiny, monkeypatch):
+    """The optimization barrier behind each block's dropout (so that XLA:TPU computes the mask
+    once instead of inlining the threefry hash into conv1's forward and weight-gradient
+    fusions) is in train-mode programs only and leaves the output and gradients unchanged."""
+    model, v, x, t = tiny
+    y, cls, key = jnp.zeros(4, jnp.int32), jnp.array([0, 1, 2, 0]), jax.random.key(5)
+
+    def run():
+        def loss(p):
+            out = model.apply(p, x, t, cls, y, train=True, rngs={"dropout": key})
+            return jnp.sum(out * jnp.cos(out)), out
+        (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(v)
+        return out, grads
+
+    def lowered(train):
+        return jax.jit(lambda p: model.apply(p, x, t, cls, y, train=train,
+                                             rngs={"dropout": key})).lower(v).as_text()
+
+    assert "optimization_barrier" in lowered(True)
+    assert "optimization_barrier" not in lowered(False)
+    out, grads = run()
+    monkeypatch.setattr(songunet_lib, "dropout_barrier", lambda h, active: h)
+    assert "optimization_barrier" not in lowered(True)
+    out_plain, grads_plain = run()
+    np.testing.assert_array_equal(out, out_plain)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, grads, grads_plain)
 
 
 def test_label_dropout_one_equals_zero_label():
