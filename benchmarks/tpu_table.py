@@ -17,7 +17,8 @@ from augdiff.aot.compile import HEADER, markdown_row, read_rows
 # Published figures of peers on TPUs, for scale (not the same models or settings).
 PEERS = (
     "diffusers + JAX, SDXL 1024², 25 steps, CFG, on a v5e-4: four images in about 2.3 s "
-    "(Hugging Face blog, \"Accelerating SDXL inference with JAX on Cloud TPU v5e\", 2023)",
+    "(Hugging Face blog, \"Accelerating Stable Diffusion XL Inference with JAX on Cloud TPU "
+    "v5e\", 2023)",
 )
 
 

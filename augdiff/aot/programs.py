@@ -277,18 +277,10 @@ def classifier_train_program(config: ml_collections.ConfigDict, mesh: Mesh, stag
     fn = clf.make_train_step(model, tx, mesh, state, num_classes=num_classes,
                              loss_kind=str(config.loss.kind), augment=config.augment.to_dict(),
                              lr_fn=lr_fn)
-    rows = distributed.batch_sharding(mesh)
-    batch_args = {"image": sharded((b, *image_shape), jnp.uint8, rows),
-                  "label": sharded((b,), jnp.int32, rows),
-                  "weight": sharded((b,), jnp.float32, rows),
-                  "source": sharded((b,), jnp.int32, rows)}
-    args = (state, batch_args)
-
-    def flops() -> float:
-        return host_flops(fn.__wrapped__, *args) / b
-
-    return Program(f"{config.model.name} train step", stage, fn, args, b, "image", flops,
-                   rebuild=lambda n: classifier_train_program(config, mesh, stage, n))
+    fields = {"label": jnp.int32, "weight": jnp.float32, "source": jnp.int32}
+    return _classifier_step(f"{config.model.name} train step", stage, fn, state, mesh, b,
+                            image_shape, fields,
+                            lambda n: classifier_train_program(config, mesh, stage, n))
 
 
 def classifier_eval_program(config: ml_collections.ConfigDict, mesh: Mesh, stage: str,
@@ -298,17 +290,25 @@ def classifier_eval_program(config: ml_collections.ConfigDict, mesh: Mesh, stage
     model, _, _, image_shape, num_classes, state = _classifier_state(config, mesh)
     fn = clf.make_eval_step(model, mesh, state, loss_kind=str(config.loss.kind),
                             num_classes=num_classes)
+    return _classifier_step(f"{config.model.name} eval step", stage, fn, state, mesh, b,
+                            image_shape, {"label": jnp.int32, "mask": jnp.float32},
+                            lambda n: classifier_eval_program(config, mesh, stage, n))
+
+
+def _classifier_step(name: str, stage: str, fn: Any, state: Any, mesh: Mesh, b: int,
+                     image_shape: tuple[int, ...], fields: dict[str, Any],
+                     rebuild: Callable[[int], Program]) -> Program:
+    """A classifier step on a batch of ``b`` uint8 images and per-row ``fields``, split over
+    the mesh as the loader's batches are."""
     rows = distributed.batch_sharding(mesh)
     batch_args = {"image": sharded((b, *image_shape), jnp.uint8, rows),
-                  "label": sharded((b,), jnp.int32, rows),
-                  "mask": sharded((b,), jnp.float32, rows)}
+                  **{k: sharded((b,), dtype, rows) for k, dtype in fields.items()}}
     args = (state, batch_args)
 
     def flops() -> float:
         return host_flops(fn.__wrapped__, *args) / b
 
-    return Program(f"{config.model.name} eval step", stage, fn, args, b, "image", flops,
-                   rebuild=lambda n: classifier_eval_program(config, mesh, stage, n))
+    return Program(name, stage, fn, args, b, "image", flops, rebuild=rebuild)
 
 
 # --------------------------------------------------------------------------- SD methods
