@@ -117,13 +117,16 @@ def resample(x: Array, resample_filter: Sequence[float], *, up: bool = False,
 def dropout_barrier(h: Array, active: bool) -> Array:
     """``h`` (a dropout output) behind ``lax.optimization_barrier`` when ``active``; same values.
 
-    Without it XLA:TPU fuses the dropout mask -- the threefry hash of every element, ~200
+    Without it XLA:TPU fuses the dropout mask -- the threefry hash of every element, ~150
     integer ops -- into the consumer ``conv1``'s forward fusion and again into its
-    weight-gradient fusion, where the convolution emitter inlines it into unrolled code: the
-    training step's program grows by half and its compile time by ~3× (a 55.7 M CIFAR-10
-    train step did not compile in 25 min). Behind the barrier the mask is computed once by an
-    elementwise fusion and the dropped activation is what the backward pass keeps. Inference
-    (``train=False``) and ``dropout=0`` are untouched.
+    weight-gradient fusion, where the convolution emitter inlines it into unrolled code. For
+    the CIFAR-10 DDPM++ train step (55.7 M parameters, batch 128, bf16, EDM loss + Adam) on
+    one v5e chip that is 5.9 M instead of 4.7 M program bundles and 2.4× the compile time
+    (920 vs 380 CPU-seconds). Behind the barrier the mask is computed once, in an
+    elementwise fusion, and the backward pass keeps the dropped activation (+0.8 GB of
+    temporaries in that step; XLA's cycle estimate is unchanged). Barriering only the mask
+    instead compiles slower and uses more memory. Inference (``train=False``) and
+    ``dropout=0`` are untouched.
     """
     return jax.lax.optimization_barrier(h) if active else h
 
