@@ -37,7 +37,7 @@ from augdiff import distributed
 from augdiff.aot import chips, hlo
 from augdiff.aot.programs import Program, programs_for
 
-GIB = 2**30
+GIB = chips.GIB
 
 
 def device_bytes(tree: Any) -> int:

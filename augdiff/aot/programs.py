@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from augdiff import distributed
-from augdiff.config import ConfigError, to_dict
+from augdiff.config import ConfigError
 from augdiff.data.online import online_config, online_rows
 from augdiff.edm import model as edm_model
 from augdiff.edm import samplers as edm_samplers
@@ -546,11 +546,3 @@ def experiment_programs(config: ml_collections.ConfigDict, mesh: Mesh) -> list[P
             out.append(online_edm_program(mixed, edm_gen, mesh, "train_mixed"))
     return out
 
-
-def describe_mesh(mesh: Mesh) -> dict[str, Any]:
-    return {"shape": dict(mesh.shape), "devices": int(mesh.devices.size),
-            "processes": len({d.process_index for d in mesh.devices.flat})}
-
-
-def config_summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return to_dict(config)
