@@ -23,9 +23,12 @@ def example(i: int, channels: int = 3) -> tuple[np.ndarray, int]:
     return rng.integers(0, 256, (6, 5, channels), np.uint8), i % 4
 
 
+CONFIG = {"num_classes": 4, "steps": 3}
+
+
 def write(root, numbers, *, process_index=0, shard_size=8, method="toy"):
     with StoreWriter(root, method=method, process_index=process_index, shard_size=shard_size,
-                     config={"num_classes": 4, "steps": 3}) as w:  # fmt: skip
+                     config=CONFIG) as w:  # fmt: skip
         for i in numbers:
             if f"ex{i}" in w.completed_keys:
                 continue
@@ -41,7 +44,7 @@ def rows_by_key(store: SyntheticStore) -> dict[str, dict]:
 def test_round_trip(tmp_path):
     root = tmp_path / "store"
     write(root, range(20))
-    w2 = StoreWriter(root, method="toy", process_index=0)
+    w2 = StoreWriter(root, method="toy", process_index=0, config=CONFIG)
     assert w2.completed_keys == {f"ex{i}" for i in range(20)}
     store = SyntheticStore(root)
     assert len(store) == 20 and store.num_classes == 4
@@ -94,7 +97,7 @@ def test_reading_a_store_without_shards_is_an_error(tmp_path):
 def test_exception_mid_shard_then_resume_exactly_once(tmp_path):
     root = tmp_path / "s"
     with pytest.raises(RuntimeError, match="boom"):
-        with StoreWriter(root, method="toy", process_index=0, shard_size=8) as w:
+        with StoreWriter(root, method="toy", process_index=0, shard_size=8, config=CONFIG) as w:
             for i in range(21):
                 w.add(f"ex{i}", *example(i))
             raise RuntimeError("boom")
@@ -114,7 +117,8 @@ def test_killed_process_mid_shard_then_resume(tmp_path):
     script = textwrap.dedent(f"""
         import os, numpy as np
         from augdiff.data.store import StoreWriter
-        w = StoreWriter({str(root)!r}, method="toy", process_index=0, shard_size=8)
+        w = StoreWriter({str(root)!r}, method="toy", process_index=0, shard_size=8,
+                        config={CONFIG!r})
         for i in range(21):
             w.add(f"ex{{i}}", np.random.default_rng(i).integers(0, 256, (6, 5, 3), np.uint8), i % 4)
         os._exit(9)  # killed: no close, no flush of the last 5 examples
@@ -132,7 +136,8 @@ def test_killed_process_mid_shard_then_resume(tmp_path):
 def test_missing_sidecar_is_scanned(tmp_path):
     write(tmp_path, range(10))
     os.remove(tmp_path / "shard-p00000-000000.array_record.idx.json")  # killed between renames
-    assert StoreWriter(tmp_path, method="toy", process_index=0).completed_keys == {
+    w = StoreWriter(tmp_path, method="toy", process_index=0, config=CONFIG)
+    assert w.completed_keys == {
         f"ex{i}" for i in range(10)
     }
     assert sorted(SyntheticStore(tmp_path).keys) == sorted(f"ex{i}" for i in range(10))
@@ -167,4 +172,5 @@ def test_one_writer_per_process_merged_on_read(tmp_path):
     store = SyntheticStore(tmp_path)
     assert len(store) == 20 and store.manifest["processes"] == [0, 1]
     # a writer sees every process's completed keys, so a changed process count never duplicates
-    assert len(StoreWriter(tmp_path, method="toy", process_index=0).completed_keys) == 20
+    w = StoreWriter(tmp_path, method="toy", process_index=0, config=CONFIG)
+    assert len(w.completed_keys) == 20

@@ -92,7 +92,7 @@ def test_inspect_complete_and_killed_store(tmp_path, capsys):
     assert "3 images in 1 complete shard" in text and "INCOMPLETE" in text
     assert main(["augdiff", "inspect", "--store", str(tmp_path / "done")]) == 0
     assert "TINY-RANDOM" in capsys.readouterr().out
-    assert main(["augdiff", "inspect", "--store", str(tmp_path / "nope")]) == 2
+    assert main(["augdiff", "inspect", "--store", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 
