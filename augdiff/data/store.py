@@ -18,11 +18,11 @@ What made the store
 - Each manifest holds ``class_names`` (index = label), ``model`` (the model's identity: path,
   hub snapshot, step, a content hash of its files), ``augdiff_version``, ``config`` and
   ``fingerprint``: the sha256 of the canonical JSON of ``generating`` (the method, the model
-  identity without its path, and the config: seeds, sampler, steps, guidance, sizes, options;
-  everything that changes the images). A writer that finds shards made under another
-  fingerprint refuses to continue them (:class:`StoreWriteError` naming the fields that
-  differ): a store never holds images of two configs, and its manifest never claims a config
-  its images were not made with.
+  identity without its path and name, the class names, and the config: seeds, sampler,
+  steps, guidance, sizes, options; everything that changes the images). A writer that
+  finds shards made under another fingerprint refuses to continue them
+  (:class:`StoreWriteError` naming the fields that differ): a store never holds images of
+  two configs, and its manifest never claims a config its images were not made with.
 
 Trust
 - Keys and class names are checked when written (:func:`check_name`): no path separator,
@@ -289,19 +289,26 @@ def _check_header(root: str, name: str, header: dict[str, Any], key: str | None,
 
 
 def _read_shard_index(root: str, name: str, *, verify: bool = True) -> tuple[list[str], list[int]]:
-    """Keys and labels of a complete shard: from its sidecar (the shard's hash checked when
-    ``verify``), else by scanning the shard's records."""
+    """Keys and labels of a complete shard. With ``verify`` (what a writer does before
+    trusting a shard it did not write): the shard's bytes against its sidecar's sha256, and
+    every record's key and label against the sidecar. Without a sidecar: its records."""
     sidecar = _read_sidecar(root, name)
-    if sidecar is not None:
-        if verify:
-            _check_shard_hash(root, name, sidecar)
+    if sidecar is not None and not verify:
         return sidecar["keys"], sidecar["labels"]
+    _check_shard_hash(root, name, sidecar)
     try:
         headers = [decode_header(r) for r in _read_records(root, name)]
         keys, labels = [h["key"] for h in headers], [int(h["label"]) for h in headers]
     except (ValueError, KeyError, TypeError, struct.error) as e:
         raise StoreError(f"store shard {os.path.join(root, name)} has an unreadable record "
                          f"({e}); {_repair_hint(root, name)}") from e
+    if sidecar is not None:
+        if len(keys) != len(sidecar["keys"]):
+            raise StoreError(f"store sidecar {os.path.join(root, name)}.idx.json lists "
+                             f"{len(sidecar['keys'])} records, its shard holds {len(keys)}; "
+                             f"{_repair_hint(root, name)}")
+        for j, h in enumerate(headers):
+            _check_header(root, name, h, sidecar["keys"][j], sidecar["labels"][j])
     return keys, labels
 
 
@@ -375,7 +382,9 @@ class StoreWriter:
     """Append examples to a store, one shard of ``shard_size`` examples at a time.
 
     ``config`` is what made the images (seeds, sampler, steps, guidance, sizes, options);
-    ``model`` the model's identity (:func:`model_identity`; default ``config["model"]``);
+    ``model`` the model's identity (:func:`model_identity`; default ``config["model"]``;
+    its ``path`` and ``name`` are recorded, not fingerprinted: moving the files changes
+    nothing, their ``sha256`` says which weights they are);
     ``class_names`` the names of the labels (default ``config["class_names"]``). Together
     with ``method`` they are the store's fingerprint (module docstring): opening a store whose
     shards were made under another fingerprint is a :class:`StoreWriteError` naming the
@@ -410,7 +419,7 @@ class StoreWriter:
             class_names = self.config.get("class_names") or []
         self.class_names = [check_name("class name", c) for c in class_names]
         self.model = model if model is not None else self.config.get("model")
-        model_fp = ({k: v for k, v in self.model.items() if k != "path"}
+        model_fp = ({k: v for k, v in self.model.items() if k not in ("path", "name")}
                     if isinstance(self.model, dict) else self.model)
         self.generating = {**{k: v for k, v in self.config.items() if k not in unfingerprinted},
                            "method": method, "model": model_fp, "class_names": self.class_names}

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from augdiff import distributed
 from augdiff.config import ConfigError
 from augdiff.data.pixels import edm_to_uint8
-from augdiff.data.store import StoreWriter, SyntheticStore
+from augdiff.data.store import StoreWriter, SyntheticStore, model_identity
 from augdiff.edm import model as edm_model
 from augdiff.edm import samplers
 from augdiff.edm.core import denoise, sigma_schedule
@@ -204,7 +204,9 @@ def sample_to_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
     mine = distributed.process_slice(n_total)
     local_dev = jax.local_device_count()
     local_bs = -(-max(int(s.batch_size) // jax.process_count(), 1) // local_dev) * local_dev
+    model_id = model_identity(ckpt_path, kind="edm", step=int(step))
     provenance_base = {
+        "model": f"edm:{ckpt_path}@{int(step)}",
         "checkpoint": ckpt_path, "checkpoint_step": int(step), "mode": str(config.mode),
         "sampler": str(s.sampler), "steps": int(s.num_steps),
         "nfe": nfe(str(s.sampler), int(s.num_steps)), "seed": int(s.seed),
@@ -212,8 +214,13 @@ def sample_to_store(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "guidance_label": int(s.guidance_label) if float(s.guidance) != 1.0 else None,
     }
     written = 0
+    generating = {"image_size": size, "channels": ch, "class_label": int(s.class_label),
+                  "source_label": int(s.source_label), "churn": {
+                      k: float(s[k]) for k in ("S_churn", "S_min", "S_max", "S_noise")}}
     with StoreWriter(store, method=f"edm/{config.mode}",
-                     config={"workdir": workdir, **provenance_base},
+                     config={"workdir": workdir, **provenance_base, **generating},
+                     model=model_id, class_names=list(loaded.extras.get("class_names") or []),
+                     unfingerprinted=("workdir", "checkpoint"),
                      shard_size=int(s.shard_size)) as writer:
         done = writer.completed_keys
         pending = np.asarray([i for i in range(mine.start, mine.stop) if f"{i:08d}" not in done],

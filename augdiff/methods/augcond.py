@@ -71,6 +71,7 @@ from augdiff.data.pixels import to_signed_rgb, unit_to_store
 from augdiff.data.sources import open_real_source
 from augdiff.data.store import StoreWriter, example_keys, pending_batches
 from augdiff.sd import loading, pipelines, tiny
+from augdiff.sd.generate import model_identity_of
 
 Array = jax.Array
 
@@ -520,7 +521,8 @@ def generate(config: Any) -> dict[str, Any]:
     prompts = [ac.prompt_template.format(name.replace("_", " ")) for name in real.class_names]
     prompt_embeds = np.asarray(pipelines.encode_prompts(components, params, prompts))
     written = 0
-    with StoreWriter(store_dir, method="augcond", config=manifest_cfg) as store:
+    with StoreWriter(store_dir, method="augcond", config=manifest_cfg,
+                     model=model_identity_of(components)) as store:
         for batch in pending_batches(store, mine, int(ac.batch_size), desc="augcond"):
             keys = example_keys(base, [it["example"] for it in batch])
             parents = np.array([it["parent"] for it in batch])

@@ -56,6 +56,7 @@ from augdiff.data.sources import open_real_source
 from augdiff.data.store import StoreWriter, example_keys, pending_batches
 from augdiff.methods.inversion import load_inversion, run_stage1
 from augdiff.sd import guidance, loading, pipelines, tiny
+from augdiff.sd.generate import model_identity_of
 
 Array = jax.Array
 
@@ -293,7 +294,8 @@ def run_stage2(
         return uncond_cache[(ck, tag)]
 
     written = 0
-    with StoreWriter(store_dir, method="diffinv", config=manifest_cfg) as store:
+    with StoreWriter(store_dir, method="diffinv", config=manifest_cfg,
+                     model=model_identity_of(components)) as store:
         for batch in pending_batches(store, mine, int(smp_cfg.batch_size), desc="diffinv stage 2"):
             keys = example_keys(base, [it["example"] for it in batch])
             rows = np.array([it["row"] for it in batch])

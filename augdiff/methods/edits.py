@@ -38,6 +38,7 @@ from augdiff.data.store import StoreWriter, example_keys, pending_batches
 from augdiff.edm import edit as edm_edit
 from augdiff.files import read_json, write_json
 from augdiff.sd import loading, pipelines, tiny
+from augdiff.sd.generate import model_identity_of
 
 DIFFUSEMIX_PROMPTS = (
     "Autumn",
@@ -237,14 +238,15 @@ def generate_edits(
     res = settings["resolution"]
     keep_full = keeps_full_edits(config) and res > size
     with contextlib.ExitStack() as stack:
-        writer = stack.enter_context(StoreWriter(edits_dir, method="diffusemix",
+        model_id = model_identity_of(components)
+        writer = stack.enter_context(StoreWriter(edits_dir, method="diffusemix", model=model_id,
                                                  config=manifest, shard_size=shard_size))
         # The same edits at the resolution they were made at (SHB blends there); written
         # first, committed at the same shard boundaries as the edits store.
         full_writer = stack.enter_context(StoreWriter(
             full_edits_dir(edits_dir), method="diffusemix", config=dict(manifest,
                                                                          image_size=res),
-            shard_size=shard_size)) if keep_full else None
+            model=model_id, shard_size=shard_size)) if keep_full else None
         filtered = FilterLog(edits_dir, writer.process_index)
         for batch in pending_batches(writer, mine, bs, desc="diffusemix edits", skip=filtered):
             parents = np.stack([real[it["parent"]]["image"] for it in batch])

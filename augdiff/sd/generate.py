@@ -26,7 +26,7 @@ import numpy as np
 from augdiff import distributed
 from augdiff.data.pixels import unit_to_store
 from augdiff.data.sources import open_real_source
-from augdiff.data.store import StoreWriter, example_keys, pending_batches
+from augdiff.data.store import StoreWriter, example_keys, model_identity, pending_batches
 from augdiff.sd import loading, pipelines, tiny
 
 
@@ -73,6 +73,15 @@ def _plan(config: Any, class_names: list[str], real: Any) -> list[dict[str, Any]
     return plan
 
 
+def model_identity_of(components: loading.SDComponents) -> dict[str, Any]:
+    """What a store manifest records as ``model`` for SD weights: ``name`` (the hub id, path
+    or ``tiny-random``), the resolved folder, the hub ``snapshot`` hash when it is a
+    hub-cache snapshot, and the ``sha256`` of its files (:func:`augdiff.files.content_hash`)."""
+    info = components.info
+    return model_identity(info.get("resolved_path") or info.get("path"),
+                          kind=f"sd/{components.kind}", name=loading.model_label(components))
+
+
 def generate(config: Any) -> dict[str, Any]:
     """Run the generation the config describes; returns a summary dict."""
 
@@ -93,9 +102,13 @@ def generate(config: Any) -> dict[str, Any]:
         "steps": int(sd.steps),
         "guidance": float(sd.guidance),
         "resolution": res,
+        "seed": int(config.seed), "eta": float(sd.eta), "strength": float(sd.strength),
+        "prompt_template": sd.prompt_template, "negative_prompt": sd.negative_prompt,
+        "image_size": int(config.data.image_size), "class_names": list(real.class_names),
     }
     written = 0
-    with StoreWriter(store_dir, method="sd", config=manifest_cfg) as store:
+    with StoreWriter(store_dir, method="sd", config=manifest_cfg,
+                     model=model_identity_of(components)) as store:
         uncond = pipelines.encode_prompts(components, params, [sd.negative_prompt])
         prompt_cache: dict[str, jax.Array] = {}
         for batch in pending_batches(store, mine, int(sd.batch_size), desc="sd generate"):
