@@ -383,6 +383,45 @@ def test_sample_config_mismatch_names_fields(resumed_runs, repo_root, cifar_zip,
     assert "mode (" not in msg and "checkpoints/4" in msg
 
 
+def test_sample_into_a_store_of_another_seed_is_refused(resumed_runs, repo_root, cifar_zip,
+                                                       tmp_path):
+    """The wire from ``sample_to_store`` to the manifest: the checkpoint's identity (step and
+    a content hash of its files, per the documented definition), the provenance's model
+    column, and a second run with another seed refused naming ``seed``, nothing rewritten."""
+    import hashlib
+
+    from augdiff.data.store import StoreWriteError, SyntheticStore
+
+    full, _ = resumed_runs
+    c = tiny_config(repo_root, cifar_zip, full.workdir)
+    c.sample.store = str(tmp_path / "s")
+    c.sample.grid = 0
+    c.num_samples = 2
+    sampling.sample_to_store(c)
+    manifest = tmp_path / "s" / "manifest-p00000.json"
+    m = json.loads(manifest.read_text())
+    ckpt = os.path.join(full.workdir, "checkpoints", "4")
+    lines = []
+    for dirpath, _, files in os.walk(ckpt):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            lines.append(f"{os.path.relpath(p, ckpt)}\0"
+                         f"{hashlib.sha256(open(p, 'rb').read()).hexdigest()}\n")
+    assert m["model"] == {"kind": "edm", "step": 4, "path": os.path.abspath(ckpt),
+                          "sha256": hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()}
+    assert m["generating"]["seed"] == 0 and m["generating"]["steps"] == 3
+    assert m["augdiff_version"] and m["fingerprint"]
+    prov = SyntheticStore(c.sample.store).provenance(0)
+    assert prov["model"] and "4" in prov["model"]
+    before = manifest.read_bytes()
+    c.sample.seed = 1
+    with pytest.raises(StoreWriteError, match=r"seed: 0 -> 1"):
+        sampling.sample_to_store(c)
+    assert manifest.read_bytes() == before
+    c.sample.store = str(tmp_path / "s1")  # a new store: fine
+    assert sampling.sample_to_store(c)["written"] == 2
+
+
 @pytest.mark.slow
 def test_sample_to_store_unique_keys_resume_and_reproducible(resumed_runs, repo_root, cifar_zip,
                                                              tmp_path):
