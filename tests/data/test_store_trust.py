@@ -295,6 +295,21 @@ def test_repair_as_the_message_says_then_resume(tmp_path):
         np.testing.assert_array_equal(got[b.keys[i]], b[i]["image"])
 
 
+def test_a_shard_swapped_in_from_another_store_is_caught_by_its_hash(tmp_path):
+    """Same keys, same labels, valid records, other pixels: only the sha256 tells."""
+    write(tmp_path / "a", 8)
+    write(tmp_path / "b", 8, config={**CONFIG, "seed": 1})
+    other = (tmp_path / "b" / SHARD0).read_bytes()
+    (tmp_path / "a" / SHARD0).write_bytes(other)
+    shard = str(tmp_path / "a" / SHARD0)
+    with pytest.raises(StoreError, match="sha256") as err:
+        SyntheticStore(tmp_path / "a")[0]
+    assert shard in str(err.value)
+    with pytest.raises(StoreError, match="sha256"):
+        write(tmp_path / "a", 8)
+    assert list(verify(tmp_path / "a")) == [SHARD0]
+
+
 def test_corrupt_shard_of_another_process_is_found_by_a_resumed_writer(tmp_path):
     write(tmp_path, 4, process_index=1, start=50)
     flip_byte(tmp_path / "shard-p00001-000000.array_record")
