@@ -556,7 +556,7 @@ class StoreWriter:
         tmp = temp_path(path)
         keys = [k for k, _, _ in self._buffer]
         labels = [lab for _, _, lab in self._buffer]
-        target = tmp
+        target = path  # named as the shard it would have been
         try:
             writer = ArrayRecordWriter(tmp, _WRITER_OPTIONS)
             try:
