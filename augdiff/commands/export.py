@@ -334,6 +334,24 @@ def _check_destination(out: str, store_root: str, overwrite: bool) -> None:
         raise ValueError(f"export destination {out!r} and store {store_root!r} overlap")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(parent: str, base: str) -> None:
+    """Drop the temporary folders of a killed export of ``base`` (their pid is gone)."""
+    for path in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.export-*-*")):
+        pid = path.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def export(store_dir: str, out_dir: str, *, fmt: str = "folder",
            class_names: Sequence[str] | None = None, data: str = "", table: str = "csv",
            shard_size: int = 1000, overwrite: bool = False) -> dict[str, Any]:
@@ -369,6 +387,7 @@ def export(store_dir: str, out_dir: str, *, fmt: str = "folder",
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
+    _remove_stale(parent, os.path.basename(out))
     tmp = os.path.join(parent, f".{os.path.basename(out)}.export-tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)

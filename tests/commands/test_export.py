@@ -195,6 +195,16 @@ def test_corrupt_record_midway_leaves_no_export(tmp_path, capsys, fmt):
     assert tree(out) == ["old.png"] and sorted(os.listdir(tmp_path)) == ["out", "store"]
 
 
+def test_temporary_folder_of_a_killed_export_is_removed(tmp_path):
+    craft_store(str(tmp_path / "store"), good_items(3), class_names=NAMES)
+    dead = tmp_path / ".out.export-tmp-999999999"  # beyond any pid_max: its writer is gone
+    (dead / "ship").mkdir(parents=True)
+    live = tmp_path / f".out.export-tmp-{os.getppid()}"  # a running export's folder is kept
+    live.mkdir()
+    assert run("--store", tmp_path / "store", "--out", tmp_path / "out") == 0
+    assert sorted(os.listdir(tmp_path)) == sorted(["out", "store", live.name])
+
+
 # --------------------------------------------------------------------------- class names, folder
 
 
