@@ -116,7 +116,7 @@ def manifest_class_names(root: str) -> tuple[list[str], str] | None:
         names = manifest.get("class_names")
         if names is None and isinstance(manifest.get("config"), dict):
             names = manifest["config"].get("class_names")
-        if names is None:
+        if names is None or names == []:  # [] : a writer that was not told the names
             continue
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise StoreError(f"{path}: class_names must be a list of strings, got {names!r}")

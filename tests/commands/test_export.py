@@ -224,8 +224,39 @@ def test_folder_names_classes_from_the_manifest(tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["cat", "dog", "provenance.csv", "ship"]
 
 
-def test_no_class_names_anywhere_gives_class_ids(tmp_path):
-    craft_store(str(tmp_path / "store"), good_items(4))
+def test_store_writer_to_export_carries_class_names(tmp_path):
+    """The wire from the writer's manifest to the export: no --data needed."""
+    from augdiff.data.store import StoreWriter
+
+    items = good_items(5)
+    with StoreWriter(str(tmp_path / "store"), method="test/method", process_index=0,
+                     config={"class_names": NAMES}, shard_size=2) as w:
+        for key, image, label, prov in items:
+            w.add(key, image, label, provenance=prov)
+    assert run("--store", tmp_path / "store", "--out", tmp_path / "out") == 0
+    for key, (label, image) in read_back(str(tmp_path / "store")).items():
+        png = np.asarray(Image.open(tmp_path / "out" / NAMES[label] / f"{key}.png"))
+        assert np.array_equal(png, image)
+
+
+def test_data_names_classes_when_the_store_does_not(tmp_path, capsys):
+    data = tmp_path / "data"
+    for c in ("bee", "ant", "cat"):  # the folder's classes, sorted: ant, bee, cat
+        (data / "train" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(data / "train" / c / "a.png")
+    craft_store(str(tmp_path / "plain"), good_items(4))
+    assert run("--store", tmp_path / "plain", "--out", tmp_path / "o1", "--data", data) == 0
+    assert sorted(os.listdir(tmp_path / "o1")) == ["ant", "bee", "cat", "provenance.csv"]
+    assert os.path.exists(tmp_path / "o1" / "bee" / "k0001.png")  # label 1 -> bee
+    craft_store(str(tmp_path / "named"), good_items(4), class_names=NAMES)
+    assert run("--store", tmp_path / "named", "--out", tmp_path / "o2", "--data", data) == 1
+    err = capsys.readouterr().err
+    assert "manifest-p00000.json" in err and "--data" in err and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("names", [None, []])
+def test_no_class_names_anywhere_gives_class_ids(tmp_path, names):
+    craft_store(str(tmp_path / "store"), good_items(4), class_names=names)
     assert run("--store", tmp_path / "store", "--out", tmp_path / "out", "--table", "jsonl") == 0
     rows = [json.loads(x) for x in (tmp_path / "out" / "provenance.jsonl").read_text().splitlines()]
     assert {r["path"] for r in rows} == {f"class_{i % 3:03d}/k{i:04d}.png" for i in range(4)}
