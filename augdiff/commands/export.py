@@ -149,10 +149,11 @@ def resolve_class_names(root: str, data: str = "") -> tuple[list[str] | None, st
     return None, "class_<id>"
 
 
-def check_class_names(names: Sequence[str], where: str) -> None:
-    """Every class name a safe, distinct folder name, else a :class:`StoreError`."""
+def check_class_names(names: Sequence[str], where: str, reserved: Sequence[str] = ()) -> None:
+    """Every class name a safe, distinct folder name, not one of the export's own files
+    (``reserved``), else a :class:`StoreError`."""
     for n in names:
-        why = unsafe_name(n)
+        why = unsafe_name(n) or (f"is the name of the export's {n}" if n in reserved else None)
         if why:
             raise StoreError(f"{where}: class name {n!r} {why}; refusing to export")
     dup = [n for n, c in Counter(names).items() if c > 1]
@@ -375,7 +376,8 @@ def export(store_dir: str, out_dir: str, *, fmt: str = "folder",
     else:
         names, source = resolve_class_names(store_dir, data)
     if names is not None:
-        check_class_names(names, source)
+        check_class_names(names, source, ("provenance.csv", "provenance.jsonl",
+                                          "metadata.jsonl", "info.json"))
     try:
         store = SyntheticStore(store_dir)
     except (KeyError, TypeError, ValueError) as e:  # a hand-edited key index or manifest

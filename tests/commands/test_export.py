@@ -119,7 +119,8 @@ def test_record_key_differing_from_its_index_is_refused(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "x.png") and tree(tmp_path / "o") == []
 
 
-@pytest.mark.parametrize("names", [["cat", ".."], ["cat", "a/b"], ["", "dog"], ["cat", "cat"]])
+@pytest.mark.parametrize("names", [["cat", ".."], ["cat", "a/b"], ["", "dog"], ["cat", "cat"],
+                                   ["cat", "metadata.jsonl"], ["provenance.csv", "dog"]])
 def test_crafted_class_names_refused(tmp_path, capsys, names):
     craft_store(str(tmp_path / "store"), [it[:2] + (it[2] % 2,) + it[3:] for it in good_items(4)],
                 class_names=names)
