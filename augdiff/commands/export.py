@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from augdiff.data.sources import open_real_source
 from augdiff.data.store import (
@@ -195,8 +196,9 @@ def check_records(store: SyntheticStore, class_names: Sequence[str] | None, fmt:
 def iter_records(store: SyntheticStore) -> Iterator[tuple[int, dict[str, Any], np.ndarray]]:
     """``(row, header, image)`` of every row; a record that cannot be read or decoded, or
     whose header disagrees with the shard's key index, is a :class:`StoreError` naming the
-    shard file and the key."""
-    for i, key in enumerate(store.keys):
+    shard file and the key. A progress bar shows on a terminal."""
+    keys = tqdm(store.keys, desc="export", unit="img", disable=None)  # a bar on a terminal
+    for i, key in enumerate(keys):
         try:
             header, image = decode_example(store._record(i))
         except Exception as e:  # any decoding failure of untrusted bytes: name the file
