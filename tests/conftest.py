@@ -61,7 +61,7 @@ def _skip_reason(report) -> str:
 
 
 # The test extras CI must have (pyproject ``test`` and ``torch``): missing one is an error.
-CI_REQUIRED_MODULES = ("torch", "scipy", "skimage", "ruff", "xdist")
+CI_REQUIRED_MODULES = ("torch", "scipy", "skimage", "ruff", "xdist", "datasets", "webdataset")
 
 _SKIPS: list[tuple[str, str]] = []  # (nodeid, reason) of every skipped test or module
 
