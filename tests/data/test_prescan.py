@@ -283,3 +283,50 @@ def test_generation_parent_is_never_substituted(tmp_path):
         src.image(bad)  # ... a parent read never does
     good = 1 - bad
     np.testing.assert_array_equal(src.image(good), np.full((S, S, 3), (10, 200, 30), np.uint8))
+
+
+# ----------------------------------------------------------------------------- training wires
+
+
+def _classifier_config(path, workdir, **data):
+    import importlib
+
+    c = importlib.import_module("augdiff.configs.classify_cifar10").get_config("smoke")
+    c.workdir = str(workdir)
+    c.data.path = str(path)
+    c.data.image_size = S
+    c.data.per_class = 0
+    c.data.update(data)
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.epochs = 1
+    c.progress = False
+    return c
+
+
+def test_training_reports_every_problem_before_compiling(tmp_path, monkeypatch):
+    from augdiff.train import classifier
+
+    def compiled(*a, **k):
+        raise AssertionError("the classifier was built before the data was checked")
+
+    monkeypatch.setattr(classifier, "build_classifier", compiled)
+    odd_folder(tmp_path / "odd")
+    cfg = _classifier_config(tmp_path / "odd", tmp_path / "w")
+    with pytest.raises(DataSourceError) as info:
+        classifier.train_and_evaluate(cfg)
+    msg = str(info.value)
+    assert "'zebra'" in msg and "trunc.jpg" in msg and "lacks class 'fish'" in msg
+
+
+def test_training_data_skips_and_records_unreadable_images(tmp_path, capsys):
+    from augdiff.train import classifier
+
+    odd_folder(tmp_path / "odd", test_lacks=None, empty_class=False)
+    cfg = _classifier_config(tmp_path / "odd", tmp_path / "w", skip_corrupt=True)
+    real, test, _, _, _, skipped = classifier._open_data(cfg)
+    assert skipped["train"] == 1 and skipped["test"] == 0
+    assert [f.rsplit("/", 1)[-1] for f in skipped["files"]] == ["trunc.jpg"]
+    assert len(real) == 10 and len(test) == 3
+    assert not any(real.name_of(i).endswith("trunc.jpg") for i in range(len(real)))
+    assert "data pre-scan" in capsys.readouterr().out
