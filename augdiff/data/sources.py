@@ -138,7 +138,8 @@ def _decode(data: bytes | str, name: str, draft: int | None = None) -> Image.Ima
         if draft and image.format == "JPEG":
             image.draft(image.mode, (draft, draft))
         image.load()
-        if image.format in ("JPEG", "TIFF", "WEBP", "PNG") and image.getexif().get(0x0112, 1) != 1:
+        if ("exif" in image.info or image.format == "TIFF") and \
+                image.getexif().get(0x0112, 1) != 1:  # EXIF orientation
             image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CorruptImageError(name, f"{type(e).__name__}: {e}") from None
@@ -806,7 +807,8 @@ def _check_file(reader: _Reader, name: str, channels: int) -> str | None:
     try:
         data = reader.read(name)
         image = _decode(data, shown, draft=64)
-        to_uint8_image(image, None, channels)
+        if image.mode not in ("RGB", "L"):  # those convert trivially; the others are tried
+            to_uint8_image(image, None, channels)
     except CorruptImageError as e:
         return str(e).split(": ", 1)[-1]
     except (OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
