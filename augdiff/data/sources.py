@@ -13,16 +13,31 @@ Layouts: ``<root>/<split>/<class>/*.{jpg,jpeg,png,...}`` on disk, or the same tr
 zip read in place (the split directory may sit under any prefix, e.g. ``cifar10/train``).
 TFDS datasets go through ``tfds.data_source`` (ArrayRecord), imported lazily.
 
-Conversion: palette/alpha images are composited over white, then converted to ``L`` (1
-channel) or ``RGB`` (3); images of another size are resized so their shorter side equals
-``image_size`` (bicubic, antialiased by PIL when shrinking) and centre-cropped to a square.
+Labels are by class NAME: every split's labels come from :func:`assign_labels` against
+one reference order (the training split's sorted class folders, or a list given, e.g. a
+store's), and a split whose class set differs is an error naming what it lacks and adds.
+Class folder names are validated (:func:`class_name_problem`: no empty, ``.``, ``..``, path
+separators or control characters; a zip member ``train/../x.png`` is an error naming it);
+hidden folders and files (leading dot) and non-image files are ignored and listed by the
+pre-scan. Image files: ``.jpg .jpeg .jpe .jfif .png .bmp .webp .tif .tiff .gif`` (any case).
 
-Corrupt images. Checking 60k files up front would cost a full decode pass, so an image is
-validated when it is read. A corrupt or unreadable file raises :class:`CorruptImageError`
-naming it; with ``skip_corrupt`` it is logged, counted (``num_skipped`` in this process) and
-deterministically replaced by the next readable row of the same class, so the stream length,
-the labels array and every batch stay fixed. Empty classes and empty or missing splits are
-errors at open time.
+Conversion (:func:`to_uint8_image`): the first frame (GIF, TIFF pages), EXIF orientation
+applied; 16-bit and 32-bit integer modes (``I;16*``, ``I``) scaled ``round(x / 257)`` to
+8 bits, float ``F`` by its range; palette images (with or without a transparent index),
+``LA``, ``RGBA`` and anything with transparency composited OVER WHITE (alpha is never just
+dropped); CMYK, ``1``, YCbCr by Pillow's conversion; then ``L`` (1 channel) or ``RGB`` (3).
+Images of another size are resized so their shorter side equals ``image_size`` (bicubic,
+antialiased by PIL when shrinking) and centre-cropped to a square.
+
+Corrupt images. :func:`prescan` reads and decodes every file of the splits a run uses
+before anything compiles (training calls it first) and reports every problem at once, each
+with its fix (``data.skip_corrupt=True``, ``data.per_class=0``, ...). With ``skip_corrupt``
+the unreadable files it found are left out of the sources (``skip=``) and counted in the run
+record (``skipped_images``). A file that fails only later, at read time, raises
+:class:`CorruptImageError` naming it; with ``skip_corrupt`` it is logged, counted
+(``num_skipped``) and replaced by the next readable row of the same class for TRAINING
+batches only; :meth:`RealSource.image` (what generation reads parents with) never
+substitutes. Empty classes and empty or missing splits are errors at open time.
 
 Zip handles are opened lazily in each process and dropped when pickled, so sources can be
 shipped to grain worker processes.
