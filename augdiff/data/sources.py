@@ -150,7 +150,7 @@ def _decode(data: bytes | str, name: str, draft: int | None = None) -> Image.Ima
         image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
-        if draft and image.format == "JPEG":
+        if draft and image.format == "JPEG" and min(image.size) >= 2 * draft:
             image.draft(image.mode, (draft, draft))
         image.load()
         if ("exif" in image.info or image.format == "TIFF") and \

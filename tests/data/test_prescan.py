@@ -330,3 +330,17 @@ def test_training_data_skips_and_records_unreadable_images(tmp_path, capsys):
     assert len(real) == 10 and len(test) == 3
     assert not any(real.name_of(i).endswith("trunc.jpg") for i in range(len(real)))
     assert "data pre-scan" in capsys.readouterr().out
+
+
+def test_large_truncated_jpeg_caught_at_reduced_scale(tmp_path):
+    """The scan decodes big JPEGs at a reduced DCT scale; truncation is still caught."""
+    d = tmp_path / "r" / "train" / "a"
+    d.mkdir(parents=True)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), np.uint8)).save(
+        buf, "JPEG")
+    (d / "big.jpg").write_bytes(buf.getvalue())
+    (d / "cut.jpg").write_bytes(buf.getvalue()[:-300])
+    report = prescan(_cfg(tmp_path / "r"), ["train"], progress=False)
+    assert report.counts["train"] == {"a": 1}
+    assert [n.rsplit("/", 1)[-1] for n, _ in report.unreadable["train"]] == ["cut.jpg"]
