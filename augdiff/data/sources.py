@@ -865,8 +865,8 @@ def prescan(data_cfg: Any, splits: Sequence[str] | None = None, *,
     for split, listing in listings.items():
         report.problems += [f"{b}: rename it or remove it" for b in listing.bad_names]
         for cls in listing.empty:
-            report.problems.append(f"{split} split of {listing.where}: class {cls!r} has no "
-                                   "images: add images or remove the folder")
+            report.problems.append(f"{split} split of {listing.where}: empty class {cls!r} "
+                                   "(no images): add images or remove the folder")
         if train_names is not None and split != train_split:
             try:
                 assign_labels(listing.entries, train_names, where=listing.where, split=split,

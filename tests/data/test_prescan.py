@@ -111,7 +111,7 @@ def test_odd_folder_prescan_reports_every_problem_at_once(tmp_path, as_zip):
         report.check()
     msg = str(info.value)
     # all of them, in one error
-    assert "class 'zebra' has no images" in msg
+    assert "empty class 'zebra' (no images)" in msg
     assert "trunc.jpg" in msg and "data.skip_corrupt=True" in msg
     assert "test split" in msg and "lacks class 'fish'" in msg
     assert msg.count("\n  - ") == len(report.problems) == 3
