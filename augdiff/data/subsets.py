@@ -14,6 +14,8 @@ are returned sorted, so a subset is the same whatever order the classes were lis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -37,31 +39,50 @@ def _class_rows(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
     return [np.flatnonzero(labels == c) for c in range(num_classes)]
 
 
-def subset_by_counts(labels: np.ndarray, counts: np.ndarray, seed: int) -> np.ndarray:
-    """Sorted row indices holding ``counts[c]`` rows of class ``c``, chosen uniformly from ``seed``.
-
-    Class ``c`` draws from its own stream ``default_rng([seed, c])``, so the rows picked for a
-    class do not depend on the other classes' counts.
-    """
-    counts = np.asarray(counts, np.int64)
+def shortfalls(labels: np.ndarray, counts: np.ndarray,
+               class_names: Sequence[str] | None = None) -> list[str]:
+    """One line per class with fewer images than ``counts`` asks for (naming the class and
+    the flags that fix it); empty when every class has enough."""
     out = []
     for c, rows in enumerate(_class_rows(labels, len(counts))):
         n = int(counts[c])
         if n > len(rows):
-            raise ValueError(f"subset: class {c} has {len(rows)} images, {n} requested")
+            name = f"{class_names[c]!r} ({c})" if class_names is not None else str(c)
+            out.append(f"subset: class {name} has {len(rows)} images, {n} requested; lower "
+                       "data.per_class, or set data.per_class=0 to use every image")
+    return out
+
+
+def subset_by_counts(labels: np.ndarray, counts: np.ndarray, seed: int,
+                     class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Sorted row indices holding ``counts[c]`` rows of class ``c``, chosen uniformly from ``seed``.
+
+    Class ``c`` draws from its own stream ``default_rng([seed, c])``, so the rows picked for a
+    class do not depend on the other classes' counts. A class with too few images is a
+    ``ValueError`` naming it (``class_names``) and ``data.per_class=0``.
+    """
+    counts = np.asarray(counts, np.int64)
+    short = shortfalls(labels, counts, class_names)
+    if short:
+        raise ValueError(short[0] + (f" (and {len(short) - 1} more classes)"
+                                     if len(short) > 1 else ""))
+    out = []
+    for c, rows in enumerate(_class_rows(labels, len(counts))):
+        n = int(counts[c])
         perm = np.random.default_rng([int(seed), c]).permutation(len(rows))
         out.append(rows[perm[:n]])
     return np.sort(np.concatenate(out)) if out else np.zeros((0,), np.int64)
 
 
 def per_class_subset(
-    labels: np.ndarray, per_class: int, seed: int, num_classes: int | None = None
+    labels: np.ndarray, per_class: int, seed: int, num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """``per_class`` rows of every class (few-shot / low-data regimes)."""
     if per_class <= 0:
         raise ValueError(f"per_class must be > 0, got {per_class}")
     num_classes = int(np.max(labels)) + 1 if num_classes is None else num_classes
-    return subset_by_counts(labels, np.full(num_classes, per_class), seed)
+    return subset_by_counts(labels, np.full(num_classes, per_class), seed, class_names)
 
 
 def long_tailed_subset(
@@ -70,12 +91,14 @@ def long_tailed_subset(
     seed: int,
     n_max: int | None = None,
     num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Rows following the exponential LT profile; ``n_max`` defaults to the smallest class size."""
     num_classes = int(np.max(labels)) + 1 if num_classes is None else num_classes
     sizes = np.array([len(r) for r in _class_rows(labels, num_classes)])
     n_max = int(sizes.min()) if n_max is None or n_max <= 0 else int(n_max)
-    return subset_by_counts(labels, long_tailed_counts(n_max, num_classes, imbalance_factor), seed)
+    return subset_by_counts(labels, long_tailed_counts(n_max, num_classes, imbalance_factor), seed,
+                            class_names)
 
 
 def select_subset(
@@ -85,6 +108,7 @@ def select_subset(
     imbalance_factor: float = 1.0,
     seed: int = 0,
     num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> np.ndarray | None:
     """The rows a data config asks for, or ``None`` for "all rows".
 
@@ -96,5 +120,16 @@ def select_subset(
             raise ValueError(f"imbalance_factor must be >= 1, got {imbalance_factor}")
         if not per_class:
             return None
-        return per_class_subset(labels, per_class, seed, num_classes)
-    return long_tailed_subset(labels, imbalance_factor, seed, per_class or None, num_classes)
+        return per_class_subset(labels, per_class, seed, num_classes, class_names)
+    return long_tailed_subset(labels, imbalance_factor, seed, per_class or None, num_classes,
+                              class_names)
+
+
+def requested_counts(labels: np.ndarray, *, per_class: int = 0, imbalance_factor: float = 1.0,
+                     num_classes: int) -> np.ndarray | None:
+    """What :func:`select_subset` would ask of each class (None: all rows)."""
+    if imbalance_factor is None or imbalance_factor <= 1.0:
+        return np.full(num_classes, per_class, np.int64) if per_class else None
+    sizes = np.array([len(r) for r in _class_rows(labels, num_classes)])
+    n_max = int(per_class) if per_class and per_class > 0 else int(sizes.min())
+    return long_tailed_counts(max(n_max, 1), num_classes, imbalance_factor)

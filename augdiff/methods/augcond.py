@@ -527,8 +527,8 @@ def generate(config: Any) -> dict[str, Any]:
             keys = example_keys(base, [it["example"] for it in batch])
             parents = np.array([it["parent"] for it in batch])
             partners = same_class_partners(keys, parents, labels) if aug.needs_partner else parents
-            x1 = to_signed_rgb(np.stack([real[int(r)]["image"] for r in parents]))
-            x2 = to_signed_rgb(np.stack([real[int(r)]["image"] for r in partners]))
+            x1 = to_signed_rgb(np.stack([real.image(int(r)) for r in parents]))
+            x2 = to_signed_rgb(np.stack([real.image(int(r)) for r in partners]))
             embeds, info = augmented_embeddings(
                 components, params, aug, keys, x1, x2 if aug.needs_partner else None, mesh=mesh
             )

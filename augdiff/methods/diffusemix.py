@@ -200,7 +200,7 @@ def _generate_hybrids(
             if not keep:
                 continue
             part, provs = part[keep], [provs[k] for k in keep]
-            original = np.stack([real[int(p["parent"])]["image"] for p in provs])
+            original = np.stack([real.image(int(p["parent"])) for p in provs])  # never substituted
             if edits is not None:
                 recs = [edits[int(r)] for r in part]
                 generated = np.stack([r["image"] for r in recs])

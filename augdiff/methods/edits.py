@@ -249,7 +249,7 @@ def generate_edits(
             model=model_id, shard_size=shard_size)) if keep_full else None
         filtered = FilterLog(edits_dir, writer.process_index)
         for batch in pending_batches(writer, mine, bs, desc="diffusemix edits", skip=filtered):
-            parents = np.stack([real[it["parent"]]["image"] for it in batch])
+            parents = np.stack([real.image(it["parent"]) for it in batch])  # never substituted
             j = np.asarray([it["prompt_index"] for it in batch])
             keys = example_keys(edit_key, [it["example"] for it in batch])
             # Pad to a fixed batch (one compilation); per-row keys make rows independent.
@@ -350,7 +350,7 @@ def generate_edits_edm(
                      shard_size=int(dm.get("shard_size", 256))) as writer:
         filtered = FilterLog(edits_dir, writer.process_index)
         for batch in pending_batches(writer, mine, bs, desc="edm edits", skip=filtered):
-            parents = np.stack([real[it["parent"]]["image"] for it in batch])
+            parents = np.stack([real.image(it["parent"]) for it in batch])  # never substituted
             labels = np.asarray([int(real.labels[it["parent"]]) for it in batch], np.int32)
             j = np.asarray([it["prompt_index"] for it in batch])
             keys = example_keys(edit_key, [it["example"] for it in batch])

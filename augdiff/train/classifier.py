@@ -39,7 +39,7 @@ from augdiff.data import augment as A
 from augdiff.data import schedules
 from augdiff.data.loader import MixedLoader
 from augdiff.data.online import online_config, online_rows
-from augdiff.data.sources import open_real_source
+from augdiff.data.sources import open_real_source, prescan
 from augdiff.data.store import SyntheticStore
 from augdiff.files import write_json
 from augdiff.models.classifiers import get_classifier, param_count
@@ -373,8 +373,16 @@ def _open_data(config: ml_collections.ConfigDict):
     data = config.data
     # Subsets (per_class, imbalance_factor) shape the training split only; the test split is
     # always complete.
-    real = open_real_source(data, data.get("train_split", "train"), subset=True)
-    test = open_real_source(data, data.get("test_split", "test"), subset=False)
+    # The pre-scan reads every file before anything compiles and reports every problem at
+    # once; unreadable files it found are left out (data.skip_corrupt) and counted.
+    train_split, test_split = data.get("train_split", "train"), data.get("test_split", "test")
+    scan = prescan(data, [train_split, test_split],
+                   progress=bool(config.get("progress", True)) and jax.process_index() == 0)
+    if jax.process_index() == 0:
+        print("\n".join(scan.lines()), flush=True)
+    scan.check()
+    real = open_real_source(data, train_split, subset=True, skip=scan.skipped(train_split))
+    test = open_real_source(data, test_split, subset=False, skip=scan.skipped(test_split))
     synthetic = None
     syn_cfg = config.get("synthetic", None)
     schedule: Any = 0.0
@@ -415,7 +423,7 @@ def _open_data(config: ml_collections.ConfigDict):
         process_count=jax.process_count(),
         synthetic_weight=None if label_weight == 1.0 else label_weight,
     )
-    return real, test, synthetic, loader, steps_per_epoch
+    return real, test, synthetic, loader, steps_per_epoch, scan.skipped_images()
 
 
 def epoch_steps(num_real: int, num_synthetic: int, batch_size: int, *, fixed: int = 0) -> int:
@@ -524,7 +532,7 @@ def train_and_evaluate(
     eval_bs = int(config.get("eval_batch_size", 0) or config.batch_size)
     eval_bs = -(-eval_bs // n_shards) * n_shards
 
-    real, test, synthetic, loader, steps_per_epoch = _open_data(config)
+    real, test, synthetic, loader, steps_per_epoch, skipped_images = _open_data(config)
     # config.online: a transform on device; synthetic.online: rows made on device.
     transform, generator = _online_sources(config, real, synthetic, mesh, online)
     train_keys = TRAIN_KEYS + (tuple(transform.extra_keys) if transform is not None else ())
@@ -581,7 +589,8 @@ def train_and_evaluate(
     meta = {"num_params": param_count(state.params), "num_classes": num_classes,
             "steps_per_epoch": steps_per_epoch, "train_examples": len(real),
             "test_examples": len(test),
-            "synthetic_examples": len(synthetic) if synthetic is not None else 0}
+            "synthetic_examples": len(synthetic) if synthetic is not None else 0,
+            "skipped_images": skipped_images}
     eval_cache: dict | None = {} if config.get("eval_cache", True) else None
     pending: list[tuple[int, dict[str, jax.Array]]] = []  # device metrics not yet fetched
     last_good = latest
