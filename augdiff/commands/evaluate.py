@@ -8,9 +8,11 @@ import sys
 import jax
 import ml_collections
 
+from augdiff.files import locked
 from augdiff.metrics.evaluate import evaluate_store, summary_lines
 
 
+@locked(lambda config: config.get("workdir"))
 def main(config: ml_collections.ConfigDict) -> int:
     try:
         result = evaluate_store(config)

@@ -15,6 +15,7 @@ import sys
 
 from augdiff.data.sources import open_real_source
 from augdiff.data.store import export_store
+from augdiff.files import writer_lock
 
 
 def class_names_of(data: str) -> list[str] | None:
@@ -32,7 +33,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--table", default="csv", choices=("csv", "jsonl"))
     a = p.parse_args(argv)
     try:
-        out = export_store(a.store, a.out, class_names=class_names_of(a.data), table=a.table)
+        with writer_lock(a.out):
+            out = export_store(a.store, a.out, class_names=class_names_of(a.data), table=a.table)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"augdiff export: error: {e}", file=sys.stderr)
         return 2

@@ -16,8 +16,10 @@ import ml_collections
 
 from augdiff.config import ConfigError
 from augdiff.edm.train import NonFiniteLossError, train
+from augdiff.files import locked
 
 
+@locked(lambda config: config.get("workdir"))
 def main(config: ml_collections.ConfigDict) -> int:
     try:
         last = train(config)
