@@ -71,8 +71,8 @@ def _truncate(path):
 
 
 @pytest.mark.parametrize("damage, target", [
-    (_flip3, "data"), (_truncate, "data"), (_truncate, "state/_METADATA"),
-], ids=["3-bytes-flipped", "data-truncated", "metadata-truncated"])
+    (_flip3, "data"), (_truncate, "data"), (_truncate, "state/_METADATA"), (os.remove, "data"),
+], ids=["3-bytes-flipped", "data-truncated", "metadata-truncated", "data-deleted"])
 def test_corrupt_latest_falls_back_to_previous_step_naming_the_file(two_steps, damage, target,
                                                                      capsys):
     path = _data_file(two_steps / "2") if target == "data" else str(two_steps / "2" / target)
