@@ -112,9 +112,28 @@ def writer_lock(folder: str | os.PathLike, command: str | None = None,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
+        _HELD.add(fd)
         yield path
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # releases the lock (the file stays: holding it is what counts)
+
+
+# A forked child (data-loader workers) must not keep the lock alive after its parent is killed:
+# it drops its copies of the held descriptors (the parent's copy keeps the lock).
+_HELD: set[int] = set()
+
+
+def _drop_held_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_in_child)
 
 
 def locked(folder_of: Callable[[Any], Any]) -> Callable[[_Main], _Main]:

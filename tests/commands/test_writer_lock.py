@@ -125,3 +125,33 @@ def test_cli_prints_the_lock_failure_as_one_line(held, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "\n" not in err
     assert err.startswith("augdiff train: WorkdirLockedError: ") and f"pid {pid}" in err
+
+
+def test_a_forked_child_does_not_keep_the_lock_after_its_parent_dies(tmp_path):
+    """A loader worker forked while the lock is held must not hold it once the holder is
+    killed (the child sleeps on; the lock is free)."""
+    snippet = """
+import os, sys, time
+from augdiff.files import writer_lock
+with writer_lock(sys.argv[1], "parent", process=(0, 1)):
+    child = os.fork()
+    if child == 0:
+        time.sleep(600)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(600)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", snippet, str(tmp_path)],
+                            env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE,
+                            text=True)
+    child = int(proc.stdout.readline())
+    try:
+        with pytest.raises(WorkdirLockedError, match=f"pid {proc.pid}: parent"):
+            with writer_lock(tmp_path, process=(0, 1)):
+                pass
+        proc.kill()
+        proc.wait()
+        with writer_lock(tmp_path, process=(0, 1)):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
