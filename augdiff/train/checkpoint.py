@@ -177,7 +177,8 @@ class Checkpointer:
             self._verified[step] = verify_step(self.step_dir(step))
             if not self._verified[step]:
                 _say(f"warning: checkpoint {self.step_dir(step)} has no {CHECKSUM_FILE} "
-                     "(written by an older augdiff): restoring it unverified")
+                     "(written by an older augdiff, or killed before its checksum): restoring "
+                     "it unverified")
         return self._verified[step]
 
     def latest_step(self) -> int | None:
