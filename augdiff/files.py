@@ -136,6 +136,11 @@ def _drop_held_in_child() -> None:
 os.register_at_fork(after_in_child=_drop_held_in_child)
 
 
+def workdir_of(config: Any) -> str:
+    """``config.workdir`` ('' when unset): the folder most writing commands lock."""
+    return str(config.get("workdir", "") or "")
+
+
 def locked(folder_of: Callable[[Any], Any]) -> Callable[[_Main], _Main]:
     """Decorate a command's ``main(config)`` to run under :func:`writer_lock` of
     ``folder_of(config)`` (the folder it writes: workdir, store), taken before any work. An
