@@ -8,9 +8,11 @@ import sys
 import jax
 import ml_collections
 
+from augdiff.files import locked, workdir_of
 from augdiff.metrics.evaluate import evaluate_store, summary_lines
 
 
+@locked(workdir_of)
 def main(config: ml_collections.ConfigDict) -> int:
     try:
         result = evaluate_store(config)

@@ -46,6 +46,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from augdiff.data.sources import open_real_source
+from augdiff.files import writer_lock
 from augdiff.data.store import (
     PROVENANCE_COLUMNS,
     StoreError,
@@ -437,9 +438,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the contents of a non-empty --out")
     a = p.parse_args(argv)
+    out_dir = os.path.abspath(a.out)
     try:
-        out = export(a.store, a.out, fmt=a.format, data=a.data, table=a.table,
-                     shard_size=a.shard_size, overwrite=a.overwrite)
+        # One writer per destination: the lock lies beside --out (whose contents are replaced
+        # by a rename, and which must stay empty of anything but the export).
+        with writer_lock(os.path.dirname(out_dir), command="augdiff export",
+                         name=f".{os.path.basename(out_dir)}.export-lock"):
+            out = export(a.store, a.out, fmt=a.format, data=a.data, table=a.table,
+                         shard_size=a.shard_size, overwrite=a.overwrite)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"augdiff export: error: {e}", file=sys.stderr)
         return 1

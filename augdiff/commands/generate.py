@@ -16,9 +16,11 @@ import sys
 from typing import Any
 
 from augdiff.config import ConfigError
+from augdiff.files import locked, workdir_of
 from augdiff.methods.registry import get_method
 
 
+@locked(workdir_of)
 def main(config: Any) -> int:
     try:
         module = get_method(config.get("method", None))

@@ -17,9 +17,11 @@ import ml_collections
 
 from augdiff.config import ConfigError
 from augdiff.data.store import StoreError
+from augdiff.files import locked, workdir_of
 from augdiff.pipeline.run import run_experiment
 
 
+@locked(workdir_of)
 def main(config: ml_collections.ConfigDict) -> int:
     def log(msg: str) -> None:
         if jax.process_index() == 0:

@@ -10,14 +10,23 @@ them); resumable: examples already in the store are skipped.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import ml_collections
 
 from augdiff.config import ConfigError
 from augdiff.edm.sampling import sample_to_store
+from augdiff.files import locked
 
 
+def store_of(config: ml_collections.ConfigDict) -> str:
+    """The store ``sample`` writes (``sample.store``, default ``<workdir>/store``): its lock."""
+    store = str(config.get("sample", {}).get("store", "") or "")
+    return store or (os.path.join(str(config.workdir), "store") if config.get("workdir") else "")
+
+
+@locked(store_of)
 def main(config: ml_collections.ConfigDict) -> int:
     try:
         summary = sample_to_store(config)

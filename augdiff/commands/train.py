@@ -12,10 +12,12 @@ import sys
 import ml_collections
 
 from augdiff.config import ConfigError, require
+from augdiff.files import locked, workdir_of
 from augdiff.methods import online
 from augdiff.train.classifier import NonFiniteLossError, train_and_evaluate
 
 
+@locked(workdir_of)
 def main(config: ml_collections.ConfigDict) -> int:
     try:
         require(config, "workdir", "model.name", "batch_size", "epochs")

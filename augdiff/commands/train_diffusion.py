@@ -16,8 +16,10 @@ import ml_collections
 
 from augdiff.config import ConfigError
 from augdiff.edm.train import NonFiniteLossError, train
+from augdiff.files import locked, workdir_of
 
 
+@locked(workdir_of)
 def main(config: ml_collections.ConfigDict) -> int:
     try:
         last = train(config)

@@ -22,19 +22,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from augdiff.edm.model import checkpoint_extras
 from augdiff.train.checkpoint import Checkpointer
-
-
-def _raw_state(directory: str, step: int) -> dict[str, Any]:
-    item = os.path.join(directory, str(int(step)), "state")
-    ckptr = ocp.PyTreeCheckpointer()
-    meta = ckptr.metadata(item).item_metadata.tree
-    args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta,
-                                  is_leaf=lambda x: not isinstance(x, dict | list | tuple))
-    return ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=args))
 
 
 def export_generator(workdir: str, out_dir: str, *, step: int | None = None,
@@ -51,9 +41,9 @@ def export_generator(workdir: str, out_dir: str, *, step: int | None = None,
         if step is None:
             raise FileNotFoundError(f"export_generator: no checkpoint in {src.directory}")
         extras = checkpoint_extras(src, step)
+        raw = src.restore_host(step)
     finally:
         src.close()
-    raw = _raw_state(os.path.join(workdir, "checkpoints"), step)
     np_dtype = {"float16": np.float16, "float32": np.float32}.get(dtype)
     if np_dtype is None:
         np_dtype = jnp.bfloat16

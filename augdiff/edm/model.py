@@ -253,18 +253,11 @@ def restore_ema(ckpt: Any, step: int, like: Any) -> Any:
     possibly stored in float16, :func:`augdiff.edm.assets.export_generator`) load through
     this one function.
     """
-    import orbax.checkpoint as ocp
-
     item = os.path.join(ckpt.directory, str(int(step)), "state")
-    if not os.path.isdir(item):
-        raise FileNotFoundError(f"no 'state' item in checkpoint {item!r}")
-    ckptr = ocp.PyTreeCheckpointer()
-    meta = ckptr.metadata(item).item_metadata.tree
-    if "ema" not in meta:
-        raise ValueError(f"checkpoint {item!r} holds no EMA parameters (keys: {sorted(meta)})")
-    args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta,
-                                  is_leaf=lambda x: not isinstance(x, dict | list | tuple))
-    raw = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=args))["ema"]
+    tree = ckpt.restore_host(int(step))
+    if "ema" not in tree:
+        raise ValueError(f"checkpoint {item!r} holds no EMA parameters (keys: {sorted(tree)})")
+    raw = tree["ema"]
     got = jax.tree_util.tree_structure(raw)
     want = jax.tree_util.tree_structure(like)
     shapes_ok = got == want and all(

@@ -618,10 +618,10 @@ def train_and_evaluate(
         extras = {"loader": loader.get_state(), "history": history,
                   "epoch_losses": epoch_losses, "epoch_top1": epoch_top1,
                   "epoch_share": epoch_share, "meta": meta, "config": to_dict(config)}
+        if generator is not None:  # spilled rows up to here are on disk before the checkpoint
+            generator.flush_spill()  # that covers them (re-spilled keys are de-duplicated)
         ckpt.save(step, state, extras)
         last_good = step
-        if generator is not None:  # spilled rows up to here are committed with the checkpoint
-            generator.flush_spill()
 
     def summary() -> dict[str, Any]:
         out: dict[str, Any] = {"epochs": history, **meta}

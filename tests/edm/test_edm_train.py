@@ -344,6 +344,7 @@ def test_resume_of_a_pre_loss_reduction_checkpoint_is_refused_by_train(resumed_r
     extras = json.load(open(meta))
     del extras["config"]["train"]["loss_reduction"]
     json.dump(extras, open(meta, "w"))
+    os.remove(os.path.join(ck, str(last), "augdiff_checksum.json"))  # older augdiffs wrote none
     config = tiny_config(repo_root, killed.data.path, work)
     assert config.train.loss_reduction == "sum"
     with pytest.raises(ConfigError, match=r"train\.loss_reduction = 'mean'"):

@@ -372,3 +372,33 @@ def test_online_config_without_a_builder_is_a_one_line_error():
         classifier._online_sources(cfg, None, None, None, None)
     none = ml_collections.ConfigDict({"online": {"kind": "none"}})
     assert classifier._online_sources(none, None, None, None, None) == (None, None)
+
+
+@pytest.mark.slow
+def test_spill_survives_a_kill_right_after_a_checkpoint(online_setup, tmp_path, monkeypatch):
+    """The spill is flushed before the checkpoint that covers it: a crash the moment the step-4
+    checkpoint is on disk (before anything else runs; the spill's unflushed rows are dropped
+    like a kill's), then a resume from it, leaves every spilled row of 6 steps in the store."""
+    from augdiff.data.store import SyntheticStore
+    from augdiff.methods.online import build
+    from augdiff.train.classifier import train_and_evaluate
+
+    real_save = Checkpointer.save
+
+    def save_then_die(self, step, *a, **k):
+        out = real_save(self, step, *a, **k)
+        if step == 4:
+            raise _Crash(step)
+        return out
+
+    cfg = _train_config(online_setup, tmp_path / "wd")
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(_Crash):
+        train_and_evaluate(cfg, online=build)
+    monkeypatch.undo()
+    assert Checkpointer(tmp_path / "wd" / "checkpoints").latest_step() == 4
+    train_and_evaluate(cfg, online=build)
+    st = SyntheticStore(str(tmp_path / "wd" / "online_store"))
+    keys = [st.provenance(i)["key"] for i in range(len(st))]
+    # rows g = s*8 + j (6 steps of 8 synthetic rows) with g % 5 == 0, each once
+    assert len(keys) == len(set(keys)) == len([g for g in range(6 * 8) if g % 5 == 0])
