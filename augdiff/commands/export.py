@@ -1,11 +1,11 @@
-"""``augdiff export``: a synthetic store as an image folder plus a provenance table.
+"""augdiff export: a synthetic store as an image folder plus a provenance table.
 
     augdiff export --store STORE --out DIR [--data PATH] [--table csv|jsonl]
 
-Writes ``DIR/<class>/<key>.png`` and ``DIR/provenance.csv`` (one row per key: key, label,
-class, source, path, method, model, parent image, prompt, seed, guidance, λ / mask fields and
-the full provenance as JSON); ``--data`` (an image folder / zip, e.g. the real dataset) names
-the class folders, else they are ``class_<id>``. Thin over :func:`augdiff.data.store.export_store`.
+Writes DIR/<class>/<key>.png and DIR/provenance.csv (one row per key: key, label, class,
+source, path, method, model, parent image, prompt, seed, guidance, λ / mask fields and the
+full provenance as JSON); --data (an image folder / zip, e.g. the real dataset) names the
+class folders, else they are class_<id>. Thin over augdiff.data.store.export_store.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def class_names_of(data: str) -> list[str] | None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="augdiff export", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="augdiff export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, help="synthetic store directory")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--data", default="", help="image folder / zip whose class names to use")

@@ -1,10 +1,10 @@
-"""``augdiff inspect``: what a synthetic store holds and where its writer stands.
+"""augdiff inspect: what a synthetic store holds and where its writer stands.
 
     augdiff inspect --store STORE [--data PATH] [--json]
 
-Counts per class and per source, methods, models (``tiny-random`` test weights flagged),
+Counts per class and per source, methods, models (tiny-random test weights flagged),
 filtered images (manifest counters) and the resume state (complete shards, unfinished files
-of a killed writer). Thin over :func:`augdiff.data.store.inspect_store`.
+of a killed writer). Thin over augdiff.data.store.inspect_store.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from augdiff.data.store import format_inspection, inspect_store
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="augdiff inspect", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="augdiff inspect", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, help="synthetic store directory")
     p.add_argument("--data", default="", help="image folder / zip whose class names to use")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
