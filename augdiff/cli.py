@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     rest = argv[2:]
-    module = importlib.import_module(COMMANDS[name])
     if name in PLAIN_COMMANDS:
+        module = importlib.import_module(COMMANDS[name])
         try:
             return int(module.main(rest) or 0)
         except SystemExit as e:  # argparse: --help (0) or a bad flag (2)
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if wants_help:
         try:
-            print(command_help(name, module.__doc__, spec, overrides))
+            doc = importlib.import_module(COMMANDS[name]).__doc__
+            print(command_help(name, doc, spec, overrides))
         except ConfigError as e:
             print(f"augdiff {name}: config error: {e}", file=sys.stderr)
             return 2
@@ -130,14 +131,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{name} --help)", file=sys.stderr)
         return 2
 
-    runtime = importlib.import_module(RUNTIME)
-    runtime.initialize_distributed()
-    try:
+    try:  # before the runtime starts: a bad config fails in a second, naming the field
         config = load_config(spec, overrides)
         validate(config)
     except ConfigError as e:
         print(f"augdiff {name}: config error: {e}", file=sys.stderr)
         return 2
+    module = importlib.import_module(COMMANDS[name])
+    runtime = importlib.import_module(RUNTIME)
+    runtime.initialize_distributed()
     runtime.enable_compilation_cache()
     try:
         return int(module.main(config) or 0)

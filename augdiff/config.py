@@ -477,11 +477,25 @@ def _number(value: Any) -> float | None:
         return None
 
 
+# The sections of an ``augdiff run`` config that name a stage's own config and its overrides.
+STAGE_SECTIONS = ("generator", "classifier", "evaluate")
+
+
 def validate(config: ml_collections.ConfigDict, *, where: str = "") -> None:
     """Check every field of :data:`RANGES` the config has, and the pairs that bound each
     other (``edm.sigma_min < edm.sigma_max``, ``lam_min <= lam_max``); the first bad one is a
-    one-line :class:`ConfigError` naming the field, its value and the allowed range."""
+    one-line :class:`ConfigError` naming the field, its value and the allowed range.
+
+    An ``augdiff run`` config's stage configs (:data:`STAGE_SECTIONS`: ``config`` plus
+    ``overrides``) are derived and checked too, so a bad override fails before the first stage.
+    """
     prefix = f"{where}: " if where else ""
+    for section in STAGE_SECTIONS:
+        found, sec = _lookup(config, section)
+        if (found and isinstance(sec, ml_collections.ConfigDict) and "overrides" in sec
+                and str(sec.get("config", "") or "")):
+            derive(config, str(sec.config), sec.overrides,
+                   workdir=str(config.get("workdir", "") or ""), where=f"{section}.overrides")
     for field, rng in RANGES.items():
         found, value = _lookup(config, field)
         if not found:
