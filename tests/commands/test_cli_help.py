@@ -32,9 +32,9 @@ FLAGS = {
     "compile": ["--config", "--topology", "--stage", "--only", "--batch", "--json", "--md"],
     "config": ["show", "--json", "--config.FIELD=VALUE"],
 }
-# reStructuredText that must not reach a terminal.
+# reStructuredText that must not reach a terminal (no backtick at all).
 RST = [re.compile(r"``"), re.compile(r":(func|mod|class|data|meth|attr):`"),
-       re.compile(r"::\s*$", re.MULTILINE)]
+       re.compile(r"::\s*$", re.MULTILINE), re.compile(r"`")]
 
 
 @pytest.fixture(autouse=True)
