@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import textwrap
 
 from augdiff.commands import plain_text
 from augdiff.config import (
@@ -187,6 +188,23 @@ def command_help(name: str, doc: str | None, spec: str | None, overrides: list[s
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _wrap(text: str, indent: str, width: int = 96) -> list[str]:
+    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + "  ",
+                         break_on_hyphens=False) or [indent]
+
+
+def _variants(path: str) -> str:
+    """The variants of a config: as its get_config lists them, else its docstring's
+    paragraph that starts with "Variants"."""
+    listed = config_variants(path)
+    if not listed.startswith("see the config's docstring"):
+        return listed
+    for para in plain_text(config_docstring(path)).split("\n\n"):
+        if para.lstrip().startswith("Variants"):
+            return " ".join(para.split()).removeprefix("Variants").lstrip(" :")
+    return listed
+
+
 def _summary(path: str) -> str:
     """The first paragraph of a config's docstring, on one line."""
     doc = plain_text(config_docstring(path)).strip()
@@ -196,8 +214,8 @@ def _summary(path: str) -> str:
 def configs_for(name: str) -> list[str]:
     """The shipped configs whose fields the command ``name`` needs, with their variants."""
     wanted = CONFIG_FIELDS[name]
-    out = [f"shipped configs for augdiff {name} (pass one as --config configs/NAME.py"
-           "[:variant]; augdiff " + name + " --help --config C lists C's fields):"]
+    out = _wrap(f"shipped configs for augdiff {name} (pass one as --config configs/NAME.py"
+                f"[:variant]; augdiff {name} --help --config C lists C's fields):", "")
     for spec in shipped_configs():
         try:
             cfg = load_config(spec)
@@ -205,8 +223,8 @@ def configs_for(name: str) -> list[str]:
             continue
         if not all(k in cfg for k in wanted):
             continue
-        out += [f"  {spec}", f"      {_summary(spec)}",
-                f"      variants: {config_variants(spec)}"]
+        out += [f"  {spec}", *_wrap(_summary(spec), " " * 6),
+                *_wrap(f"variants: {_variants(spec)}", " " * 6)]
     return out
 
 
@@ -215,8 +233,8 @@ def config_fields(spec: str, overrides: list[str]) -> list[str]:
     cfg = load_config(spec, overrides)
     path = spec.partition(":")[0]
     given = " with the overrides given" if overrides else ""
-    out = [f"config {spec}: {_summary(path)}",
-           f"  variants: {config_variants(path)}", "",
+    out = [*_wrap(f"config {spec}: {_summary(path)}", ""),
+           *_wrap(f"variants: {_variants(path)}", "  "), "",
            f"fields of {spec}{given} (set any with --config.FIELD=VALUE):"]
     out += [f"  {field} = {value!r}" for field, value in flat_fields(cfg)]
     return out
