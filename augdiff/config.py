@@ -9,6 +9,11 @@ overrides go through ml_collections' own flag parser on a locked config.
 
 Config files are Python: loading one runs its code, as with any ml_collections config.
 
+Value ranges (:func:`validate`, the table :data:`RANGES`) are checked once a config is loaded,
+before any data is read or program compiled; ``--help`` reads a config's docstring, variants
+and fields from the config itself (:func:`config_docstring`, :func:`config_variants`,
+:func:`flat_fields`).
+
 Derived configs (:func:`derive`): a stage of an experiment loads its own command config by
 spec, copies the experiment's shared fields into it and applies the section's overrides.
 """
@@ -314,7 +319,7 @@ class Range:
 
 
 POSITIVE = Range(lambda v: v > 0, "> 0")
-NON_NEGATIVE = Range(lambda v: v >= 0, ">= 0 (0 = the default / off)")
+NON_NEGATIVE = Range(lambda v: v >= 0, ">= 0")
 AT_LEAST_ONE = Range(lambda v: v >= 1, ">= 1")
 PROBABILITY = Range(lambda v: 0 <= v <= 1, "in [0, 1]")
 OPEN_PROBABILITY = Range(lambda v: 0 <= v < 1, "in [0, 1)")
@@ -498,7 +503,7 @@ def validate(config: ml_collections.ConfigDict, *, where: str = "") -> None:
                    workdir=str(config.get("workdir", "") or ""), where=f"{section}.overrides")
     for field, rng in RANGES.items():
         found, value = _lookup(config, field)
-        if not found:
+        if not found or value is None:  # None: unset, the consumer's default
             continue
         number = _number(value)
         if number is None or math.isnan(number) or not rng.ok(number):
@@ -507,7 +512,7 @@ def validate(config: ml_collections.ConfigDict, *, where: str = "") -> None:
                       ("diffusemix.hybrid.lam_min", "diffusemix.hybrid.lam_max")):
         has_low, lo = _lookup(config, low)
         has_high, hi = _lookup(config, high)
-        if not (has_low and has_high):
+        if not (has_low and has_high) or lo is None or hi is None:
             continue
         if low.endswith("lam_min") and (lo < 0) != (hi < 0):
             raise ConfigError(f"{prefix}{low}={lo!r} and {high}={hi!r}: set both in [0, 1] "
