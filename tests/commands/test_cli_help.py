@@ -194,3 +194,15 @@ def test_config_show_runs_nothing_and_starts_no_jax(repo_root, tmp_path):
     assert "HEAVY []" in p.stdout
     assert f"workdir: {workdir}" in p.stdout
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("command,name", [
+    ("train-diffusion", "casd_cifar10"), ("run", "quickstart"), ("train", "classify_cifar10"),
+])
+def test_help_variants_are_what_get_config_says(command, name, repo_root, capsys):
+    """The variants shown are the list the config's own get_config gives for an unknown one."""
+    with pytest.raises(ValueError) as e:
+        _load_independently(repo_root, name, "__probe__")
+    listed = str(e.value).split("'__probe__'", 1)[1].strip(" ;:")
+    out = _help(capsys, command, "--help")
+    assert " ".join(listed.split()) in " ".join(out.split())
