@@ -10,6 +10,7 @@ calls it. Commands that take their own flags (env, export, inspect, compile, con
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import sys
@@ -17,6 +18,7 @@ import textwrap
 
 from augdiff.commands import plain_text
 from augdiff.config import (
+    PACKAGE_DIR,
     ConfigError,
     config_docstring,
     config_variants,
@@ -121,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if wants_help:
         try:
-            doc = importlib.import_module(COMMANDS[name]).__doc__
-            print(command_help(name, doc, spec, overrides))
+            print(command_help(name, command_docstring(name), spec, overrides))
         except ConfigError as e:
             print(f"augdiff {name}: config error: {e}", file=sys.stderr)
             return 2
@@ -172,6 +173,14 @@ def parse_config_args(args: list[str]) -> tuple[str | None, list[str], list[str]
             other.append(a)
         i += 1
     return spec, overrides, other
+
+
+def command_docstring(name: str) -> str:
+    """The docstring of command ``name``'s module, read from its file (not imported: help
+    starts no JAX)."""
+    path = os.path.join(PACKAGE_DIR, *COMMANDS[name].split(".")[1:]) + ".py"
+    with open(path, encoding="utf-8") as f:
+        return ast.get_docstring(ast.parse(f.read(), path), clean=False) or ""
 
 
 def command_help(name: str, doc: str | None, spec: str | None, overrides: list[str]) -> str:

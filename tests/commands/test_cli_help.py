@@ -206,3 +206,16 @@ def test_help_variants_are_what_get_config_says(command, name, repo_root, capsys
     listed = str(e.value).split("'__probe__'", 1)[1].strip(" ;:")
     out = _help(capsys, command, "--help")
     assert " ".join(listed.split()) in " ".join(out.split())
+
+
+def test_config_command_help_starts_no_jax(repo_root):
+    code = ("import sys; from augdiff.cli import main; "
+            "rc = main(['augdiff', 'train', '--help', '--config', "
+            "'configs/classify_cifar10.py:smoke']); "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax')]; "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    p = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "HEAVY []" in p.stdout and "  epochs = 2" in p.stdout
