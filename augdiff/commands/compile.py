@@ -1,15 +1,15 @@
-"""``augdiff compile``: compile every program of an experiment for a TPU topology, before launch.
+r"""augdiff compile: compile every program of an experiment for a TPU topology, before launch.
 
     augdiff compile --config configs/exp_seed003_diffinv.py --topology v5e:2x4 \
         [--stage generate] [--only NAME] [--batch N] [--json rows.jsonl] [--config.k=v ...]
 
-Needs libtpu (``pip install -e '.[tpu]'``), no TPU: each jitted program the experiment runs is
+Needs libtpu (pip install -e '.[tpu]'), no TPU: each jitted program the experiment runs is
 built at its real size from abstract parameters (no weights), sharded on the topology's mesh
-exactly as a launch shards it (``config.mesh``), compiled by XLA:TPU and measured per chip
-(:mod:`augdiff.aot.compile`). One row per program; a program that does not compile or does not
-fit a chip is also one line on stderr naming it and the bytes, and the exit status is 1.
-``--json`` appends each row as it is measured and skips programs already compiled there
-(resumable; one that failed is tried again).
+exactly as a launch shards it (config.mesh), compiled by XLA:TPU and measured per chip
+(augdiff.aot.compile). One row per program; a program that does not compile or does not fit a
+chip is also one line on stderr naming it and the bytes, and the exit status is 1. --json
+appends each row as it is measured and skips programs already compiled there (resumable; one
+that failed is tried again). --config.FIELD=VALUE overrides a field of the config.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 
 from augdiff.aot import chips
 from augdiff.aot.compile import HEADER, compile_config, markdown_row, one_line, read_rows
-from augdiff.config import ConfigError, load_config
+from augdiff.config import ConfigError, load_config, validate
 from augdiff.files import atomic_write
 
 
@@ -32,7 +32,8 @@ def _host_bounds(text: str) -> tuple[int, int, int] | None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="augdiff compile", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="augdiff compile", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="configs/<name>.py[:variant]")
     p.add_argument("--topology", required=True,
                    help="TPU slice, e.g. v5e:2x4 (v5e-8), v5p:2x2x1 (v5p-8), v6e:2x4, v5e:16x16")
@@ -57,6 +58,7 @@ def main(argv: list[str]) -> int:
     try:
         chips.parse(args.topology)
         config = load_config(args.config, overrides)
+        validate(config)
     except (ConfigError, chips.TopologyError) as e:
         print(f"augdiff compile: {e}", file=sys.stderr)
         return 2

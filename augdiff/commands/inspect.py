@@ -1,14 +1,14 @@
-"""``augdiff inspect``: what a synthetic store holds and where its writer stands.
+"""augdiff inspect: what a synthetic store holds and where its writer stands.
 
     augdiff inspect --store STORE [--data PATH] [--json] [--verify]
 
-Counts per class and per source, methods, models (``tiny-random`` test weights flagged),
+Counts per class and per source, methods, models (tiny-random test weights flagged),
 filtered images (manifest counters) and the resume state (complete shards, unfinished files
-of a killed writer). ``--verify`` reads every record and lists every bad file (a shard
+of a killed writer). --verify reads every record and lists every bad file (a shard
 whose bytes differ from its sidecar's hash, a record that does not read or does not match
 its sidecar, a manifest or sidecar that does not parse) by name; exit 1 if there is one. A
 folder that is not a store, or a corrupt one, is an error (exit 1). Thin over
-:func:`augdiff.data.store.inspect_store` and :func:`augdiff.data.store.verify`.
+augdiff.data.store.inspect_store and augdiff.data.store.verify.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from augdiff.data.store import format_inspection, inspect_store, verify
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="augdiff inspect", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="augdiff inspect", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, help="synthetic store directory")
     p.add_argument("--data", default="", help="image folder / zip whose class names to use")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

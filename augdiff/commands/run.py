@@ -1,4 +1,4 @@
-"""``augdiff run``: every stage of an experiment, resumable, ending in ``workdir/report.md``.
+r"""``augdiff run``: every stage of an experiment, resumable, ending in ``workdir/report.md``.
 
     augdiff run --config configs/quickstart.py[:variant] [--config.workdir=DIR] \
         [--config.rerun=stage,...]

@@ -1,4 +1,4 @@
-"""``augdiff sample``: sample the latest checkpoint of a workdir into a synthetic store.
+r"""``augdiff sample``: sample the latest checkpoint of a workdir into a synthetic store.
 
     augdiff sample --config configs/casd_cifar10.py[:smoke] --config.workdir=DIR \
         --config.num_samples=N [--config.sample.store=STORE] [--config.sample.source_label=0]

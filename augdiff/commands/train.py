@@ -1,4 +1,4 @@
-"""``augdiff train``: train and evaluate a classifier on real (+ synthetic) data.
+r"""``augdiff train``: train and evaluate a classifier on real (+ synthetic) data.
 
     augdiff train --config configs/classify_cifar10.py:smoke \
         --config.data.path=../shared/data/cifar10-jpeg.zip --config.workdir=DIR

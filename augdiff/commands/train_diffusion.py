@@ -1,4 +1,4 @@
-"""``augdiff train-diffusion``: train an EDM model in dm / sda / casd mode (resumable).
+r"""``augdiff train-diffusion``: train an EDM model in dm / sda / casd mode (resumable).
 
     augdiff train-diffusion --config configs/casd_cifar10.py[:smoke] \
         --config.mode={dm,sda,casd} --config.workdir=DIR

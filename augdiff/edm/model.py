@@ -122,7 +122,25 @@ def build_model(config: ml_collections.ConfigDict, *, num_classes: int,
     if mode == "casd":
         kwargs["casd"] = True
         kwargs["num_sources"] = int(config.model.num_sources)
+    check_image_size(config)
     return SongUNet(**songunet_config(str(config.model.preset), **kwargs))
+
+
+def check_image_size(config: ml_collections.ConfigDict) -> None:
+    """``data.image_size`` must halve ``len(channel_mult) - 1`` times (the SongUNet's levels:
+    ``model.channel_mult``, else the preset's); else a one-line :class:`ConfigError`."""
+    preset = str(config.model.preset)
+    try:
+        mult = tuple(config.model.get("channel_mult", None) or
+                     songunet_config(preset)["channel_mult"])
+    except ValueError as e:
+        raise ConfigError(f"model.preset={preset!r}: {e}") from None
+    size, factor = int(config.data.image_size), 2 ** (len(mult) - 1)
+    if size <= 0 or size % factor:
+        raise ConfigError(
+            f"data.image_size={size} is out of range: the SongUNet with channel_mult {mult} "
+            f"takes a positive multiple of {factor} (e.g. {max(factor, size // factor * factor)})"
+        )
 
 
 def augment_enabled(config: ml_collections.ConfigDict) -> bool:

@@ -68,6 +68,7 @@ from augdiff.edm.model import (  # noqa: F401  (the model's home; re-exported fo
     abstract_state,
     augment_enabled,
     build_model,
+    check_image_size,
     checkpoint_extras,
     checkpointer,
     config_field,
@@ -470,6 +471,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("train.batch_size must be positive")
     if str(config.mode) == "casd" and int(config.model.num_sources) < 2:
         raise ConfigError("casd needs model.num_sources >= 2 (real + at least one synthetic)")
+    check_image_size(config)
 
 
 def train(config: ml_collections.ConfigDict, *, stop_after_steps: int | None = None) -> dict:
