@@ -426,3 +426,33 @@ def test_sharded_fp16_variant(root, st_dir):
     assert files[0] == "diffusion_pytorch_model.safetensors.index.fp16.json" and len(files) > 2
     index = json.loads((d / "unet" / files[0]).read_text())
     assert set(files[1:]) == set(index["weight_map"].values())
+
+
+def test_sd2_open_clip_text_encoder_matches_diffusers_conversion():
+    """SD-2.x's OpenCLIP text tower (fused q/k/v ``in_proj``) renamed as diffusers'
+    ``convert_open_clip_checkpoint`` does; the last block is dropped (SD-2 conditions on the
+    penultimate layer, ``num_hidden_layers`` one less than the checkpoint's blocks)."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+    rng = np.random.default_rng(1)
+    h, blocks = 32, 3
+    ckpt = {"positional_embedding": (77, h), "token_embedding.weight": (99, h),
+            "ln_final.weight": (h,), "ln_final.bias": (h,), "text_projection": (h, h)}
+    for i in range(blocks):
+        p = f"transformer.resblocks.{i}."
+        ckpt |= {p + "attn.in_proj_weight": (3 * h, h), p + "attn.in_proj_bias": (3 * h,),
+                 p + "attn.out_proj.weight": (h, h), p + "attn.out_proj.bias": (h,),
+                 p + "ln_1.weight": (h,), p + "ln_1.bias": (h,), p + "ln_2.weight": (h,),
+                 p + "ln_2.bias": (h,), p + "mlp.c_fc.weight": (37, h), p + "mlp.c_fc.bias": (37,),
+                 p + "mlp.c_proj.weight": (h, 37), p + "mlp.c_proj.bias": (h,)}
+    ckpt = {"model." + k: rng.standard_normal(s).astype(np.float32) for k, s in ckpt.items()}
+    text_model = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        hidden_size=h, intermediate_size=37, num_hidden_layers=blocks - 1,
+        num_attention_heads=4, vocab_size=99))
+    want = convert_open_clip_checkpoint(
+        text_model, {"cond_stage_model." + k: torch.from_numpy(v) for k, v in ckpt.items()})
+    want = {k: v.numpy() for k, v in want.items() if f"layers.{blocks - 1}." not in k}
+    got = loading.ldm_to_diffusers(ckpt, "text_encoder", {"num_hidden_layers": blocks - 1})
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
