@@ -243,7 +243,7 @@ def _safetensors_keys(wpath: str) -> list[str]:
 
         with safe_open(wpath, framework="numpy") as f:
             return list(f.keys())
-    return list(load_torch_pickle(wpath))
+    return list(_restricted_unpickle(wpath, keys_only=True))
 
 
 # ------------------------------------------------------------ PyTorch pickles, safely
@@ -301,7 +301,9 @@ def load_torch_pickle(path: str) -> dict[str, np.ndarray]:
     return {str(k): convert(v) for k, v in raw.items() if is_tensor(v)}
 
 
-def _restricted_unpickle(path: str) -> Any:
+def _restricted_unpickle(path: str, keys_only: bool = False) -> Any:
+    """The object of a PyTorch zip pickle, tensors as numpy; only tensor-rebuild globals are
+    resolved. ``keys_only``: tensors become ``None`` and no storage is read (key listing)."""
     import pickle
     import zipfile
 
@@ -325,6 +327,8 @@ def _restricted_unpickle(path: str) -> Any:
             self.name = name
 
     def rebuild_tensor(storage, offset, size, stride, *_args):
+        if keys_only:
+            return None
         a = storage
         item = a.itemsize
         return np.lib.stride_tricks.as_strided(
@@ -358,6 +362,8 @@ def _restricted_unpickle(path: str) -> Any:
             stype, key = pid[1], str(pid[2])
             if not isinstance(stype, _Storage):
                 raise ModelLoadError(f"{path}: unsupported storage {stype!r:.60}")
+            if keys_only:
+                return np.zeros(0, np.float32)
             if key not in storages:
                 buf = zf.read(f"{prefix}data/{key}")
                 dt = _PICKLE_DTYPES[stype.name]
@@ -370,7 +376,10 @@ def _restricted_unpickle(path: str) -> Any:
 
     try:
         with zf.open(pkls[0]) as f:
-            return Unpickler(f).load()
+            raw = Unpickler(f).load()
+        if keys_only and isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
+            raw = raw["state_dict"]
+        return raw
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -1334,8 +1343,9 @@ def load_sd(
         "resolved_path": root,
         "pipeline_class": pipeline_class or None,
         "weights_format": "+".join(sorted(formats)),
-        "tiny_random": os.path.isfile(os.path.join(root, TINY_MARKER))
-        or bool(model_index.get("augdiff_tiny_random", False)),
+        "tiny_random": single is None
+        and (os.path.isfile(os.path.join(root, TINY_MARKER))
+             or bool(model_index.get("augdiff_tiny_random", False))),
         "dtype": str(dtype),
         "weights_cache": cache_log,
         "variant": variant,

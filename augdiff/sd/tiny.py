@@ -429,8 +429,6 @@ def load_or_make_tiny(path: str, *, kind: str, dtype: Any, tiny: bool, tiny_dir:
     (:func:`augdiff.sd.loading.load_sd`, with its ``variant`` and single-file ``config``; empty
     means none), or with an empty path and ``tiny`` the tiny random-weight one of
     :func:`make_tiny_sd` in ``tiny_dir`` (:func:`path_or_tiny`)."""
-    if path:
-        loading.weight_files(path, variant or None, config=config or None)  # fail fast
     root = path_or_tiny(
         path, tiny=tiny, tiny_dir=tiny_dir, marker="model_index.json", missing=missing,
         make=lambda d: make_tiny_sd(d, kind=kind, seed=int(seed), formats=("flax",)))

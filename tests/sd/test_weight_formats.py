@@ -248,6 +248,20 @@ def test_bin_is_read_without_torch_and_with_weights_only(bin_dir, st_dir, monkey
         assert got.keys() == want.keys()
         for k in want:
             np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    # other dtypes, views with an offset and strides, a Lightning wrapper, without torch
+    monkeypatch.undo()
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    state = {"h": base.half(), "b": base.bfloat16() / 7, "i": base.long(),
+             "view": base[1:, ::2].t(), "flag": torch.tensor([True, False])}
+    path = os.path.join(os.path.dirname(bin_dir), "dtypes.ckpt")
+    torch.save({"state_dict": state, "epoch": 3}, path)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    got = loading.load_torch_pickle(path)
+    monkeypatch.undo()
+    assert got.keys() == state.keys()
+    for k, v in state.items():
+        np.testing.assert_array_equal(got[k], v.float().numpy() if k == "b" else v.numpy(),
+                                      err_msg=k)
 
 
 class Boom:
@@ -302,7 +316,7 @@ def test_single_file_matches_diffusers_from_single_file(single_files, st_dir, mo
         for k in ref:
             torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0, msg=k)
     comps, params = loading.load_sd(st_file, config=st_dir)
-    assert comps.info["weights_format"] == "single-file"
+    assert comps.info["weights_format"] == "single-file" and not comps.info["tiny_random"]
     assert loading.weight_files(st_file, config=st_dir) == [pathlib.Path(st_file)]
 
     rng = np.random.default_rng(0)
