@@ -211,6 +211,7 @@ def report(name, diff):
 # --------------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 def test_bin_folder_gives_the_safetensors_images(bin_dir, reference_images):
     assert os.path.isfile(os.path.join(bin_dir, "unet", "diffusion_pytorch_model.bin"))
     assert os.path.isfile(os.path.join(bin_dir, "text_encoder", "pytorch_model.bin"))
@@ -288,6 +289,7 @@ def test_malicious_bin_is_refused_without_running_it(tmp_path, monkeypatch, with
     assert not (tmp_path / "PWNED_MARKER").exists()
 
 
+@pytest.mark.slow
 def test_fp16_variant_gives_the_safetensors_images(fp16_dir, reference_images):
     comps, params, out = images(fp16_dir, variant="fp16")
     assert comps.info["variant"] == "fp16"
@@ -305,6 +307,7 @@ def test_fp16_variant_gives_the_safetensors_images(fp16_dir, reference_images):
         loading.load_sd(fp16_dir, variant="ema")
 
 
+@pytest.mark.slow
 def test_single_file_matches_diffusers_from_single_file(single_files, st_dir, models):
     """diffusers' ``from_single_file`` reads the written file back to the original models (so
     the restated mapping is right); augdiff's conversion of it gives diffusers' outputs."""
@@ -346,6 +349,7 @@ def test_single_file_matches_diffusers_from_single_file(single_files, st_dir, mo
         assert d < 1e-3 * max(1.0, float(np.max(np.abs(b)))), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["safetensors", "ckpt"])
 def test_single_file_gives_the_safetensors_images(single_files, st_dir, reference_images,
                                                   which):
@@ -356,6 +360,7 @@ def test_single_file_gives_the_safetensors_images(single_files, st_dir, referenc
     assert diff < 1e-5
 
 
+@pytest.mark.slow
 def test_single_file_ema_variant(root, models, st_dir, reference_images):
     """``variant='ema'`` reads the ``model_ema.*`` copy of the UNet, whatever the live one."""
     from safetensors.torch import save_file
