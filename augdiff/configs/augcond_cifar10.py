@@ -60,6 +60,8 @@ def generation_config(regime: str, smoke: bool) -> ml_collections.ConfigDict:
     c.model.path = "stabilityai/stable-diffusion-2-1-unclip"  # local folder or cached hub id
     c.model.tiny = False  # with path='' make a tiny random-weight unCLIP model in the workdir
     c.model.dtype = "bfloat16"
+    c.model.variant = ""  # weights variant, e.g. "fp16" or "ema"
+    c.model.config = ""  # a single-file path's diffusers config folder
 
     c.augcond = ml_collections.ConfigDict()
     c.augcond.augmentation = "embed_cutmix+dropout"  # mix (pixel_/embed_ cutmix|mixup) + dropout

@@ -45,6 +45,8 @@ def base_config(name: str) -> ml_collections.ConfigDict:
     c.model.path = "CompVis/stable-diffusion-v1-4"  # local diffusers folder or cached hub id
     c.model.tiny = False  # with path='' make a tiny random-weight SD in the workdir
     c.model.dtype = "bfloat16"
+    c.model.variant = ""  # weights variant, e.g. "fp16" or "ema"
+    c.model.config = ""  # a single-file path's diffusers config folder
 
     c.inversion = ml_collections.ConfigDict()
     c.inversion.resolution = 128  # generation resolution (latents = resolution / 8)

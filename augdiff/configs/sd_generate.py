@@ -30,6 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sd.model = "runwayml/stable-diffusion-v1-5"  # local diffusers folder or cached hub id
     c.sd.tiny = False  # with model='' build a tiny random-weight model in <workdir>/tiny_sd
     c.sd.dtype = "bfloat16"
+    c.sd.variant = ""  # weights variant, e.g. "fp16" or "ema"
+    c.sd.model_config = ""  # a single-file path's diffusers config folder
     c.sd.mode = "img2img" if variant.startswith("img2img") else "text2img"
     c.sd.prompt_template = "a photo of a {}"
     c.sd.negative_prompt = ""

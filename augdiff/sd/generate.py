@@ -35,6 +35,7 @@ def _model(config: Any) -> tuple[loading.SDComponents, dict]:
     return tiny.load_or_make_tiny(
         sd.model, kind="txt2img", dtype=sd.dtype, tiny=bool(sd.tiny),
         tiny_dir=os.path.join(config.workdir, "tiny_sd"), seed=int(config.seed),
+        variant=str(sd.get("variant", "") or ""), config=str(sd.get("model_config", "") or ""),
         missing="config.sd.model is empty: give a model path/hub id or set sd.tiny=True")
 
 

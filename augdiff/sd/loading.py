@@ -32,6 +32,7 @@ import json
 import os
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -50,12 +51,18 @@ KINDS = ("txt2img", "ip2p", "unclip")
 _UNCLIP_PIPELINES = ("StableUnCLIPImg2ImgPipeline", "StableUnCLIPPipeline")
 _IP2P_PIPELINES = ("StableDiffusionInstructPix2PixPipeline",)
 
-# Files per component and format, in the layout diffusers / transformers write.
+# Files per component and format, in the layout diffusers / transformers write; "pytorch" is
+# safetensors, else a PyTorch pickle (``save_pretrained(safe_serialization=False)``).
 _DIFFUSERS_FILES = {
-    "flax": "diffusion_flax_model.msgpack",
-    "pytorch": "diffusion_pytorch_model.safetensors",
+    "flax": ("diffusion_flax_model.msgpack",),
+    "pytorch": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
 }
-_TRANSFORMERS_FILES = {"flax": "flax_model.msgpack", "pytorch": "model.safetensors"}
+_TRANSFORMERS_FILES = {
+    "flax": ("flax_model.msgpack",),
+    "pytorch": ("model.safetensors", "pytorch_model.bin"),
+}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+"""Suffixes of a single-file (original LDM layout) Stable Diffusion checkpoint."""
 # Buffers some PyTorch checkpoints carry that have no Flax parameter.
 _IGNORED_PT_SUFFIXES = ("position_ids", "num_batches_tracked")
 
@@ -153,41 +160,230 @@ def _read_json(path: str, component: str) -> dict:
         return json.load(f)
 
 
+def add_variant(name: str, variant: str | None) -> str:
+    """``diffusion_pytorch_model.safetensors`` -> ``diffusion_pytorch_model.fp16.safetensors``
+    (the variant goes before the last suffix, as diffusers' and transformers' ``_add_variant``;
+    a shard index ``x.safetensors.index.json`` becomes ``x.safetensors.index.fp16.json``)."""
+    if not variant:
+        return name
+    head, _, tail = name.rpartition(".")
+    return f"{head}.{variant}.{tail}"
+
+
 def _weights_file(
-    folder: str, files: Mapping[str, str], weights: str, component: str
+    folder: str,
+    files: Mapping[str, tuple[str, ...]],
+    weights: str,
+    component: str,
+    variant: str | None = None,
 ) -> tuple[str, str]:
-    """``(format, path)`` of the weights of one component, honouring ``weights``."""
+    """``(format, path)`` of the weights of one component, honouring ``weights`` and ``variant``.
+
+    ``format`` is ``'flax'``, ``'pytorch'`` (safetensors) or ``'bin'`` (a PyTorch pickle);
+    ``path`` is the weights file or, for a sharded checkpoint, its ``*.index[.variant].json``.
+    With a ``variant`` only that variant's files count: a missing variant is an error, never a
+    silent fall-back to the default weights.
+    """
     if not os.path.isdir(folder):
         raise ModelLoadError(f"component {component!r} is missing: no folder {folder}")
     order = {"auto": ("flax", "pytorch"), "flax": ("flax",), "pytorch": ("pytorch",)}[weights]
-    for fmt in order:
-        p = os.path.join(folder, files[fmt])
-        if os.path.isfile(p) or os.path.isfile(p + ".index.json"):
-            return fmt, p
-    wanted = " or ".join(files[f] for f in order)
+    names = [n for fmt in order for n in files[fmt]]
+    for name in names:
+        fmt = "flax" if name.endswith(".msgpack") else "bin" if name.endswith(".bin") else "pytorch"
+        for cand in (add_variant(name, variant), add_variant(name + ".index.json", variant)):
+            p = os.path.join(folder, cand)
+            if os.path.isfile(p):
+                return fmt, p
+    wanted = " or ".join(add_variant(n, variant) for n in names)
+    if variant:
+        present = sorted(f for f in os.listdir(folder) if f.startswith(tuple(
+            n.split(".")[0] + "." for n in names)))
+        raise ModelLoadError(
+            f"component {component!r}: no {variant!r} variant weights ({wanted}) in {folder}; "
+            f"weight files there: {present or 'none'}"
+        )
     raise ModelLoadError(f"component {component!r}: no weights ({wanted}) in {folder}")
 
 
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+def _source_files(wpath: str) -> list[str]:
+    """The files a weights path stands for: itself, or a shard index and its shards."""
+    if not wpath.endswith(".json"):
+        return [wpath]
+    shards = sorted(set(_read_json(wpath, os.path.basename(wpath))["weight_map"].values()))
+    return [wpath] + [os.path.join(os.path.dirname(wpath), s) for s in shards]
 
-    if os.path.isfile(path):
-        return load_file(path)
-    index = _read_json(path + ".index.json", os.path.basename(path))
+
+def _load_pt_file(path: str) -> dict[str, np.ndarray]:
+    """Tensors of one safetensors file or PyTorch pickle, as numpy arrays (no code is run)."""
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"cannot read safetensors file {path}: {e}") from e
+    return load_torch_pickle(path)
+
+
+def _load_safetensors(wpath: str) -> dict[str, np.ndarray]:
+    """All tensors of a PyTorch checkpoint (safetensors or pickle, one file or sharded)."""
     out: dict[str, np.ndarray] = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        out.update(load_file(os.path.join(os.path.dirname(path), shard)))
+    for f in _source_files(wpath):
+        if not f.endswith(".json"):
+            out.update(_load_pt_file(f))
     return out
 
 
-def _safetensors_keys(path: str) -> list[str]:
-    """Tensor names of a (possibly sharded) safetensors checkpoint, without reading tensors."""
-    from safetensors import safe_open
+def _safetensors_keys(wpath: str) -> list[str]:
+    """Tensor names of a PyTorch checkpoint; read from headers / the index where possible."""
+    if wpath.endswith(".json"):
+        return list(_read_json(wpath, os.path.basename(wpath))["weight_map"])
+    if wpath.endswith(".safetensors"):
+        from safetensors import safe_open
 
-    if os.path.isfile(path):
-        with safe_open(path, framework="numpy") as f:
+        with safe_open(wpath, framework="numpy") as f:
             return list(f.keys())
-    return list(_read_json(path + ".index.json", os.path.basename(path))["weight_map"])
+    return list(_restricted_unpickle(wpath, keys_only=True))
+
+
+# ------------------------------------------------------------ PyTorch pickles, safely
+
+# The only globals a PyTorch state dict's pickle needs; anything else is refused (torch absent)
+# so a .bin / .ckpt never runs code it carries.
+_PICKLE_DTYPES = {
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
+    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.numpy()
+
+
+def load_torch_pickle(path: str) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch pickle (``.bin`` / ``.ckpt``) as numpy, without running its code.
+
+    With torch installed: ``torch.load(path, map_location='cpu', weights_only=True)``. Without
+    torch: a restricted unpickler that resolves only the tensor-rebuild globals
+    (``torch._utils._rebuild_tensor_v2``, storage types, ``OrderedDict``) and refuses any
+    other, reading the storages straight from the zip archive. A Lightning-style
+    ``{"state_dict": {...}}`` is unwrapped; non-tensor entries are dropped.
+    """
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - refused globals, truncation, not a pickle
+            raise ModelLoadError(
+                f"cannot load {path} safely (torch.load weights_only=True): "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from e
+        convert = _to_numpy
+        is_tensor = torch.is_tensor
+    else:
+        raw = _restricted_unpickle(path)
+        convert = np.asarray
+        is_tensor = lambda v: isinstance(v, np.ndarray)  # noqa: E731
+    if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
+        raw = raw["state_dict"]
+    if not isinstance(raw, Mapping):
+        raise ModelLoadError(f"{path} holds a {type(raw).__name__}, not a state dict")
+    return {str(k): convert(v) for k, v in raw.items() if is_tensor(v)}
+
+
+def _restricted_unpickle(path: str, keys_only: bool = False) -> Any:
+    """The object of a PyTorch zip pickle, tensors as numpy; only tensor-rebuild globals are
+    resolved. ``keys_only``: tensors become ``None`` and no storage is read (key listing)."""
+    import pickle
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"{path} is not a PyTorch zip checkpoint (a legacy or damaged pickle); "
+            "install torch (the 'torch' extra) or convert it to safetensors"
+        )
+    zf = zipfile.ZipFile(path)
+    pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+    if not pkls:
+        raise ModelLoadError(f"{path}: no data.pkl in the archive, not a PyTorch checkpoint")
+    prefix = pkls[0][: -len("data.pkl")]
+    byteorder = prefix + "byteorder"
+    if byteorder in zf.namelist() and zf.read(byteorder).strip() != b"little":
+        raise ModelLoadError(f"{path}: big-endian checkpoints are not supported")
+    storages: dict[str, np.ndarray] = {}
+
+    class _Storage:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    def rebuild_tensor(storage, offset, size, stride, *_args):
+        if keys_only:
+            return None
+        a = storage
+        item = a.itemsize
+        return np.lib.stride_tricks.as_strided(
+            a[offset:], shape=tuple(size), strides=tuple(s * item for s in stride)
+        ).copy()
+
+    def rebuild_parameter(data, *_args):
+        return data
+
+    allowed = {
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor"): rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+        ("collections", "OrderedDict"): dict,
+        ("torch", "Size"): tuple,
+    }
+    allowed.update({("torch", n): _Storage(n) for n in _PICKLE_DTYPES})
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) in allowed:
+                return allowed[(module, name)]
+            raise ModelLoadError(
+                f"{path}: refusing to unpickle {module}.{name} (only tensors are loaded without "
+                "torch; install torch (the 'torch' extra) or convert it to safetensors)"
+            )
+
+        def persistent_load(self, pid: Any) -> np.ndarray:
+            if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+                raise ModelLoadError(f"{path}: unexpected persistent id {pid!r:.60}")
+            stype, key = pid[1], str(pid[2])
+            if not isinstance(stype, _Storage):
+                raise ModelLoadError(f"{path}: unsupported storage {stype!r:.60}")
+            if keys_only:
+                return np.zeros(0, np.float32)
+            if key not in storages:
+                buf = zf.read(f"{prefix}data/{key}")
+                dt = _PICKLE_DTYPES[stype.name]
+                if dt == "bfloat16":
+                    u = np.frombuffer(buf, np.uint16).astype(np.uint32) << 16
+                    storages[key] = u.view(np.float32)
+                else:
+                    storages[key] = np.frombuffer(buf, dt)
+            return storages[key]
+
+    try:
+        with zf.open(pkls[0]) as f:
+            raw = Unpickler(f).load()
+        if keys_only and isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
+            raw = raw["state_dict"]
+        return raw
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read PyTorch checkpoint {path}: {e}") from e
 
 
 def pt_to_flax_key(
@@ -292,14 +488,6 @@ def weights_cache_dir() -> str | None:
     return v or os.path.join(os.path.expanduser("~"), ".cache", "augdiff", "weights")
 
 
-def _source_files(wpath: str) -> list[str]:
-    if os.path.isfile(wpath):
-        return [wpath]
-    index = wpath + ".index.json"
-    shards = sorted(set(_read_json(index, os.path.basename(wpath))["weight_map"].values()))
-    return [index] + [os.path.join(os.path.dirname(wpath), s) for s in shards]
-
-
 def source_hash(wpath: str, cache_dir: str | None = None) -> str:
     """SHA-256 of the bytes of a weights file (or of a sharded checkpoint's index + shards).
 
@@ -340,7 +528,13 @@ def _abstract_digest(abstract: Any) -> str:
 
 
 def convert_pt_cached(
-    wpath: str, abstract: Any, *, library: str, component: str, log: dict | None = None
+    wpath: str,
+    abstract: Any,
+    *,
+    library: str,
+    component: str,
+    log: dict | None = None,
+    load: Any = None,
 ) -> dict:
     """:func:`convert_pt_state_dict` of the safetensors at ``wpath``, through the cache.
 
@@ -350,6 +544,8 @@ def convert_pt_cached(
     (seconds) instead of converting again. A changed source file has another hash, so its old
     copy is never used. The copy is checked against ``abstract`` like any Flax checkpoint.
     ``log[component]`` records ``'hit'``, ``'miss'`` (converted and written) or ``'off'``.
+    ``load()``, when given, returns the PyTorch state dict in diffusers / transformers naming
+    (a single-file checkpoint's component, whose file is ``wpath``).
     """
     cache_dir = weights_cache_dir()
     status = "off"
@@ -359,7 +555,8 @@ def convert_pt_cached(
             key = source_hash(wpath, cache_dir)
             target = os.path.join(
                 cache_dir,
-                f"{component}-{library}-{key[:32]}-{_abstract_digest(abstract)}"
+                f"{component}-{library}{'-single' if load else ''}-{key[:32]}-"
+                f"{_abstract_digest(abstract)}"
                 f"-v{WEIGHTS_CACHE_VERSION}.msgpack",
             )
         except OSError as e:
@@ -373,7 +570,8 @@ def convert_pt_cached(
             warnings.warn(f"ignoring a bad cached copy of {component!r}: {e}", stacklevel=2)
     if params is None:
         params = convert_pt_state_dict(
-            _load_safetensors(wpath), abstract, library=library, component=component
+            load() if load else _load_safetensors(wpath), abstract, library=library,
+            component=component,
         )
         if target is not None:
             try:
@@ -450,12 +648,26 @@ def class_embedding_abstract(in_dim: int, time_embed_dim: int) -> dict:
 
 
 def _load_diffusers_component(
-    root: str, name: str, cls: Any, weights: str, dtype: Any, cache_log: dict | None = None
+    root: str,
+    name: str,
+    cls: Any,
+    weights: str,
+    dtype: Any,
+    cache_log: dict | None = None,
+    variant: str | None = None,
+    single: Any = None,
 ) -> tuple[Any, dict, dict, dict | None]:
-    """``(module, params, config, class_embedding_params_or_None)`` of a diffusers model."""
+    """``(module, params, config, class_embedding_params_or_None)`` of a diffusers model.
+
+    ``single``: a :class:`_SingleFile` whose converted state dict replaces the folder's weights
+    (the folder then only gives the config).
+    """
     folder = os.path.join(root, name)
     config = _read_json(os.path.join(folder, "config.json"), name)
-    fmt, wpath = _weights_file(folder, _DIFFUSERS_FILES, weights, name)
+    if single is None:
+        fmt, wpath = _weights_file(folder, _DIFFUSERS_FILES, weights, name, variant)
+    else:
+        fmt, wpath = "single-file", single.path
     try:
         module = cls.from_config(config, dtype=dtype)
     except Exception as e:  # noqa: BLE001
@@ -483,7 +695,7 @@ def _load_diffusers_component(
         _refuse_orphan_class_embedding(name, class_abstract, "class_embedding" in raw)
         params = check_params(raw, full_abstract, name)
     else:
-        pt_keys = _safetensors_keys(wpath)
+        pt_keys = list(single.state(name, config)) if single else _safetensors_keys(wpath)
         if class_abstract is not None and not any(
             k.startswith("class_embedding.") for k in pt_keys
         ):
@@ -497,10 +709,11 @@ def _load_diffusers_component(
             name, class_abstract, any(k.startswith("class_embedding.") for k in pt_keys)
         )
         params = convert_pt_cached(
-            wpath, full_abstract, library="diffusers", component=name, log=cache_log
+            wpath, full_abstract, library="diffusers", component=name, log=cache_log,
+            load=(lambda: single.state(name, config)) if single else None,
         )
     class_params = params.pop("class_embedding", None)
-    info = {"format": fmt}
+    info = {"format": {"bin": "pytorch-bin"}.get(fmt, fmt)}
     return module, params, config | {"_augdiff_weights": info}, class_params
 
 
@@ -557,11 +770,17 @@ def _load_transformers_component(
     dtype: Any,
     vision: bool,
     cache_log: dict | None = None,
+    variant: str | None = None,
+    single: Any = None,
 ) -> tuple[Any, dict, str]:
-    """``(flax_model_wrapper, params, format)`` of a transformers CLIP tower."""
+    """``(flax_model_wrapper, params, format)`` of a transformers CLIP tower (``single``: as
+    :func:`_load_diffusers_component`)."""
     folder = os.path.join(root, name)
     _read_json(os.path.join(folder, "config.json"), name)
-    fmt, wpath = _weights_file(folder, _TRANSFORMERS_FILES, weights, name)
+    if single is None:
+        fmt, wpath = _weights_file(folder, _TRANSFORMERS_FILES, weights, name, variant)
+    else:
+        fmt, wpath = "single-file", single.path
     try:
         config = config_cls.from_pretrained(folder)
     except Exception as e:  # noqa: BLE001
@@ -583,9 +802,10 @@ def _load_transformers_component(
                 "CLIPVisionModelWithProjection weights)"
             )
         params = convert_pt_cached(
-            wpath, abstract, library="transformers", component=name, log=cache_log
+            wpath, abstract, library="transformers", component=name, log=cache_log,
+            load=(lambda: single.state(name, config.to_dict())) if single else None,
         )
-    return model, params, fmt
+    return model, params, {"bin": "pytorch-bin"}.get(fmt, fmt)
 
 
 def _load_image_normalizer(root: str) -> dict:
@@ -611,6 +831,343 @@ def _scheduler_config(root: str, name: str) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}
 
 
+# --------------------------------------------------- single-file (original LDM) checkpoints
+
+LDM_PREFIXES = {
+    "unet": "model.diffusion_model.",
+    "vae": "first_stage_model.",
+    "text_encoder": "cond_stage_model.",
+}
+"""Where each component lives in an original (CompVis / Stability) single-file checkpoint."""
+
+_LDM_RESNET = (
+    ("in_layers.0.", "norm1."), ("in_layers.2.", "conv1."), ("out_layers.0.", "norm2."),
+    ("out_layers.3.", "conv2."), ("emb_layers.1.", "time_emb_proj."),
+    ("skip_connection.", "conv_shortcut."),
+)
+_LDM_VAE_ATTN = (
+    ("norm.", "group_norm."), ("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."),
+    ("proj_out.", "to_out.0."),
+)
+
+
+def ldm_unet_prefixes(config: Mapping[str, Any]) -> list[tuple[str, str, tuple]]:
+    """``(ldm_prefix, diffusers_prefix, inner_renames)`` of an SD-1.x/2.x UNet in the original
+    ``openaimodel.UNetModel`` layout, derived from the diffusers UNet config (the mapping of
+    diffusers' ``convert_ldm_unet_checkpoint``)."""
+    levels = len(config["block_out_channels"])
+    lpb = config.get("layers_per_block", 2)
+    if not isinstance(lpb, int):
+        raise ModelLoadError("component 'unet': per-level layers_per_block is not supported "
+                             "for single-file checkpoints")
+    down_types = config.get("down_block_types") or ()
+    up_types = config.get("up_block_types") or ()
+    out = [
+        ("time_embed.0.", "time_embedding.linear_1.", ()),
+        ("time_embed.2.", "time_embedding.linear_2.", ()),
+        ("label_emb.0.0.", "class_embedding.linear_1.", ()),
+        ("label_emb.0.2.", "class_embedding.linear_2.", ()),
+        ("input_blocks.0.0.", "conv_in.", ()),
+        ("out.0.", "conv_norm_out.", ()),
+        ("out.2.", "conv_out.", ()),
+        ("middle_block.0.", "mid_block.resnets.0.", _LDM_RESNET),
+        ("middle_block.1.", "mid_block.attentions.0.", ()),
+        ("middle_block.2.", "mid_block.resnets.1.", _LDM_RESNET),
+    ]
+    for i in range(levels):
+        for j in range(lpb):
+            n = 1 + i * (lpb + 1) + j
+            out.append((f"input_blocks.{n}.0.", f"down_blocks.{i}.resnets.{j}.", _LDM_RESNET))
+            if "CrossAttn" in str(down_types[i] if i < len(down_types) else ""):
+                out.append((f"input_blocks.{n}.1.", f"down_blocks.{i}.attentions.{j}.", ()))
+        if i < levels - 1:
+            n = 1 + i * (lpb + 1) + lpb
+            out.append((f"input_blocks.{n}.0.op.", f"down_blocks.{i}.downsamplers.0.conv.", ()))
+        attn = "CrossAttn" in str(up_types[i] if i < len(up_types) else "")
+        for j in range(lpb + 1):
+            n = i * (lpb + 1) + j
+            out.append((f"output_blocks.{n}.0.", f"up_blocks.{i}.resnets.{j}.", _LDM_RESNET))
+            if attn:
+                out.append((f"output_blocks.{n}.1.", f"up_blocks.{i}.attentions.{j}.", ()))
+        if i < levels - 1:
+            n = i * (lpb + 1) + lpb
+            out.append((f"output_blocks.{n}.{2 if attn else 1}.conv.",
+                        f"up_blocks.{i}.upsamplers.0.conv.", ()))
+    return out
+
+
+def ldm_vae_prefixes(config: Mapping[str, Any]) -> list[tuple[str, str, tuple]]:
+    """As :func:`ldm_unet_prefixes` for the VAE (``first_stage_model`` of the checkpoint)."""
+    levels = len(config["block_out_channels"])
+    lpb = int(config.get("layers_per_block", 2))
+    res = (("nin_shortcut.", "conv_shortcut."),)
+    out = [("quant_conv.", "quant_conv.", ()), ("post_quant_conv.", "post_quant_conv.", ())]
+    for part in ("encoder", "decoder"):
+        out += [
+            (f"{part}.conv_in.", f"{part}.conv_in.", ()),
+            (f"{part}.conv_out.", f"{part}.conv_out.", ()),
+            (f"{part}.norm_out.", f"{part}.conv_norm_out.", ()),
+            (f"{part}.mid.block_1.", f"{part}.mid_block.resnets.0.", res),
+            (f"{part}.mid.block_2.", f"{part}.mid_block.resnets.1.", res),
+            (f"{part}.mid.attn_1.", f"{part}.mid_block.attentions.0.", _LDM_VAE_ATTN),
+        ]
+    for i in range(levels):
+        for j in range(lpb):
+            out.append((f"encoder.down.{i}.block.{j}.", f"encoder.down_blocks.{i}.resnets.{j}.",
+                        res))
+        if i < levels - 1:
+            out.append((f"encoder.down.{i}.downsample.conv.",
+                        f"encoder.down_blocks.{i}.downsamplers.0.conv.", ()))
+        k = levels - 1 - i  # the decoder's ``up`` list runs from the lowest resolution
+        for j in range(lpb + 1):
+            out.append((f"decoder.up.{i}.block.{j}.", f"decoder.up_blocks.{k}.resnets.{j}.", res))
+        if i > 0:
+            out.append((f"decoder.up.{i}.upsample.conv.",
+                        f"decoder.up_blocks.{k}.upsamplers.0.conv.", ()))
+    return out
+
+
+def _rename_by_prefixes(
+    state: Mapping[str, np.ndarray], table: list[tuple[str, str, tuple]], component: str
+) -> dict[str, np.ndarray]:
+    table = sorted(table, key=lambda t: -len(t[0]))
+    out: dict[str, np.ndarray] = {}
+    unknown = []
+    for key, value in state.items():
+        for old, new, inner in table:
+            if key.startswith(old):
+                rest = key[len(old):]
+                for a, b in inner:
+                    if rest.startswith(a):
+                        rest = b + rest[len(a):]
+                        break
+                out[new + rest] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ModelLoadError(
+            f"component {component!r}: {len(unknown)} weight(s) of the single-file checkpoint "
+            f"have no place in the config's model, e.g. {unknown[:5]}"
+        )
+    return out
+
+
+def ldm_to_diffusers(
+    state: Mapping[str, np.ndarray], component: str, config: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """One component of an original-layout checkpoint, renamed to diffusers / transformers
+    PyTorch names (``state`` holds the component's keys without their :data:`LDM_PREFIXES`).
+
+    UNet and VAE follow diffusers' ``convert_ldm_unet_checkpoint`` /
+    ``convert_ldm_vae_checkpoint`` (the VAE's 1x1-conv attention projections become linear
+    weights); the text encoder is either SD-1.x's ``transformer.`` (a transformers CLIP text
+    model) or SD-2.x's OpenCLIP ``model.`` (fused ``in_proj`` split into q/k/v; layers past the
+    config's ``num_hidden_layers`` dropped, as SD-2 uses the penultimate layer).
+    """
+    if component == "unet":
+        return _rename_by_prefixes(state, ldm_unet_prefixes(config), component)
+    if component == "vae":
+        out = _rename_by_prefixes(state, ldm_vae_prefixes(config), component)
+        for k, v in out.items():
+            if ".attentions." in k and k.endswith(".weight") and "group_norm" not in k:
+                out[k] = v.reshape(v.shape[:2])
+        return out
+    if any(k.startswith("transformer.") for k in state):
+        out = {}
+        for k, v in state.items():
+            if not k.startswith("transformer."):
+                continue
+            k = k[len("transformer."):]
+            out[k if k.startswith("text_model.") else "text_model." + k] = v
+        return out
+    return _open_clip_to_transformers(state, int(config["num_hidden_layers"]))
+
+
+def _open_clip_to_transformers(state: Mapping[str, np.ndarray], layers: int) -> dict:
+    renames = (
+        ("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("mlp.c_fc.", "mlp.fc1."),
+        ("mlp.c_proj.", "mlp.fc2."), ("attn.out_proj.", "self_attn.out_proj."),
+    )
+    out = {}
+    for k, v in state.items():
+        if not k.startswith("model."):
+            continue
+        k = k[len("model."):]
+        if k == "token_embedding.weight":
+            out["text_model.embeddings.token_embedding.weight"] = v
+        elif k == "positional_embedding":
+            out["text_model.embeddings.position_embedding.weight"] = v
+        elif k.startswith("ln_final."):
+            out["text_model.final_layer_norm." + k[len("ln_final."):]] = v
+        elif k.startswith("transformer.resblocks."):
+            idx, rest = k[len("transformer.resblocks."):].split(".", 1)
+            if int(idx) >= layers:
+                continue
+            pre = f"text_model.encoder.layers.{idx}."
+            if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+                kind = rest.rsplit("_", 1)[1]
+                for name, part in zip(("q", "k", "v"), np.split(v, 3, axis=0), strict=True):
+                    out[f"{pre}self_attn.{name}_proj.{kind}"] = part
+                continue
+            for a, b in renames:
+                if rest.startswith(a):
+                    rest = b + rest[len(a):]
+                    break
+            out[pre + rest] = v
+        elif k in ("text_projection", "logit_scale") or k.startswith("visual."):
+            continue
+        else:
+            out["unexpected." + k] = v
+    return out
+
+
+class _SingleFile:
+    """An original-layout checkpoint file, read once, handing out converted components."""
+
+    def __init__(self, path: str, variant: str | None) -> None:
+        self.path = path
+        self.variant = variant
+        self._state: dict[str, np.ndarray] | None = None
+
+    def _all(self) -> dict[str, np.ndarray]:
+        if self._state is None:
+            state = _load_pt_file(self.path)
+            if self.variant == "ema":
+                unet = LDM_PREFIXES["unet"]
+                ema = {}
+                for k in list(state):
+                    if k.startswith(unet):
+                        flat = "model_ema." + "".join(k.split(".")[1:])
+                        if flat not in state:
+                            raise ModelLoadError(
+                                f"variant 'ema': {self.path} has no EMA copy of {k}"
+                            )
+                        ema[k] = state[flat]
+                state.update(ema)
+            self._state = state
+        return self._state
+
+    def state(self, component: str, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        prefix = LDM_PREFIXES[component]
+        part = {k[len(prefix):]: v for k, v in self._all().items() if k.startswith(prefix)}
+        if not part:
+            raise ModelLoadError(
+                f"component {component!r}: no {prefix}* weights in the single-file checkpoint "
+                f"{self.path}"
+            )
+        return ldm_to_diffusers(part, component, config)
+
+
+def _single_file_keys(path: str) -> list[str]:
+    """Tensor names of a single-file checkpoint, cheaply where the format allows (header)."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="numpy") as f:
+                return list(f.keys())
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"cannot read safetensors file {path}: {e}") from e
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"{path} is not a PyTorch zip checkpoint nor safetensors (damaged or legacy file)"
+        )
+    return list(LDM_PREFIXES.values())  # a pickle's keys need a full read; checked on load
+
+
+def _is_single_file(path: str) -> bool:
+    return os.path.isfile(path) and path.lower().endswith(SINGLE_FILE_SUFFIXES)
+
+
+def _check_config_folder(config_root: str) -> None:
+    for name, fname in (("unet", "config.json"), ("vae", "config.json"),
+                        ("text_encoder", "config.json"), ("scheduler", "scheduler_config.json")):
+        if not os.path.isfile(os.path.join(config_root, name, fname)):
+            raise ModelLoadError(
+                f"config folder {config_root} lacks {name}/{fname} (a single-file checkpoint "
+                "takes its component configs and tokenizer from a diffusers-format folder)"
+            )
+    if not os.path.isdir(os.path.join(config_root, "tokenizer")):
+        raise ModelLoadError(f"config folder {config_root} lacks tokenizer/")
+
+
+def weight_files(
+    path_or_id: str | os.PathLike,
+    variant: str | None = None,
+    *,
+    weights: str = "auto",
+    config: str | os.PathLike | None = None,
+) -> list[Path]:
+    """The weight files :func:`load_sd` would read, checked cheaply (no tensor is read).
+
+    For a diffusers-format folder (or cached hub id): each component's weights file, or a shard
+    index and its shards, honouring ``weights`` and ``variant``; for a single-file checkpoint
+    the file itself (its component configs come from ``config``). Raises
+    :class:`ModelLoadError` in well under a second for a missing path, component, file,
+    variant or config, so :func:`load_sd` fails before any model is built.
+    """
+    if weights not in ("auto", "flax", "pytorch"):
+        raise ModelLoadError(f"weights must be 'auto', 'flax' or 'pytorch', got {weights!r}")
+    if variant is not None and (not variant or not str(variant).replace("_", "").isalnum()):
+        raise ModelLoadError(f"variant must be a plain name such as 'fp16' or 'ema', "
+                             f"got {variant!r}")
+    path = os.fspath(path_or_id)
+    if _is_single_file(path):
+        if variant not in (None, "ema"):
+            raise ModelLoadError(
+                f"variant {variant!r} has no meaning for the single-file checkpoint {path} "
+                "(only 'ema', for its model_ema weights)"
+            )
+        if not config:
+            raise ModelLoadError(
+                f"{path} is a single-file checkpoint: give config= (model.config), a "
+                "diffusers-format folder or cached hub id with its component configs and tokenizer"
+            )
+        config_root = resolve_model_path(config)
+        _check_config_folder(config_root)
+        if os.path.isdir(os.path.join(config_root, "image_encoder")):
+            raise ModelLoadError(
+                f"config {config_root} is an unCLIP model: single-file unCLIP checkpoints are "
+                "not supported (use its diffusers-format folder)"
+            )
+        keys = _single_file_keys(path)
+        if not any(k.startswith(LDM_PREFIXES["unet"]) for k in keys):
+            raise ModelLoadError(
+                f"{path} is not a Stable Diffusion single-file checkpoint (no "
+                f"{LDM_PREFIXES['unet']}* weights)"
+            )
+        if variant == "ema" and path.endswith(".safetensors") and not any(
+            k.startswith("model_ema.") for k in keys
+        ):
+            raise ModelLoadError(f"variant 'ema': {path} holds no model_ema.* weights")
+        return [Path(path)]
+    if os.path.isfile(path):
+        raise ModelLoadError(
+            f"model path {path!r} is a file but not a checkpoint "
+            f"({'/'.join(SINGLE_FILE_SUFFIXES)}); expected a diffusers-format directory"
+        )
+    root = resolve_model_path(path)
+    index_path = os.path.join(root, "model_index.json")
+    index = _read_json(index_path, "model_index") if os.path.isfile(index_path) else {}
+    components = [("unet", _DIFFUSERS_FILES), ("vae", _DIFFUSERS_FILES),
+                  ("text_encoder", _TRANSFORMERS_FILES)]
+    if (index.get("image_encoder") or [None])[0]:
+        components.append(("image_encoder", _TRANSFORMERS_FILES))
+    out: list[Path] = []
+    for name, files in components:
+        folder = os.path.join(root, name)
+        _read_json(os.path.join(folder, "config.json"), name)
+        _, wpath = _weights_file(folder, files, weights, name, variant)
+        for f in _source_files(wpath):
+            if not os.path.isfile(f):
+                raise ModelLoadError(f"component {name!r}: missing shard {f}")
+            out.append(Path(f))
+    return out
+
+
 # ------------------------------------------------------------------------- main entry
 
 
@@ -620,20 +1177,35 @@ def load_sd(
     dtype: Any = jnp.float32,
     weights: str = "auto",
     kind: str | None = None,
+    variant: str | None = None,
+    config: str | os.PathLike | None = None,
 ) -> tuple[SDComponents, dict]:
     """Load a Stable Diffusion model: ``(components, params)``.
 
     Args:
-      path_or_id: diffusers-format directory, or a hub id present in the local cache.
+      path_or_id: diffusers-format directory, a hub id present in the local cache, or a
+        single-file SD-1.x/2.x checkpoint in the original LDM layout (``.safetensors`` /
+        ``.ckpt``; its configs and tokenizer come from ``config``).
       dtype: ``float32`` or ``bfloat16`` (compute dtype of the modules; parameters are cast).
       weights: ``'auto'`` (Flax msgpack if present, else PyTorch safetensors), ``'flax'`` or
-        ``'pytorch'``.
+        ``'pytorch'`` (safetensors, else a ``.bin`` pickle loaded without running its code).
       kind: expected kind (``'txt2img'``, ``'ip2p'``, ``'unclip'``); ``None`` infers it from
         ``model_index.json`` and the UNet config. A mismatch raises.
+      variant: weights variant, e.g. ``'fp16'`` (``diffusion_pytorch_model.fp16.safetensors``)
+        or ``'ema'``; weights are cast to ``dtype``. For a single file only ``'ema'`` (its
+        ``model_ema.*`` UNet weights).
+      config: for a single-file checkpoint, a diffusers-format folder (or cached hub id) giving
+        the component configs, tokenizer and schedulers (its weights are not read).
 
     Raises:
-      ModelLoadError: naming the missing / malformed / incompatible component.
+      ModelLoadError: naming the missing / malformed / incompatible component; a missing
+        path, file, variant or config fails first, before any model is built
+        (:func:`weight_files`).
     """
+    files = weight_files(path_or_id, variant, weights=weights, config=config)
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ModelLoadError(f"dtype must be float32 or bfloat16, got {dtype}")
     from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
     from diffusers.models.embeddings_flax import FlaxTimestepEmbedding
     from transformers import (
@@ -644,26 +1216,26 @@ def load_sd(
         FlaxCLIPVisionModel,
     )
 
-    dtype = jnp.dtype(dtype)
-    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-        raise ModelLoadError(f"dtype must be float32 or bfloat16, got {dtype}")
-    if weights not in ("auto", "flax", "pytorch"):
-        raise ModelLoadError(f"weights must be 'auto', 'flax' or 'pytorch', got {weights!r}")
-    root = resolve_model_path(path_or_id)
+    single = None
+    if _is_single_file(os.fspath(path_or_id)):
+        single = _SingleFile(os.fspath(path_or_id), variant)
+        root = resolve_model_path(config)
+    else:
+        root = resolve_model_path(path_or_id)
     index_path = os.path.join(root, "model_index.json")
     model_index = _read_json(index_path, "model_index") if os.path.isfile(index_path) else {}
     pipeline_class = str(model_index.get("_class_name", ""))
 
     cache_log: dict[str, str] = {}
     unet, unet_params, unet_config, class_params = _load_diffusers_component(
-        root, "unet", FlaxUNet2DConditionModel, weights, dtype, cache_log
+        root, "unet", FlaxUNet2DConditionModel, weights, dtype, cache_log, variant, single
     )
     vae, vae_params, vae_config, _ = _load_diffusers_component(
-        root, "vae", FlaxAutoencoderKL, weights, dtype, cache_log
+        root, "vae", FlaxAutoencoderKL, weights, dtype, cache_log, variant, single
     )
     text_model, text_params, text_fmt = _load_transformers_component(
         root, "text_encoder", CLIPTextConfig, FlaxCLIPTextModel, weights, dtype, vision=False,
-        cache_log=cache_log,
+        cache_log=cache_log, variant=variant, single=single,
     )
     tok_dir = os.path.join(root, "tokenizer")
     if not os.path.isdir(tok_dir):
@@ -729,6 +1301,7 @@ def load_sd(
             dtype,
             vision=True,
             cache_log=cache_log,
+            variant=variant,
         )
         formats.add(vision_fmt)
         embed_dim = int(vision_model.config.projection_dim)
@@ -770,10 +1343,14 @@ def load_sd(
         "resolved_path": root,
         "pipeline_class": pipeline_class or None,
         "weights_format": "+".join(sorted(formats)),
-        "tiny_random": os.path.isfile(os.path.join(root, TINY_MARKER))
-        or bool(model_index.get("augdiff_tiny_random", False)),
+        "tiny_random": single is None
+        and (os.path.isfile(os.path.join(root, TINY_MARKER))
+             or bool(model_index.get("augdiff_tiny_random", False))),
         "dtype": str(dtype),
         "weights_cache": cache_log,
+        "variant": variant,
+        "config": os.fspath(config) if single is not None else None,
+        "weight_files": [os.fspath(f) for f in files],
     }
     components = SDComponents(
         kind=kind,

@@ -423,21 +423,28 @@ def path_or_tiny(path: str, *, tiny: bool, tiny_dir: str, marker: str,
 
 
 def load_or_make_tiny(path: str, *, kind: str, dtype: Any, tiny: bool, tiny_dir: str,
-                      seed: int, missing: str) -> tuple[loading.SDComponents, dict]:
+                      seed: int, missing: str, variant: str = "",
+                      config: str = "") -> tuple[loading.SDComponents, dict]:
     """``(components, params)`` of the Stable Diffusion model of ``kind`` at ``path``
-    (:func:`augdiff.sd.loading.load_sd`), or with an empty path and ``tiny`` the tiny
-    random-weight one of :func:`make_tiny_sd` in ``tiny_dir`` (:func:`path_or_tiny`)."""
+    (:func:`augdiff.sd.loading.load_sd`, with its ``variant`` and single-file ``config``; empty
+    means none), or with an empty path and ``tiny`` the tiny random-weight one of
+    :func:`make_tiny_sd` in ``tiny_dir`` (:func:`path_or_tiny`)."""
     root = path_or_tiny(
         path, tiny=tiny, tiny_dir=tiny_dir, marker="model_index.json", missing=missing,
         make=lambda d: make_tiny_sd(d, kind=kind, seed=int(seed), formats=("flax",)))
-    return loading.load_sd(root, dtype=dtype, kind=kind)
+    return loading.load_sd(root, dtype=dtype, kind=kind, variant=variant or None,
+                           config=config or None)
 
 
 def load_from_config(model_cfg: Any, workdir: str, seed: int,
                      kind: str) -> tuple[loading.SDComponents, dict]:
     """:func:`load_or_make_tiny` of a method config's ``model`` block: ``path`` (folder / hub
-    id), ``tiny`` (empty path: the tiny model in ``<workdir>/tiny_<kind>``) and ``dtype``."""
+    id / single-file checkpoint), ``tiny`` (empty path: the tiny model in
+    ``<workdir>/tiny_<kind>``), ``dtype``, and optional ``variant`` (e.g. ``'fp16'``) and
+    ``config`` (a single file's diffusers-format config folder)."""
     return load_or_make_tiny(
         model_cfg.path, kind=kind, dtype=model_cfg.dtype, tiny=bool(model_cfg.tiny),
+        variant=str(model_cfg.get("variant", "") or ""),
+        config=str(model_cfg.get("config", "") or ""),
         tiny_dir=os.path.join(workdir, f"tiny_{kind}"), seed=int(seed),
         missing="config.model.path is empty: give a model folder/hub id or tiny=True")
