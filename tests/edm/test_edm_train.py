@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -330,6 +331,38 @@ def test_resume_refuses_a_checkpoint_trained_with_another_loss_reduction():
                                                                        fields)
     # sampling only needs the model: the loss does not stop a checkpoint from loading
     assert "train.loss_reduction" not in edm_train.mismatching_fields(saved_old, now_sum)
+
+
+def _tfrecord_scalars(path) -> dict[str, dict[int, float]]:
+    """Scalars of a TensorBoard event file, read by the TFRecord framing written out here
+    (u64 length, u32 crc, the Event proto, u32 crc), not by augdiff: tag -> {step: value}."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, dict[int, float]] = {}
+    raw = open(path, "rb").read()
+    pos = 0
+    while pos < len(raw):
+        (n,) = struct.unpack("<Q", raw[pos:pos + 8])
+        ev = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + n])
+        pos += 12 + n + 4
+        for v in ev.summary.value:
+            out.setdefault(v.tag, {})[int(ev.step)] = float(v.simple_value)
+    return out
+
+
+def test_tensorboard_log_holds_the_metrics_jsonl_losses(resumed_runs):
+    """EDM training writes TensorBoard scalars (``workdir/tb``) beside ``metrics.jsonl``:
+    the same loss and learning rate at the same steps."""
+    full, _ = resumed_runs
+    files = sorted((pathlib.Path(full.workdir) / "tb").glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    tb = _tfrecord_scalars(files[0])
+    rows = [json.loads(line) for line in open(os.path.join(full.workdir, "metrics.jsonl"))]
+    assert tb["train/loss"] == pytest.approx({r["step"]: r["loss"] for r in rows}, rel=1e-6)
+    assert tb["train/lr"] == pytest.approx({r["step"]: r["lr"] for r in rows}, rel=1e-6,
+                                           abs=1e-12)
 
 
 @pytest.mark.slow
