@@ -243,6 +243,28 @@ def test_sample_fn_labels_guidance_and_per_example_noise():
         sampling.make_sample_fn(apply, EDMConfig(), **{**kw, "source_label": 5})
 
 
+def test_samples_grid_is_readable(tmp_path):
+    """``samples_grid.png``: 16² samples enlarged 4× (≥ 64 px a side), each tile equal to
+    Pillow's own nearest-neighbour resize, white gaps between."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "grid.png"
+    sampling.save_grid(images, str(path))
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (2 * 66 + 2, 3 * 66 + 2, 3)  # 3 columns, 2 rows, 2-px gaps
+    for i in range(5):
+        r, q = divmod(i, 3)
+        tile = grid[2 + r * 66:2 + r * 66 + 64, 2 + q * 66:2 + q * 66 + 64]
+        ref = np.asarray(Image.fromarray(images[i]).resize((64, 64), Image.NEAREST))
+        np.testing.assert_array_equal(tile, ref)
+    assert (grid[:2] == 255).all() and (grid[2:66, 66:68] == 255).all()
+    big = rng.integers(0, 256, (1, 80, 80, 1), dtype=np.uint8)  # already large: kept 1×
+    sampling.save_grid(big, str(path))
+    np.testing.assert_array_equal(np.asarray(Image.open(path))[2:82, 2:82], big[0, ..., 0])
+
+
 def test_example_labels_spread_evenly():
     labels = sampling.example_labels(np.arange(12), [1, 4, 7], class_conditional=True)
     np.testing.assert_array_equal(labels, [1, 4, 7] * 4)
