@@ -241,3 +241,37 @@ def test_labelled_class_grid_rows_are_classes(tmp_path):
     assert (grid[68:132, x0:x0 + 64] == 50).all()  # row "b": image 1
     # the label column carries dark text pixels
     assert (grid[2:66, :x0 - 2] < 128).any()
+
+
+def test_training_stage_records_per_class_and_skipped_images_for_the_report(tmp_path,
+                                                                           monkeypatch):
+    """The wire trainer -> stage unit (stages.json) -> report: per-class accuracy and the
+    skipped-image counts the classifier returns reach the report's tables."""
+    from augdiff.pipeline import stages
+
+    def fake_train(sub, **kwargs):
+        return {"test_top1": 0.5, "test_top5": 1.0, "train_loss": 1.0,
+                "test_class_top1": [0.75, 0.25, 0.5], "test_class_count": [4, 4, 2],
+                "skipped_images": {"train": 1, "test": 0, "files": ["train/tulip/x.gif"]}}
+
+    monkeypatch.setattr(stages, "train_and_evaluate", fake_train)
+    c = load_config(f"{REPO / 'augdiff' / 'configs' / 'quickstart.py'}:test")
+    c.workdir = str(tmp_path)
+    c.seeds = (0,)
+    c.stages = ("prepare", "train_real", "report")
+    sb = book.StageBook(str(tmp_path))
+    sb.start("train_real", "fp", {})
+    out = stages.STAGE_FUNCTIONS["train_real"](
+        c, {"prepare": {"num_train": 64}}, book.Units(sb, "train_real", print))
+    unit = json.loads((tmp_path / "stages.json").read_text())["stages"]["train_real"]["units"][
+        "seed_0"]
+    assert unit["test_class_top1"] == [0.75, 0.25, 0.5] and unit["test_class_count"] == [4, 4, 2]
+    assert unit["skipped_images"]["train"] == 1
+    prep = {"description": "d", "class_names": CLASSES, "num_classes": 3, "num_train": 10,
+            "num_test": 10, "counts_per_class": {n: 3 for n in CLASSES},
+            "subset_file": str(tmp_path / "prepare" / "subset.json")}
+    text = pathlib.Path(write_report(c, {"prepare": prep, "train_real": out})["report"]
+                        ).read_text()
+    assert "| daisy | 4 | 75.00 |" in text and "| tulip | 2 | 50.00 |" in text
+    assert "Skipped as unreadable (`data.skip_corrupt`): train 1, test 0" in text
+    assert "1 seed" in text  # n = 1 is said, not hidden behind a zero std
