@@ -712,13 +712,19 @@ def write_results(workdir: str, results: Mapping[str, Any]) -> tuple[str, str]:
     """Write ``results.json`` and ``results.csv`` into ``workdir``; returns both paths."""
     jpath, cpath = os.path.join(workdir, "results.json"), os.path.join(workdir, "results.csv")
     write_json(jpath, results)
+    write_csv(cpath, results_rows(results))
+    return jpath, cpath
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``rows`` as CSV with the columns :data:`CSV_COLUMNS` (missing values empty),
+    written atomically."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()
-    for row in results_rows(results):
+    for row in rows:
         w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
-    atomic_write(cpath, buf.getvalue())
-    return jpath, cpath
+    atomic_write(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------------
