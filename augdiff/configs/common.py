@@ -47,12 +47,14 @@ def mesh_config(data: int = -1, fsdp: int = 1) -> ml_collections.ConfigDict:
 
 
 def experiment(name: str, *, description: str, workdir: str, seeds: Sequence[int],
-               stages: Sequence[str], data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The top of an ``augdiff run`` config: ``seed`` 0 (subsets, generation), the training
-    ``seeds``, the ``stages`` in order, ``rerun`` (stages to start over), ``data`` and an
-    all-devices ``mesh``."""
+               stages: Sequence[str], data: ml_collections.ConfigDict,
+               variant: str = "") -> ml_collections.ConfigDict:
+    """The top of an ``augdiff run`` config: its ``name`` and ``variant`` (the report's title
+    names both), ``seed`` 0 (subsets, generation), the training ``seeds``, the ``stages`` in
+    order, ``rerun`` (stages to start over), ``data`` and an all-devices ``mesh``."""
     c = ml_collections.ConfigDict()
     c.name = name
+    c.variant = variant
     c.description = description
     c.workdir = workdir
     c.seed = 0
@@ -107,8 +109,9 @@ def evaluate(config: str, overrides: Mapping[str, Any] | None = None
     return _section(config=config, overrides=_overrides(overrides))
 
 
-def report(title: str, samples_per_class: int = 8) -> ml_collections.ConfigDict:
-    """``report``: the title of ``report.md`` and the sample-grid size."""
+def report(title: str = "", samples_per_class: int = 8) -> ml_collections.ConfigDict:
+    """``report``: the title of ``report.md`` (``""``: written from the run — config name and
+    variant, the data read, the generator) and the sample-grid size."""
     return _section(title=title, samples_per_class=samples_per_class)
 
 

@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      "images, not only the run's subset); classifiers on real / synthetic / "
                      "mixed data."),
         workdir="runs/quickstart", seeds=(0, 1), stages=STAGES,
-        data=common.data_config(image_size=16, per_class=100))
+        data=common.data_config(image_size=16, per_class=100), variant=variant)
 
     # The generator shipped with augdiff (augdiff/assets/generator_cifar10, trained by
     # configs/generator_cifar10.py on the full CIFAR-10 training split at 16²), loaded exactly
@@ -102,8 +102,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "evaluate": {"max_real": 1000, "max_synthetic": 1000, "max_train": 500,
                      "kid_subsets": 20, "kid_subset_size": 100, "ssim_threshold": 0.5},
     })
-    c.report = common.report(
-        "augdiff quickstart: CIFAR-10 with the EDM generator shipped with augdiff")
+    # No fixed title: the report names the config, the data actually read and the generator.
+    c.report = common.report()
 
     if variant == "default":
         pass

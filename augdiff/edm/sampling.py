@@ -146,15 +146,20 @@ def jit_sampler(sample_fn: Callable[..., jax.Array], mesh: Any) -> Callable[...,
                    out_shardings=batch_sh)
 
 
-def save_grid(images: np.ndarray, path: str) -> None:
-    """Write uint8 images [N, H, W, C] as one PNG grid (⌈√N⌉ columns)."""
+def save_grid(images: np.ndarray, path: str, *, min_px: int = 64, pad: int = 2) -> None:
+    """Write uint8 images [N, H, W, C] as one PNG grid (⌈√N⌉ columns), each image enlarged by
+    an integer factor (nearest neighbour: every pixel a ``k × k`` block) to at least
+    ``min_px`` pixels a side, with ``pad`` white pixels between and around them."""
     n, h, w, c = images.shape
+    k = max(1, -(-int(min_px) // max(h, 1)))
     cols = max(int(math.ceil(math.sqrt(n))), 1)
     rows = max(int(math.ceil(n / cols)), 1)
-    grid = np.zeros((rows * h, cols * w, c), np.uint8)
-    for k in range(n):
-        r, q = divmod(k, cols)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[k]
+    th, tw = k * h, k * w
+    grid = np.full((rows * (th + pad) + pad, cols * (tw + pad) + pad, c), 255, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        y, x = pad + r * (th + pad), pad + q * (tw + pad)
+        grid[y:y + th, x:x + tw] = np.repeat(np.repeat(images[i], k, axis=0), k, axis=1)
     Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
 
 

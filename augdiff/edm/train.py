@@ -29,7 +29,9 @@ The step is a pure function of ``(state, batch)`` with randomness from
 ``fold_in(key, step)``; it is jitted once with explicit shardings (batch over the mesh,
 parameters replicated) and donates the state. Checkpoints (params, EMA, optimiser state,
 step and the loader's state) are written every ``checkpoint_every_steps`` so that a killed
-and resumed run reproduces an uninterrupted one exactly.
+and resumed run reproduces an uninterrupted one exactly. Every step's loss, learning rate,
+EMA β and gradient norm go to ``workdir/metrics.jsonl`` and to TensorBoard (``workdir/tb``,
+the classifier trainer's ``tensorboardX`` writer).
 """
 
 from __future__ import annotations
@@ -542,6 +544,9 @@ def train(config: ml_collections.ConfigDict, *, stop_after_steps: int | None = N
     end = total_steps if stop_after_steps is None else min(total_steps, start + stop_after_steps)
     bar = tqdm(range(start, end), desc=f"train-diffusion[{config.mode}]", initial=start,
                total=total_steps, disable=jax.process_index() != 0)
+    from tensorboardX import SummaryWriter
+
+    tb = SummaryWriter(os.path.join(workdir, "tb")) if jax.process_index() == 0 else None
     try:
         with open(metrics_path, "a") as mf:
             for step in bar:
@@ -566,6 +571,10 @@ def train(config: ml_collections.ConfigDict, *, stop_after_steps: int | None = N
                 if jax.process_index() == 0:
                     mf.write(json.dumps(rec) + "\n")
                     mf.flush()
+                if tb is not None:
+                    for k in ("loss", "lr", "ema_beta", "grad_norm", "images_per_s"):
+                        if k in rec:
+                            tb.add_scalar(f"train/{k}", rec[k], step + 1)
                 last = rec
                 if (step + 1) % ckpt_every == 0 or step + 1 == total_steps:
                     last_ckpt = save_checkpoint(ckpt, state, loader.get_state(), config_dict, info)
@@ -573,4 +582,6 @@ def train(config: ml_collections.ConfigDict, *, stop_after_steps: int | None = N
         bar.close()
         ckpt.close()
         loader.close()
+        if tb is not None:
+            tb.close()
     return last

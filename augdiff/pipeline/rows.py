@@ -71,13 +71,15 @@ def row_config(config: ml_collections.ConfigDict, row: str,
 
 def row_result(outputs: Mapping[str, Any]) -> dict[str, Any]:
     """Top-1 / top-5 (seed means, fractions) of a row: its ``train_mixed`` stage, else
-    ``train_real``, else ``train_synthetic``."""
+    ``train_real``, else ``train_synthetic``; ``seeds`` holds each seed's top-1 (the paired
+    comparisons of the findings read them)."""
     for stage in ("train_mixed", "train_real", "train_synthetic"):
         if stage in outputs:
             o = outputs[stage]
             return {"test_top1": o["test_top1_mean"], "test_top5": o["test_top5_mean"],
                     "test_top1_std": o.get("test_top1_std", 0.0), "stage": stage,
-                    "num_seeds": o.get("num_seeds", 1)}
+                    "num_seeds": o.get("num_seeds", 1),
+                    "seeds": {k: float(u["test_top1"]) for k, u in o.get("seeds", {}).items()}}
     return {}
 
 

@@ -17,7 +17,8 @@ train_mixed        ... on real + synthetic with the ``config.mixed`` schedule
 evaluate           FID / KID / PRDC / replication of the store against the real test split
                    (:func:`augdiff.metrics.evaluate.evaluate_store`)
 pca                2-D PCA of real vs synthetic features (:mod:`augdiff.analysis.pca`)
-report             ``report.md`` with tables, sample grids and the resolved config
+report             ``report.md`` with tables, comparisons, curves, sample grids and the
+                   resolved config, and ``results.json`` / ``results.csv``
                    (:func:`augdiff.pipeline.report.write_report`)
 =================  ==========================================================================
 
@@ -176,6 +177,9 @@ def _train_stage(kind: str) -> Callable[..., dict[str, Any]]:
                     "epochs": len(result.get("epochs", [])),
                     "steps_per_epoch": int(result.get("steps_per_epoch", 0)),
                     "synthetic_share": float(result.get("synthetic_share", 0.0))}
+            for k in ("test_class_top1", "test_class_count", "skipped_images"):
+                if result.get(k) is not None:  # per-class accuracy; unreadable images left out
+                    unit[k] = result[k]
             units.done(key, unit)
             per_seed[key] = unit
         return {"kind": kind, "seeds": per_seed, **seed_statistics(per_seed)}

@@ -3,8 +3,12 @@
 :func:`paper_table` writes seed 000 Tables 1-2 as Markdown: ``Method | Sch. | Ratio | Lsf |
 Top-1 paper | Top-1 augdiff | Top-5 paper | Top-5 augdiff`` (the paper's columns, each metric
 twice), one line per row in the order given; a row augdiff has not run shows ``—``. The paper's
-numbers and findings are fields of the table experiment's config (``config.paper``).
-:func:`rows_report` is the report of a table experiment (:mod:`augdiff.pipeline.rows`).
+numbers and findings are fields of the table experiment's config (``config.paper``); with
+several seeds augdiff's Top-1 reads ``mean ± std (n = k)``.
+:func:`rows_report` is the report of a table experiment (:mod:`augdiff.pipeline.rows`): the
+table, each finding's paired difference over seeds with its 95 % interval and a verdict on
+the paper's claim (*reproduced*, *contradicted*, *within noise*;
+:func:`finding_comparisons`), and ``results.json`` / ``results.csv`` with every number.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from augdiff.files import atomic_write
+from augdiff.analysis.compare import describe, finding_verdict, paired_comparison
+from augdiff.files import atomic_write, write_json
+from augdiff.pipeline.report import RESULTS_FORMAT, write_csv
 
 PaperRow = tuple[str, str, str, str, float | None, float | None]
 
@@ -40,9 +46,13 @@ def paper_table(
             raise KeyError(f"paper_table: row {row!r} has no entry in the paper's table")
         method, sch, ratio, lsf, t1, t5 = paper[row]
         r = results.get(row, {})
+        top1 = _pct(r.get("test_top1"), result_scale)
+        n = int(r.get("num_seeds", 1) or 1)
+        if n > 1 and r.get("test_top1_std") is not None:
+            top1 += f" ± {_pct(r['test_top1_std'], result_scale)} (n = {n})"
         lines.append(
             f"| {method} | {sch} | {ratio} | {lsf} | {_pct(t1, 1.0)} | "
-            f"{_pct(r.get('test_top1'), result_scale)} | {_pct(t5, 1.0)} | "
+            f"{top1} | {_pct(t5, 1.0)} | "
             f"{_pct(r.get('test_top5'), result_scale)} | `{row}` |"
         )
     return "\n".join(lines) + "\n"
@@ -72,6 +82,28 @@ def finding_directions(
     return out
 
 
+def finding_comparisons(
+    findings: Sequence[tuple[str, str, bool]], results: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each finding ``(text, "a<b", paper_says)`` read against the seeds: the paired
+    difference ``b − a`` of Top-1 over the seeds both rows ran, its 95 % t interval
+    (:func:`augdiff.analysis.compare.paired_comparison`) and the verdict on the paper's claim
+    (``b`` above ``a`` when ``paper_says``, else not): *reproduced*, *contradicted*, *within
+    noise* or "1 seed: no interval"; ``None`` fields when a row has no per-seed result."""
+    out = []
+    for text, expr, paper in findings:
+        a, _, b = expr.partition("<")
+        sa, sb = (results.get(r, {}).get("seeds") or {} for r in (a, b))
+        rec: dict[str, Any] = {"finding": text, "rows": [a, b], "paper": bool(paper),
+                               "comparison": None, "verdict": None, "text": None}
+        if sa and sb and set(sa) & set(sb):
+            comp = paired_comparison(sb, sa, a_label=b, b_label=a)
+            rec.update(comparison=comp.to_dict(), text=describe(comp),
+                       verdict=finding_verdict(comp, a_above_b=bool(paper)))
+        out.append(rec)
+    return out
+
+
 def rows_report(config: Any, info: Mapping[str, Mapping[str, Any]],
                 analyses: Mapping[str, Any]) -> str:
     """``<workdir>/report.md`` of a table experiment: the paper-layout table of every row
@@ -87,16 +119,23 @@ def rows_report(config: Any, info: Mapping[str, Mapping[str, Any]],
     if aliases:
         lines += ["Rows reported with another row's result (same definition): " +
                   ", ".join(f"`{a}` = `{b}`" for a, b in aliases.items()), ""]
-    lines += ["## Findings (Top-1; one seed per row unless stated)", "",
-              "| finding | paper | augdiff | gap (points, b − a) | agrees |",
-              "|---|---|---|---|---|"]
+    lines += ["## Findings (Top-1, paired by seed)", "",
+              "Gap: Top-1 of row b minus row a (points), mean over the seeds both rows ran, "
+              "with its 95 % Student-t interval. *Reproduced* / *contradicted*: the interval "
+              "lies on the paper's / the other side of 0; *within noise*: it contains 0.", "",
+              "| finding | paper | gap (points, b − a) | 95 % interval | seeds | verdict |",
+              "|---|---|---|---|---|---|"]
     yn = {True: "yes", False: "no", None: "—"}
     findings = [(str(t), str(e), bool(p)) for t, e, p in config.paper.get("findings", ())]
-    for d in finding_directions(findings, results):
+    verdicts = finding_comparisons(findings, results)
+    for d, v in zip(finding_directions(findings, results), verdicts, strict=True):
         a, b = d["rows"]
         gap = "—" if d["gap"] is None else f"{d['gap']:+.2f}"
-        lines.append(f"| {d['finding']} (`{a}` < `{b}`) | {yn[d['paper']]} | {yn[d['augdiff']]} "
-                     f"| {gap} | {yn[d['agrees']]} |")
+        c = v["comparison"]
+        ci = ("—" if c is None or c["low"] is None
+              else f"{100 * c['low']:+.2f} to {100 * c['high']:+.2f}")
+        lines.append(f"| {d['finding']} (`{a}` < `{b}`) | {yn[d['paper']]} | {gap} | {ci} | "
+                     f"{c['n'] if c else '—'} | **{v['verdict'] or 'no result'}** |")
     lines += ["", "## Rows", "", "| row | stage | seeds | wall s | workdir |",
               "|---|---|---|---|---|"]
     for r in rows:
@@ -112,9 +151,42 @@ def rows_report(config: Any, info: Mapping[str, Mapping[str, Any]],
         for line in out.get("report_lines", []):
             lines.append(line)
         lines.append("")
+    lines += ["Every number above, with each row's per-seed Top-1 and the findings' "
+              "intervals: [`results.json`](results.json), [`results.csv`](results.csv).", ""]
+    write_rows_results(str(config.workdir), title, info, verdicts)
     path = os.path.join(str(config.workdir), "report.md")
     atomic_write(path, "\n".join(lines) + "\n")
     return path
+
+
+def write_rows_results(workdir: str, title: str, info: Mapping[str, Mapping[str, Any]],
+                       findings: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """``results.json`` / ``results.csv`` of a table experiment: every row's result (seed
+    means and per-seed Top-1, fractions) and every finding's comparison and verdict."""
+    rows = {r: {**i.get("result", {}), "alias_of": i.get("alias_of"),
+                "seconds": i.get("seconds")} for r, i in info.items()}
+    results = {"format": RESULTS_FORMAT, "title": title, "rows": rows,
+               "findings": list(findings),
+               "units": "accuracies and differences are fractions in [0, 1]"}
+    csv_rows: list[dict[str, Any]] = []
+    for r, res in rows.items():
+        for key, v in (res.get("seeds") or {}).items():
+            csv_rows.append({"section": "seed", "name": r, "seed": key, "metric": "test_top1",
+                             "value": v})
+        for m in ("test_top1", "test_top5", "test_top1_std"):
+            if m in res:
+                csv_rows.append({"section": "row", "name": r, "metric": m, "value": res[m],
+                                 "n": res.get("num_seeds")})
+    for f in findings:
+        c = f["comparison"] or {}
+        csv_rows.append({"section": "finding", "name": f["finding"],
+                         "metric": f"test_top1[{f['rows'][1]}] - test_top1[{f['rows'][0]}]",
+                         "value": c.get("mean"), "n": c.get("n"), "low": c.get("low"),
+                         "high": c.get("high"), "verdict": f["verdict"]})
+    jpath, cpath = os.path.join(workdir, "results.json"), os.path.join(workdir, "results.csv")
+    write_json(jpath, results)
+    write_csv(cpath, csv_rows)
+    return jpath, cpath
 
 
 def table2_report(out: dict[str, Any]) -> str:

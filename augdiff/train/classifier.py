@@ -281,7 +281,8 @@ def make_eval_step(
     model: nn.Module, mesh: Mesh, state: TrainState, *, loss_kind: str = "ce", num_classes: int
 ) -> Callable[[TrainState, dict[str, Any]], dict[str, jax.Array]]:
     """Sums over one padded test batch (``mask`` = 0 on padding rows): ``top1``, ``top5``,
-    ``loss`` and ``count``. Jitted once with explicit shardings."""
+    ``loss``, ``count``, and per class ``class_top1`` / ``class_count`` (length
+    ``num_classes``). Jitted once with explicit shardings."""
 
     def eval_fn(state: TrainState, batch: dict[str, jax.Array]):
         logits = model.apply(
@@ -293,11 +294,14 @@ def make_eval_step(
         y = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
         per = losses.per_example_loss(loss_kind, logits, y)
         k5 = min(5, num_classes)
+        correct = losses.topk_correct(logits, batch["label"], 1) * m
         return {
-            "top1": jnp.sum(losses.topk_correct(logits, batch["label"], 1) * m),
+            "top1": jnp.sum(correct),
             "top5": jnp.sum(losses.topk_correct(logits, batch["label"], k5) * m),
             "loss": jnp.sum(per * m),
             "count": jnp.sum(m),
+            "class_top1": jnp.zeros(num_classes, jnp.float32).at[batch["label"]].add(correct),
+            "class_count": jnp.zeros(num_classes, jnp.float32).at[batch["label"]].add(m),
         }
 
     st_sh = state_sharding(state, mesh)
@@ -350,15 +354,22 @@ def evaluate(
     eval_step: Callable, state: TrainState, source: Any, batch_size: int, mesh: Mesh,
     cache: dict | None = None,
 ) -> dict[str, float]:
-    """Top-1 / top-5 accuracy and mean loss over every example of ``source``."""
+    """Top-1 / top-5 accuracy and mean loss over every example of ``source``, and per class
+    (index = label) the top-1 accuracy ``test_class_top1`` and count ``test_class_count``."""
     totals: dict[str, Any] = {}
     for batch in eval_batches(source, batch_size, cache):
         out = eval_step(state, distributed.shard_batch(batch, mesh))
         totals = out if not totals else jax.tree_util.tree_map(jnp.add, totals, out)
-    t = {k: float(v) for k, v in jax.device_get(totals).items()}
+    host = jax.device_get(totals)
+    per_class = np.asarray(host.pop("class_top1"), np.float64)
+    per_count = np.asarray(host.pop("class_count"), np.float64)
+    t = {k: float(v) for k, v in host.items()}
     n = max(t["count"], 1.0)
     return {"test_top1": t["top1"] / n, "test_top5": t["top5"] / n, "test_loss": t["loss"] / n,
-            "test_count": int(t["count"])}
+            "test_count": int(t["count"]),
+            "test_class_top1": [float(c / max(k, 1.0)) for c, k in zip(per_class, per_count,
+                                                                      strict=True)],
+            "test_class_count": [int(k) for k in per_count]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,7 +691,7 @@ def train_and_evaluate(
                 epoch_losses, epoch_top1, epoch_share = [], [], []
                 if tb is not None:
                     for k, v in row.items():
-                        if k not in ("epoch", "step"):
+                        if k not in ("epoch", "step") and not isinstance(v, list):
                             tb.add_scalar(f"epoch/{k}", v, epoch)
                     tb.flush()
                 if is_main:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -242,6 +243,28 @@ def test_sample_fn_labels_guidance_and_per_example_noise():
         sampling.make_sample_fn(apply, EDMConfig(), **{**kw, "source_label": 5})
 
 
+def test_samples_grid_is_readable(tmp_path):
+    """``samples_grid.png``: 16² samples enlarged 4× (≥ 64 px a side), each tile equal to
+    Pillow's own nearest-neighbour resize, white gaps between."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "grid.png"
+    sampling.save_grid(images, str(path))
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (2 * 66 + 2, 3 * 66 + 2, 3)  # 3 columns, 2 rows, 2-px gaps
+    for i in range(5):
+        r, q = divmod(i, 3)
+        tile = grid[2 + r * 66:2 + r * 66 + 64, 2 + q * 66:2 + q * 66 + 64]
+        ref = np.asarray(Image.fromarray(images[i]).resize((64, 64), Image.NEAREST))
+        np.testing.assert_array_equal(tile, ref)
+    assert (grid[:2] == 255).all() and (grid[2:66, 66:68] == 255).all()
+    big = rng.integers(0, 256, (1, 80, 80, 1), dtype=np.uint8)  # already large: kept 1×
+    sampling.save_grid(big, str(path))
+    np.testing.assert_array_equal(np.asarray(Image.open(path))[2:82, 2:82], big[0, ..., 0])
+
+
 def test_example_labels_spread_evenly():
     labels = sampling.example_labels(np.arange(12), [1, 4, 7], class_conditional=True)
     np.testing.assert_array_equal(labels, [1, 4, 7] * 4)
@@ -330,6 +353,38 @@ def test_resume_refuses_a_checkpoint_trained_with_another_loss_reduction():
                                                                        fields)
     # sampling only needs the model: the loss does not stop a checkpoint from loading
     assert "train.loss_reduction" not in edm_train.mismatching_fields(saved_old, now_sum)
+
+
+def _tfrecord_scalars(path) -> dict[str, dict[int, float]]:
+    """Scalars of a TensorBoard event file, read by the TFRecord framing written out here
+    (u64 length, u32 crc, the Event proto, u32 crc), not by augdiff: tag -> {step: value}."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, dict[int, float]] = {}
+    raw = open(path, "rb").read()
+    pos = 0
+    while pos < len(raw):
+        (n,) = struct.unpack("<Q", raw[pos:pos + 8])
+        ev = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + n])
+        pos += 12 + n + 4
+        for v in ev.summary.value:
+            out.setdefault(v.tag, {})[int(ev.step)] = float(v.simple_value)
+    return out
+
+
+def test_tensorboard_log_holds_the_metrics_jsonl_losses(resumed_runs):
+    """EDM training writes TensorBoard scalars (``workdir/tb``) beside ``metrics.jsonl``:
+    the same loss and learning rate at the same steps."""
+    full, _ = resumed_runs
+    files = sorted((pathlib.Path(full.workdir) / "tb").glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    tb = _tfrecord_scalars(files[0])
+    rows = [json.loads(line) for line in open(os.path.join(full.workdir, "metrics.jsonl"))]
+    assert tb["train/loss"] == pytest.approx({r["step"]: r["loss"] for r in rows}, rel=1e-6)
+    assert tb["train/lr"] == pytest.approx({r["step"]: r["lr"] for r in rows}, rel=1e-6,
+                                           abs=1e-12)
 
 
 @pytest.mark.slow

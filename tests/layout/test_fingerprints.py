@@ -11,7 +11,11 @@ snapshot is the same on every machine.
 The table experiments' own configs gained the paper's numbers as config fields
 (``paper`` for seed 000's tables, ``table2.paper_fid`` for seed 004's Table 2, formerly
 module constants read by re-executing the config file); those fields are removed before the
-experiment config's own fingerprint is compared (no stage of any run depends on them).
+experiment config's own fingerprint is compared (no stage of any run depends on them); so
+is ``variant`` (the config's variant, which the report's title names). The quickstart's
+``config`` and ``report`` entries were rewritten when its report title stopped being a fixed
+string (the report stage is redone whenever its inputs change, so a resumed run loses
+nothing).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from augdiff.pipeline.wiring import resolve_config, seeds_of, stage_inputs, stag
 
 SNAPSHOT = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "fingerprints.json"
 WORKDIR = "/fingerprint-run"
-ADDED_FIELDS = (("paper",), ("table2", "paper_fid"))
+ADDED_FIELDS = (("paper",), ("table2", "paper_fid"), ("variant",))
 
 
 def normalise(obj: Any) -> Any:

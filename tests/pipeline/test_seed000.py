@@ -345,7 +345,8 @@ def test_rows_experiment_wiring(tmp_path, monkeypatch):
                 return {"store": str(tmp_path / row / "s"), "num_images": 20}
             if stage.startswith("train"):
                 top1 = {"baseline": 0.30, "vanilla": 0.25, "random": 0.32}.get(row, 0.2)
-                return {"test_top1_mean": top1, "test_top5_mean": 0.8, "num_seeds": 1}
+                return {"test_top1_mean": top1, "test_top5_mean": 0.8, "num_seeds": 1,
+                        "seeds": {"seed_0": {"test_top1": top1}}}
             return {}
         return fn
 
@@ -362,9 +363,11 @@ def test_rows_experiment_wiring(tmp_path, monkeypatch):
     md = open(out["report"]).read()
     assert "| Baseline | Con | 0.0 | 1.00 | 68.63 | 30.00 |" in md
     assert "| Vanilla | Con | 0.0 | 1.00 | 75.35 | 25.00 |" in md
-    # DC below vanilla? augdiff: no (30 > 25); random below DC? no (32 > 30).
-    assert "| DC falls below vanilla (`dc` < `vanilla`) | yes | no | -5.00 | no |" in md
-    assert "| random falls below DC (`random` < `dc`) | yes | no | -2.00 | no |" in md
+    # DC below vanilla? gap −5 points; random below DC? gap −2: one seed, so no verdict.
+    assert ("| DC falls below vanilla (`dc` < `vanilla`) | yes | -5.00 | — | 1 | "
+            "**1 seed: no interval** |") in md
+    assert ("| random falls below DC (`random` < `dc`) | yes | -2.00 | — | 1 | "
+            "**1 seed: no interval** |") in md
     # Table 1's Fractal rows (mask 'original') make no edit.
     from augdiff.methods import diffusemix as DM
 

@@ -169,6 +169,10 @@ def test_eval_counts_every_row_with_padding(setup, folder):
     assert ev["test_top5"] == pytest.approx(top5) == 1.0
     ce = losses.softmax_cross_entropy(logits, jax.nn.one_hot(labels, NUM_CLASSES))
     assert ev["test_loss"] == pytest.approx(float(jnp.mean(ce)), rel=1e-5)
+    # per class (index = label): top-1 and count over the same rows, padding excluded
+    assert ev["test_class_count"] == [int(np.sum(labels == c)) for c in range(NUM_CLASSES)]
+    assert ev["test_class_top1"] == pytest.approx(
+        [np.mean(order[labels == c, 0] == c) for c in range(NUM_CLASSES)])
 
 
 # ------------------------------------------------------------------ the loop: resume, metrics
