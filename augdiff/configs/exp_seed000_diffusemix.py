@@ -176,8 +176,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # generator.weights: the SD / InstructPix2Pix weights named in the method config
     c.generator = common.generator("method", f"configs/diffusemix_cifar100.py:{variant}")
     c.classifier = common.classifier("configs/classify_cifar100.py")
-    # Steps per epoch follow the union of real and synthetic data; the share follows the row.
+    # The share follows the row. An epoch draws as many images as the real set from the
+    # row's pool (originals ∪ hybrids), so every row trains for vanilla's steps: gdl_term's
+    # default (enlarge_dataset=False; augdiff.data.budget). 'union': one pass over
+    # originals ∪ hybrids (DiffuseMix's concatenation; twice the steps at 1:1).
     c.mixed = common.mixed("1:1")
+    c.mixed.epoch_budget = "real"  # real | union
     c.evaluate = common.evaluate("configs/evaluate_cifar10.py", {
         "extractor": {"classifier": "preact_resnet18"},
     })

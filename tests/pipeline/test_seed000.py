@@ -152,9 +152,13 @@ def test_one_epoch_definition_for_train_and_run():
     c.workdir = "/tmp/augdiff-test-epoch"
     sub = wiring.classifier_config(c, "mixed", 0, num_real=50_000, num_synthetic=50_000,
                                    store="/tmp/s")
-    assert sub.steps_per_epoch == 1000  # the union, as augdiff train counts it
+    assert sub.steps_per_epoch == 500  # seed 000: gdl_term's equal budget, N real per epoch
     sub = wiring.classifier_config(c, "real", 0, num_real=50_000)
     assert sub.steps_per_epoch == 500
+    c.mixed.epoch_budget = "union"
+    sub = wiring.classifier_config(c, "mixed", 0, num_real=50_000, num_synthetic=50_000,
+                                   store="/tmp/s")
+    assert sub.steps_per_epoch == 1000  # the union, as augdiff train counts it
 
 
 def _exp_module():
