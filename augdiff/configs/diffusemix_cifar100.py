@@ -93,7 +93,9 @@ def _generation() -> ml_collections.ConfigDict:
     g.fractal_bank_size = 256
     g.fractal_path = ""  # an image folder of fractals (DiffuseMix's way); '' = procedural IFS
     g.hybrid = ml_collections.ConfigDict()
-    g.hybrid.mask = "concat"  # concat | random | original | semantic
+    # concat | random (one half-area rectangle, the paper) | patches (gdl_term's make_mask:
+    # 1-5 rectangles covering about half) | original | semantic
+    g.hybrid.mask = "concat"
     g.hybrid.orientation = "random"  # vertical | horizontal | random (per pair)
     g.hybrid.ramp = 2.375  # seam ramp in px: DiffuseMix's linspace(0, 1, 20) at 256² = 19 px
     g.hybrid.policy = "offline"  # offline: mask fixed per pair; online: redrawn per epoch

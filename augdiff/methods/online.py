@@ -529,7 +529,8 @@ def make_online(config: Any, real: Any, synthetic: Any) -> OnlinePairs | None:
     dm = config.diffusemix
     spec, is_semantic = hybrid_spec(dm.hybrid)
     if is_semantic:
-        raise ValueError("online hybrids support mask concat/random; SHB is written offline")
+        raise ValueError("online hybrids support mask concat/random/patches; SHB is written "
+                         "offline")
     _, hybrid_key, fractal_key = run_keys(generation_seed(config))
     bank = fractal_bank_from_config(dm, fractal_key, int(config.data.image_size)) \
         if spec.fractal else None
