@@ -18,7 +18,11 @@ concatenation + 0.8/0.2 fractal, constant 1:1), ``vanilla`` (real only), ``dm_li
 ``dm_warm`` / ``dm_step`` (eqs. 1-3; w = 50, t₁ = 100, t₂ = 200), ``hybrid_0.05_0.15`` …
 ``hybrid_0.20_0.30`` (λ ~ U[a, b], Lsf 1.00), ``fractal_0.20_lsf1.00`` /
 ``fractal_0.20_lsf0.80`` (fractal into the original image), ``dc`` (= baseline, Table 2),
-``shb``, ``shb_fractal``, ``random``. Every row's classifier trains with one loss,
+``shb``, ``shb_fractal``, ``random`` (one half-area rectangle, as the paper describes it;
+the row ``random_patches`` (also ``cpu-random_patches``): gdl_term's 1–5 rectangles).
+Every row trains for the same number of steps (``mixed.epoch_budget``: an epoch draws as
+many images as the real set holds; ``'union'`` for a pass over originals ∪ hybrids). Every
+row's classifier trains with one loss,
 ``bce_softmax`` (the seed 000 code's BCE on softmax outputs; label scaling changes only the
 targets). ``smoke``: the CPU version on the shared CIFAR-10 zip with that file's ``smoke``
 generation (tiny random-weight SD). ``PAPER`` holds the paper's numbers for the report.
@@ -50,6 +54,8 @@ SHIPPED_EDM = resolve_path(SHIPPED_GENERATOR)
 ROWS = ("baseline", "vanilla", "dm_lin", "dm_warm", "dm_step", "hybrid_0.05_0.15",
         "hybrid_0.10_0.20", "hybrid_0.15_0.25", "hybrid_0.20_0.30", "fractal_0.20_lsf1.00",
         "fractal_0.20_lsf0.80", "dc", "shb", "shb_fractal", "random")
+# Rows outside the paper's tables: the random row with the paper code's masks.
+EXTRA_ROWS = ("random_patches",)
 LOSS = "bce_softmax"  # one loss for every row of Tables 1-2
 WARMUP_EPOCHS, STEP_EPOCHS = 50, (100, 200)
 
@@ -200,9 +206,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.evaluate = common.evaluate("configs/evaluate_cifar10.py:smoke", common.SMOKE_EVALUATE)
         c.pca.max_images = 200
         return c
-    if variant not in ROWS:
+    if variant not in ROWS + EXTRA_ROWS:
         raise ValueError(f"exp_seed000_diffusemix: unknown variant {variant!r}; choose one of "
-                         f"{', '.join(ROWS)} or smoke")
+                         f"{', '.join(ROWS + EXTRA_ROWS)} or smoke")
     c.classifier.overrides = ml_collections.ConfigDict({"loss": {"kind": LOSS}})
     s = c.mixed.schedule
     if variant == "vanilla":

@@ -15,7 +15,10 @@ import jax
 import numpy as np
 import pytest
 
+from augdiff.config import load_config
 from augdiff.methods import hybrids
+from augdiff.methods.diffusemix import hybrid_spec
+from augdiff.pipeline.wiring import method_config
 
 H = W = 16
 N_JAX, N_REF = 600, 2000
@@ -103,3 +106,14 @@ def test_patch_masks_are_redrawn_per_key_and_cover_at_least_one_rectangle(patche
     assert np.all(gen <= 0.5 + 5 * 0.05)
     # one rectangle covers at most T / 2 = A / 4 (the clip), so a mask of more must hold several
     assert np.all(placed[gen > 0.25] >= 2)
+
+
+def test_the_random_patches_row_generates_with_patch_masks(repo_root):
+    """The seed 000 row ``random_patches`` (and its reduced ``cpu-`` form) reaches the
+    generator as ``hybrid.mask = 'patches'``; the paper's ``random`` row keeps one rectangle."""
+    for variant, mask in (("random_patches", "patches"), ("cpu-random_patches", "patches"),
+                          ("random", "random")):
+        c = load_config(str(repo_root / f"augdiff/configs/exp_seed000_diffusemix.py:{variant}"))
+        c.workdir = "/nonexistent/run"
+        spec, _ = hybrid_spec(method_config(c).diffusemix.hybrid)
+        assert spec.mask == mask, variant
