@@ -23,25 +23,24 @@ from augdiff.train import classifier
 SPEC = "augdiff/configs/exp_seed000_diffusemix.py:"
 
 
-def _train_kind(row: str) -> str:
-    return "real" if row == "vanilla" else "mixed"
-
-
 def _steps(repo_root, row: str, n_real: int, n_syn: int, budget: str | None = None) -> int:
     c = load_config(str(repo_root / (SPEC + f"cpu-{row}")))
     if budget is not None:
         c.mixed.epoch_budget = budget
     outputs = {"prepare": {"num_train": n_real},
                "generate": {"num_images": n_syn, "store": "/nonexistent/store"}}
-    sub = classifier_config_for(c, _train_kind(row), 0, outputs)
+    # vanilla and the online Fractal rows train on the real images only (train_real)
+    kind = "mixed" if "train_mixed" in c.stages else "real"
+    sub = classifier_config_for(c, kind, 0, outputs)
     return int(sub.steps_per_epoch) * int(sub.epochs)
 
 
 def test_every_seed000_row_trains_for_the_same_number_of_steps(repo_root):
     n_real, b, epochs = 1000, 100, 12  # the cpu profile: 100 per class x 10, batch 100
     expected = epochs * (n_real // b)  # gdl_term: N = n_real images per epoch
-    steps = {row: _steps(repo_root, row, n_real, n_real) for row in seed000.TABLE_ROWS}
-    assert steps == {row: expected for row in seed000.TABLE_ROWS}
+    rows = seed000.TABLE_ROWS + seed000.EXTRA_ROWS
+    steps = {row: _steps(repo_root, row, n_real, n_real) for row in rows}
+    assert steps == {row: expected for row in rows}
     # a store of another size changes nothing: the epoch is the real set's size
     assert _steps(repo_root, "baseline", n_real, 3 * n_real) == expected
 
