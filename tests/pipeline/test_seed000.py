@@ -404,8 +404,8 @@ def cifar_small(cifar_zip, tmp_path_factory) -> pathlib.Path:
 def test_ci_table_experiment_end_to_end(cifar_small, tmp_path):
     """The ``ci`` profile of the seed 000 table through ``augdiff run`` on real CIFAR-10
     images with the shipped EDM as the SDEdit editor: baseline edits once, the Fractal row
-    makes no edit (it blends fractals online), SHB + fractal adopts baseline's edits, and report.md holds the table and
-    the SHB measurement."""
+    makes no edit (it blends fractals online), SHB + fractal adopts baseline's edits, and
+    report.md holds the table and the SHB measurement."""
     import json
 
     from augdiff.config import load_config
