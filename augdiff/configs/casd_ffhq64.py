@@ -7,7 +7,8 @@
 Recipe (seed 004 Table 9; NVlabs/edm ``train.py --cond=0 --arch=ddpmpp --cres=1,2,2,2
 --lr=2e-4 --dropout=0.05 --augment=0.15``): channel_mult (1, 2, 2, 2), dropout 0.05, batch 512
 as Table 9 (EDM used 256: ``--config.train.batch_size=256``), augment p 0.15, Adam lr
-2e-4, LR ramp-up 10 M images, EMA half-life 0.5 M images (ramp-up ratio 0.05), 200 M images;
+2e-4, LR ramp-up 10 M images, EMA half-life 0.5 M images (ramp-up ratio 0.05), 60 M images
+(Table 9, read as in ``configs/casd_cifar10.py``; EDM: 200 M);
 Heun with 40 steps (NFE 79). ``data.path`` is an image folder / zip with a ``train`` split
 (one class folder is enough). Variants: default, ``smoke`` (tiny net, CIFAR-10 at 16² with a
 colour-inverted synthetic source; see ``configs/casd_cifar10.py``).

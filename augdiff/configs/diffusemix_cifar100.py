@@ -59,7 +59,7 @@ HYBRID_INTERVALS = ((0.05, 0.15), (0.10, 0.20), (0.15, 0.25), (0.20, 0.30))
 ROWS = ("baseline", "vanilla", "dm_lin", "dm_warm", "dm_step",
         *(f"hybrid_{a:.2f}_{b:.2f}" for a, b in HYBRID_INTERVALS),
         "fractal_0.20_lsf1.00", "fractal_0.20_lsf0.80", "dc", "shb", "shb_fractal", "random",
-        "online", "nine")
+        "random_patches", "online", "nine")
 WARMUP_EPOCHS = 50  # w of eq. 2 (the seed 000 code's value; the paper gives none)
 STEP_EPOCHS = (100, 200)  # t₁, t₂ of eq. 3 (the seed 000 code's values)
 SINGLE_PROMPT = "Autumn"
@@ -93,7 +93,9 @@ def _generation() -> ml_collections.ConfigDict:
     g.fractal_bank_size = 256
     g.fractal_path = ""  # an image folder of fractals (DiffuseMix's way); '' = procedural IFS
     g.hybrid = ml_collections.ConfigDict()
-    g.hybrid.mask = "concat"  # concat | random | original | semantic
+    # concat | random (one half-area rectangle, the paper) | patches (gdl_term's make_mask:
+    # 1-5 rectangles covering about half) | original | semantic
+    g.hybrid.mask = "concat"
     g.hybrid.orientation = "random"  # vertical | horizontal | random (per pair)
     g.hybrid.ramp = 2.375  # seam ramp in px: DiffuseMix's linspace(0, 1, 20) at 256² = 19 px
     g.hybrid.policy = "offline"  # offline: mask fixed per pair; online: redrawn per epoch
@@ -192,6 +194,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         g.hybrid.label_scaling = variant.endswith("lsf0.80")
     elif variant == "random":
         g.hybrid.mask = "random"
+    elif variant == "random_patches":  # the random row with gdl_term's 1-5 rectangle masks
+        g.hybrid.mask = "patches"
     elif variant in ("shb", "shb_fractal"):
         g.hybrid.mask = "semantic"
         g.hybrid.fractal = variant == "shb_fractal"

@@ -17,8 +17,15 @@ whose variant of the same name holds each row's generation settings): ``baseline
 concatenation + 0.8/0.2 fractal, constant 1:1), ``vanilla`` (real only), ``dm_lin`` /
 ``dm_warm`` / ``dm_step`` (eqs. 1-3; w = 50, t₁ = 100, t₂ = 200), ``hybrid_0.05_0.15`` …
 ``hybrid_0.20_0.30`` (λ ~ U[a, b], Lsf 1.00), ``fractal_0.20_lsf1.00`` /
-``fractal_0.20_lsf0.80`` (fractal into the original image), ``dc`` (= baseline, Table 2),
-``shb``, ``shb_fractal``, ``random``. Every row's classifier trains with one loss,
+``fractal_0.20_lsf0.80`` (fractal into the original image: as the paper's code runs them,
+every real image blended on device with a fresh fractal each step, no clean originals; the
+``_stored`` variants write one blend per image and mix it 1:1 with the originals), ``dc``
+(= baseline, Table 2),
+``shb``, ``shb_fractal``, ``random`` (one half-area rectangle, as the paper describes it;
+the row ``random_patches`` (also ``cpu-random_patches``): gdl_term's 1–5 rectangles).
+Every row trains for the same number of steps (``mixed.epoch_budget``: an epoch draws as
+many images as the real set holds; ``'union'`` for a pass over originals ∪ hybrids). Every
+row's classifier trains with one loss,
 ``bce_softmax`` (the seed 000 code's BCE on softmax outputs; label scaling changes only the
 targets). ``smoke``: the CPU version on the shared CIFAR-10 zip with that file's ``smoke``
 generation (tiny random-weight SD). ``PAPER`` holds the paper's numbers for the report.
@@ -50,6 +57,15 @@ SHIPPED_EDM = resolve_path(SHIPPED_GENERATOR)
 ROWS = ("baseline", "vanilla", "dm_lin", "dm_warm", "dm_step", "hybrid_0.05_0.15",
         "hybrid_0.10_0.20", "hybrid_0.15_0.25", "hybrid_0.20_0.30", "fractal_0.20_lsf1.00",
         "fractal_0.20_lsf0.80", "dc", "shb", "shb_fractal", "random")
+# Rows outside the paper's tables: the random row with the paper code's masks; the Fractal
+# rows from a store (one fixed 0.8·I + 0.2·F per image, mixed 1:1 with clean originals).
+EXTRA_ROWS = ("random_patches", "fractal_0.20_lsf1.00_stored", "fractal_0.20_lsf0.80_stored")
+
+
+def online_fractal_row(row: str) -> bool:
+    """Table 1's Fractal rows as the paper's code runs them (``--train fractal_mixup``): every
+    real image blended with a fresh fractal each step (``online.kind='fractal'``), no store."""
+    return row.startswith("fractal_0.20_") and not row.endswith("_stored")
 LOSS = "bce_softmax"  # one loss for every row of Tables 1-2
 WARMUP_EPOCHS, STEP_EPOCHS = 50, (100, 200)
 
@@ -138,7 +154,8 @@ def _reduced_row(c: ml_collections.ConfigDict, profile: str, row: str) -> None:
     c.data.tfds_name = ""
     c.data.image_size = 16
     c.data.per_class = int(p["per_class"])
-    c.stages = (("prepare", "train_real", "report") if row == "vanilla"
+    c.stages = (("prepare", "train_real", "report")
+                if row == "vanilla" or online_fractal_row(row)
                 else ("prepare", "generate", "train_mixed", "report"))
     c.generator.overrides = ml_collections.ConfigDict({"diffusemix": {
         "editor": "edm", "edm": {"workdir": SHIPPED_EDM, "sigma_start": "1.0",
@@ -150,6 +167,8 @@ def _reduced_row(c: ml_collections.ConfigDict, profile: str, row: str) -> None:
         "loss": {"kind": LOSS}, "model": {"name": "preact_resnet_tiny", "width": 16},
         "epochs": e, "optim": {"milestones": milestones}, "progress": False,
         "batch_size": int(p["batch_size"]), "steps_per_epoch": int(p["steps_per_epoch"])})
+    if online_fractal_row(row):
+        c.classifier.overrides.online = ml_collections.ConfigDict({"kind": "fractal"})
     s = c.mixed.schedule
     if row == "dm_warm":
         s.warmup = max(1, round(e * WARMUP_EPOCHS / 300))
@@ -174,10 +193,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         stages=("prepare", "generate", "train_real", "train_mixed", "evaluate", "pca", "report"),
         data=common.data_config(path="", tfds_name="cifar100"))
     # generator.weights: the SD / InstructPix2Pix weights named in the method config
-    c.generator = common.generator("method", f"configs/diffusemix_cifar100.py:{variant}")
+    gen_row = variant.removesuffix("_stored")
+    c.generator = common.generator("method", f"configs/diffusemix_cifar100.py:{gen_row}")
     c.classifier = common.classifier("configs/classify_cifar100.py")
-    # Steps per epoch follow the union of real and synthetic data; the share follows the row.
+    # The share follows the row. An epoch draws as many images as the real set from the
+    # row's pool (originals ∪ hybrids), so every row trains for vanilla's steps: gdl_term's
+    # default (enlarge_dataset=False; augdiff.data.budget). 'union': one pass over
+    # originals ∪ hybrids (DiffuseMix's concatenation; twice the steps at 1:1).
     c.mixed = common.mixed("1:1")
+    c.mixed.epoch_budget = "real"  # real | union
     c.evaluate = common.evaluate("configs/evaluate_cifar10.py", {
         "extractor": {"classifier": "preact_resnet18"},
     })
@@ -196,19 +220,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.evaluate = common.evaluate("configs/evaluate_cifar10.py:smoke", common.SMOKE_EVALUATE)
         c.pca.max_images = 200
         return c
-    if variant not in ROWS:
+    if variant not in ROWS + EXTRA_ROWS:
         raise ValueError(f"exp_seed000_diffusemix: unknown variant {variant!r}; choose one of "
-                         f"{', '.join(ROWS)} or smoke")
+                         f"{', '.join(ROWS + EXTRA_ROWS)} or smoke")
     c.classifier.overrides = ml_collections.ConfigDict({"loss": {"kind": LOSS}})
     s = c.mixed.schedule
     if variant == "vanilla":
         c.stages = ("prepare", "train_real", "report")
+    elif online_fractal_row(variant):
+        # real images only, each blended on device with a fresh fractal per step (λ, Lsf
+        # from the row's diffusemix config); the stored variant: <row>_stored
+        c.stages = ("prepare", "train_real", "report")
+        c.classifier.config = f"configs/diffusemix_cifar100.py:{variant}"
+        c.classifier.overrides.online = ml_collections.ConfigDict({"kind": "fractal"})
     elif variant == "dm_lin":
         s.kind = "linear"
     elif variant == "dm_warm":
         s.kind, s.warmup = "warmup", WARMUP_EPOCHS
     elif variant == "dm_step":
         s.kind, (s.t1, s.t2) = "step", STEP_EPOCHS
-    # Label scaling (fractal_0.20_lsf0.80) needs no classifier change: the generator writes the
-    # per-record target 1 − λ into the store and the loss is the same for every row.
+    # Label scaling (fractal_0.20_lsf0.80) needs no classifier change: the generator (stored)
+    # or the online transform writes the target 1 − λ as the row's weight, and the loss is the
+    # same for every row.
     return c

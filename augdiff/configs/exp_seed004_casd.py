@@ -4,7 +4,8 @@
         --config.workdir=DIR --config.generator.overrides.synthetic.stores=SYN_STORE
 
 One run trains one EDM generator (DDPM++ CIFAR-10 recipe of ``configs/casd_cifar10.py``) on
-``N`` real images per class (``_n<N>``; default all 5,000) and, for ``sda`` / ``casd``, the
+the first ``N`` real images of each class (``_n<N>``, ``data.first_per_class``: App. A.1 "we
+use the first n samples"; default all 5,000) and, for ``sda`` / ``casd``, the
 synthetic store(s) given in ``generator.overrides.synthetic.stores`` (seed 004 makes them
 with class-conditional generators on class subsets, ``configs/casd_cifar10.py:classcond``);
 then samples 50,000 images with Heun (18 steps, NFE 35; ``casd`` at source label y = 0) and
@@ -52,7 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      "FID of its samples against the real test split."),
         workdir=f"runs/exp_seed004_{variant}", seeds=(0,),
         stages=("prepare", "train_generator", "generate", "evaluate", "report"),
-        data=common.data_config())
+        # first_per_class > 0: the first n images of each class (App. A.1), copied into the
+        # generator's data config
+        data=common.data_config(first_per_class=0))
     c.generator = common.generator("edm", "configs/casd_cifar10.py", num_samples=50_000,
                                    overrides={
         "mode": "casd",
@@ -103,7 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     mode, n, mismatch = m.group(1), m.group(2), bool(m.group(3))
     c.generator.overrides.mode = mode
     if n:
-        c.data.per_class = int(n)
+        c.data.first_per_class = int(n)  # the first n per class (App. A.1), not a random draw
     c.description += (" Synthetic source: a mismatched store (other classes / distribution)."
                       if mismatch else "")
     if mode == "dm":

@@ -10,7 +10,10 @@ DiffuseMix (Islam et al., CVPR 2024, §3) builds a training image in two steps:
    shows. DiffuseMix concatenates halves (original top / generated bottom, or original left /
    generated right, chosen per image) with a linear ramp at the seam (its 20-point linspace at
    256², a ramp of 19 px: :data:`DIFFUSEMIX_RAMP_256`; 2.375 px at 32²); seed 000 (§4.5) adds
-   random axis-aligned rectangles of half the image area. ``mask='original'`` (M = 1) keeps
+   random axis-aligned rectangles of half the image area (``mask='random'``: one rectangle, as
+   the paper describes; ``mask='patches'``: the paper's code, gdl_term's ``make_mask``, 1–5
+   non-overlapping rectangles covering about half the image, :func:`random_patches`).
+   ``mask='original'`` (M = 1) keeps
    the original whole: seed 000 Table 1's *Fractal* rows blend fractals into the original
    image with no generated content.
 
@@ -57,11 +60,11 @@ from augdiff.data.pixels import uint8_to_range as to_float
 from augdiff.distributed import pad_to_multiple, unpad
 
 Orientation = Literal["vertical", "horizontal", "random"]
-MaskKind = Literal["concat", "random", "original"]
+MaskKind = Literal["concat", "random", "patches", "original"]
 MaskPolicy = Literal["offline", "online"]
 
 ORIENTATIONS = ("vertical", "horizontal", "random")
-MASK_KINDS = ("concat", "random", "original")
+MASK_KINDS = ("concat", "random", "patches", "original")
 
 # DiffuseMix's seam: ``np.linspace(0, 1, 20)`` across rows (or columns) 118..137 of a 256² image,
 # i.e. a linear ramp of slope 1/19 per pixel centred on the seam — ramp r = 19 px at 256²,
@@ -213,6 +216,55 @@ def random_half_mask(key: jax.Array, height: int, width: int) -> jax.Array:
     return rectangle_mask(*half_rectangle(key, height, width), height, width)
 
 
+PATCH_RATIO, MAX_PATCHES, PATCH_ATTEMPTS = 0.5, 5, 50
+
+
+def random_patches(key: jax.Array, height: int, width: int,
+                   ratio: float = PATCH_RATIO) -> tuple[jax.Array, jax.Array]:
+    """gdl_term's random mask (``fractal_aug.Utils.make_mask``, the code of seed 000): several
+    non-overlapping rectangles of the generated image covering about ``ratio`` of it.
+
+    With ``A = HW`` and target ``T = ⌊ratio · A⌋``: the number of rectangles is
+    ``K ~ U{1, …, max(5, ⌊5 ratio⌋)}``; their areas are ``round(T · d)`` with
+    ``d ~ Dirichlet(1_K)`` (the last one absorbing the rounding), each clipped to
+    ``[max(1, ⌊0.05 A⌋), ⌊T / 2⌋]``. Each rectangle tries up to 50 times: aspect
+    ``a ~ U[0.5, 2)``, ``h = ⌊√(area / a)⌋``, ``w = ⌊a · h⌋`` (both clipped to ``[1, side]``),
+    top-left corner uniform where it fits; the first try that overlaps no placed rectangle is
+    kept, and a rectangle with no such try is dropped. Returns ``(mask [H, W], placed)``: the
+    mask is 1 where the ORIGINAL is kept (augdiff's convention; gdl_term's mask marks the
+    generated pixels, its complement) and ``placed`` the number of rectangles placed (int32).
+    """
+    total = height * width
+    target = int(total * ratio)
+    lo, hi = max(1, int(0.05 * total)), int(0.5 * target)
+    kmax = max(1, MAX_PATCHES, int(ratio * 5))
+    k_count, k_weights, k_place = jax.random.split(key, 3)
+    count = jax.random.randint(k_count, (), 1, kmax + 1)
+    slot = jnp.arange(kmax)
+    active = slot < count
+    g = jnp.where(active, jax.random.exponential(k_weights, (kmax,)), 0.0)  # Dirichlet(1_K)
+    areas = jnp.round(g / g.sum() * target).astype(jnp.int32)
+    areas = areas.at[count - 1].add(target - areas.sum())
+    generated = jnp.zeros((height, width), jnp.float32)
+    placed = jnp.zeros((), jnp.int32)
+    for i in range(kmax):
+        k_a, k_y, k_x = jax.random.split(jax.random.fold_in(k_place, i), 3)
+        area = jnp.clip(areas[i], lo, hi).astype(jnp.float32)
+        aspect = jax.random.uniform(k_a, (PATCH_ATTEMPTS,), minval=0.5, maxval=2.0)
+        h0 = jnp.floor(jnp.sqrt(area / aspect))
+        w = jnp.clip(jnp.floor(aspect * h0), 1, width).astype(jnp.int32)
+        h = jnp.clip(h0, 1, height).astype(jnp.int32)
+        y0 = jnp.floor(jax.random.uniform(k_y, (PATCH_ATTEMPTS,)) * (height - h + 1))
+        x0 = jnp.floor(jax.random.uniform(k_x, (PATCH_ATTEMPTS,)) * (width - w + 1))
+        rects = jax.vmap(lambda y, x, hh, ww: rectangle_mask(y, x, hh, ww, height, width))(
+            y0.astype(jnp.int32), x0.astype(jnp.int32), h, w)
+        free = ~jnp.any((rects * generated) > 0, axis=(1, 2))
+        ok = active[i] & (areas[i] > 0) & jnp.any(free)
+        generated = jnp.where(ok, jnp.maximum(generated, rects[jnp.argmax(free)]), generated)
+        placed = placed + ok.astype(jnp.int32)
+    return 1.0 - generated, placed
+
+
 @functools.partial(jax.jit, static_argnames=("height", "width", "kind", "orientation", "ramp"))
 def hybrid_masks(
     keys: jax.Array,
@@ -227,8 +279,9 @@ def hybrid_masks(
 
     ``kind='concat'``: DiffuseMix's half concatenation; with ``orientation='random'`` each pair
     picks vertical or horizontal with probability 1/2 (as DiffuseMix does per image).
-    ``kind='random'``: a random half-area rectangle (seed 000 §4.5); ``orientation``/``ramp``
-    are unused. ``kind='original'``: all ones (the original only; Table 1's Fractal rows).
+    ``kind='random'``: a random half-area rectangle (seed 000 §4.5); ``kind='patches'``:
+    gdl_term's 1–5 rectangles (:func:`random_patches`); ``orientation``/``ramp`` are unused.
+    ``kind='original'``: all ones (the original only; Table 1's Fractal rows).
     """
     _check_choice("kind", kind, MASK_KINDS)
     _check_choice("orientation", orientation, ORIENTATIONS)
@@ -236,6 +289,9 @@ def hybrid_masks(
         masks = jnp.ones((keys.shape[0], height, width), jnp.float32)
     elif kind == "random":
         masks = jax.vmap(lambda k: random_half_mask(k, height, width))(_stream(keys, _STREAM_MASK))
+    elif kind == "patches":
+        masks = jax.vmap(lambda k: random_patches(k, height, width)[0])(
+            _stream(keys, _STREAM_MASK))
     elif orientation == "random":
         vert = concat_mask(height, width, orientation="vertical", ramp=ramp)
         horiz = concat_mask(height, width, orientation="horizontal", ramp=ramp)
@@ -359,8 +415,9 @@ def load_fractal_folder(
 class DiffuseMixSpec:
     """Static description of a DiffuseMix variant (seed 000 Tables 1-2).
 
-    mask: ``concat`` (DiffuseMix halves), ``random`` (half-area rectangles, §4.5) or
-      ``original`` (no generated content: Table 1's Fractal rows).
+    mask: ``concat`` (DiffuseMix halves), ``random`` (half-area rectangles, §4.5),
+    ``patches`` (gdl_term's 1–5 rectangles, :func:`random_patches`) or ``original`` (no
+    generated content: Table 1's Fractal rows).
     orientation: for ``concat``: ``vertical``, ``horizontal`` or ``random`` per pair.
     ramp: width in pixels of the linear ramp at the concatenation seam (0 = hard cut).
     policy: ``offline`` (mask fixed per pair) or ``online`` (redrawn per epoch), §4.6.

@@ -510,9 +510,44 @@ class OnlinePairs:
         return out
 
 
-def make_online(config: Any, real: Any, synthetic: Any) -> OnlinePairs | None:
+class OnlineFractals:
+    """Seed 000's Fractal rows as its code runs them (gdl_term ``--train fractal_mixup``):
+    every training image blended with a fractal drawn afresh each time it is seen,
+    ``C = (1 − λ) I + λ F`` (λ = 0.2), no clean originals and no store.
+
+    ``device(batch, step)`` (``per_step``: the trainer passes the global step, not the epoch)
+    draws image ``b``'s fractal from ``fold_in(fold_in(key, step), b)``, so a new fractal per
+    image per step; with label scaling the ``weight`` becomes ``weight · (1 − λ)``. The blend is
+    :func:`augdiff.methods.hybrids.diffusemix` with ``mask='original'`` (M = 1, the original
+    only) and the online policy keyed by the step.
+    """
+
+    extra_keys: tuple[str, ...] = ()
+    per_step = True
+
+    def __init__(self, *, spec: hybrids.DiffuseMixSpec, key: jax.Array, fractals: jax.Array):
+        if spec.mask != "original" or not spec.fractal:
+            raise ValueError("online fractals need hybrid.mask='original' and hybrid.fractal")
+        self.spec = dataclasses.replace(spec, policy="online")
+        self.key, self.fractals = key, fractals
+
+    def host(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(batch)
+
+    def device(self, batch: Mapping[str, jax.Array], step: jax.Array | int) -> dict[str, Any]:
+        x = batch["image"]
+        slots = jnp.arange(x.shape[0], dtype=jnp.int32)
+        mixed, w = hybrids.diffusemix(self.key, x, x, slots, self.fractals, spec=self.spec,
+                                      epoch=step)
+        return {**batch, "image": mixed, "weight": batch["weight"] * w}
+
+
+def make_online(config: Any, real: Any,
+                synthetic: Any) -> OnlinePairs | OnlineFractals | None:
     """The online transform ``config.online`` asks for, or None (``online.kind = 'none'``).
 
+    ``kind='fractal'`` builds :class:`OnlineFractals` (Table 1's Fractal rows online, from
+    ``config.diffusemix.hybrid``: mask ``original``, λ, label scaling).
     ``kind='diffusemix'`` builds :class:`OnlinePairs` from ``config.diffusemix.hybrid`` (policy
     ``online`` redraws per epoch; ``offline`` reproduces the stored hybrids), the run's hybrid
     and fractal keys (:func:`run_keys` of ``config.diffusemix.seed`` or ``config.seed``) and a
@@ -522,14 +557,21 @@ def make_online(config: Any, real: Any, synthetic: Any) -> OnlinePairs | None:
     kind = online.get("kind", "none") if online is not None else "none"
     if kind in ("none", "", None):
         return None
-    if kind != "diffusemix":
-        raise ValueError(f"online.kind must be 'none' or 'diffusemix', got {kind!r}")
+    if kind not in ("diffusemix", "fractal"):
+        raise ValueError(f"online.kind must be 'none', 'diffusemix' or 'fractal', got {kind!r}")
+    if kind == "fractal":  # every real image blended with a fresh fractal per step
+        spec, _ = hybrid_spec(config.diffusemix.hybrid)
+        _, hybrid_key, fractal_key = run_keys(generation_seed(config))
+        bank = fractal_bank_from_config(config.diffusemix, fractal_key,
+                                        int(config.data.image_size))
+        return OnlineFractals(spec=spec, key=hybrid_key, fractals=bank)
     if synthetic is None:
         raise ValueError("online.kind='diffusemix' needs synthetic.path (a DiffuseMix edits store)")
     dm = config.diffusemix
     spec, is_semantic = hybrid_spec(dm.hybrid)
     if is_semantic:
-        raise ValueError("online hybrids support mask concat/random; SHB is written offline")
+        raise ValueError("online hybrids support mask concat/random/patches; SHB is written "
+                         "offline")
     _, hybrid_key, fractal_key = run_keys(generation_seed(config))
     bank = fractal_bank_from_config(dm, fractal_key, int(config.data.image_size)) \
         if spec.fractal else None
@@ -537,7 +579,8 @@ def make_online(config: Any, real: Any, synthetic: Any) -> OnlinePairs | None:
 
 
 def build(config: ml_collections.ConfigDict, real: Any, synthetic: Any,
-          mesh: Mesh) -> tuple[OnlinePairs | None, OnlineEDM | OnlineEdit | None]:
+          mesh: Mesh) -> tuple[OnlinePairs | OnlineFractals | None,
+                               OnlineEDM | OnlineEdit | None]:
     """What :func:`augdiff.train.classifier.train_and_evaluate` takes as ``online=``:
     ``(transform, source)`` = (:func:`make_online` for ``config.online``,
     :func:`make_online_source` for ``config.synthetic.online``), each None when not asked for.

@@ -5,7 +5,8 @@ Real data ``D_r``: the first 8 CIFAR-10 classes (plane … horse), the first ``r
 samples of an *unconditional* EDM that augdiff trains on
 
 - case 1: all 10 classes (``supp P_s ⊃ supp P_r``),
-- case 2: the last 8 classes (car … truck; ``⊂``/shifted: plane is missing, ship/truck added),
+- case 2: the last 8 classes (bird … truck; ``⊂``/shifted: plane and car are missing,
+  ship/truck added),
 - case 3: the middle 6 classes (bird … horse; intersects: plane/car missing),
 
 with ``generator_per_class`` training images per class. Then DM (real only), SDA (the union,

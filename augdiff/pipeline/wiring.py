@@ -15,8 +15,9 @@ config is *derived* from the experiment config, never written by hand:
    ``n_syn / (n_real + n_syn)`` of training on the union; with ``config.mixed.online`` the
    synthetic rows are sampled during training instead, :func:`mixed_online`),
    ``steps_per_epoch`` (one pass over the data the stage trains on: real, synthetic or their
-   union, unless the overrides set it), and for ``evaluate`` the store and, with the
-   ``classifier`` extractor, the checkpoint of ``train_real``'s first seed with that
+   union; ``mixed.epoch_budget = 'real'`` gives a mixed stage the real set's size instead,
+   :mod:`augdiff.data.budget`; unless the overrides set it), and for ``evaluate`` the store
+   and, with the ``classifier`` extractor, the checkpoint of ``train_real``'s first seed with that
    classifier's architecture.
 
 Every function here is pure (configs and earlier outputs in, a config out); :func:`stage_inputs`
@@ -41,6 +42,7 @@ from augdiff.config import (
     resolve_path,
     to_dict,
 )
+from augdiff.data.budget import epoch_images
 from augdiff.data.sources import open_real_source
 from augdiff.train.classifier import epoch_steps
 
@@ -228,7 +230,8 @@ def classifier_config(
         n = num_real
     elif kind == "mixed" and mixed_online(config) is not None:
         # The synthetic share of every batch sampled during training (augdiff.methods.online)
-        # instead of read from the store; an epoch is one pass over the real images.
+        # instead of read from the store; an epoch has as many images as the real set (at
+        # share ρ only (1 − ρ)·N of them real: about half a pass over the real images at 0.5).
         sub.synthetic.path = ""
         merge_overrides(sub.synthetic.online, mixed_online(config), "mixed.online")
         n = num_real
@@ -242,7 +245,9 @@ def classifier_config(
         else:
             merge_overrides(sub.synthetic.schedule,
                             mixed_schedule(config, num_real, num_synthetic), "mixed.schedule")
-            n = num_real + num_synthetic
+            # the epoch budget (augdiff.data.budget): union by default, N real for seed 000
+            n = epoch_images(str(config.mixed.get("epoch_budget", "union")) if "mixed" in config
+                             else "union", num_real, num_synthetic)
     # One definition of an epoch, shared with ``augdiff train``.
     sub.steps_per_epoch = epoch_steps(n, 0, bs, fixed=fixed_steps)
     return sub

@@ -211,6 +211,7 @@ def make_train_step(
     online: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]] | None = None,
     online_keys: tuple[str, ...] = (),
     steps_per_epoch: int = 1,
+    online_per_step: bool = False,
 ) -> Callable[[TrainState, dict[str, Any]], tuple[TrainState, dict[str, jax.Array]]]:
     """One SGD step, jitted once: ``(state, batch) -> (state, metrics)``.
 
@@ -224,7 +225,8 @@ def make_train_step(
     classical augmentation, to the batch with ``image`` in [-1, 1] (e.g. DiffuseMix hybrids
     redrawn per epoch, :class:`augdiff.methods.online.OnlinePairs`); it may replace
     ``image`` and ``weight``, and reads the extra batch fields ``online_keys``. The epoch is
-    ``state.step // steps_per_epoch``.
+    ``state.step // steps_per_epoch`` (with ``online_per_step``: the global step itself, for a
+    transform redrawn every step, :class:`augdiff.methods.online.OnlineFractals`).
     """
     if loss_kind not in losses.LOSSES:
         raise ValueError(f"loss.kind {loss_kind!r} unknown; choose from {losses.LOSSES}")
@@ -235,7 +237,8 @@ def make_train_step(
         x = A.normalize(batch["image"])
         weights = batch["weight"].astype(jnp.float32)
         if online is not None:
-            out = online({**batch, "image": x}, state.step // steps_per_epoch)
+            when = state.step if online_per_step else state.step // steps_per_epoch
+            out = online({**batch, "image": x}, when)
             x, weights = out["image"], out["weight"].astype(jnp.float32)
         y = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
         x, y = augment_batch(key, x, y, augment)
@@ -466,8 +469,8 @@ def _online_kind(config: ml_collections.ConfigDict) -> str:
     kind = online.get("kind", "none") if online is not None else "none"
     if kind in ("none", ""):
         return "none"
-    if kind != "diffusemix":
-        raise ValueError(f"online.kind {kind!r} unknown; choose none or diffusemix")
+    if kind not in ("diffusemix", "fractal"):
+        raise ValueError(f"online.kind {kind!r} unknown; choose none, diffusemix or fractal")
     return kind
 
 
@@ -565,6 +568,7 @@ def train_and_evaluate(
         online=transform.device if transform is not None else None,
         online_keys=train_keys[len(TRAIN_KEYS):],
         steps_per_epoch=steps_per_epoch,
+        online_per_step=bool(getattr(transform, "per_step", False)),
     )
     eval_step = make_eval_step(model, mesh, state, loss_kind=loss_kind, num_classes=num_classes)
 

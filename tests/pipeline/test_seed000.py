@@ -152,9 +152,13 @@ def test_one_epoch_definition_for_train_and_run():
     c.workdir = "/tmp/augdiff-test-epoch"
     sub = wiring.classifier_config(c, "mixed", 0, num_real=50_000, num_synthetic=50_000,
                                    store="/tmp/s")
-    assert sub.steps_per_epoch == 1000  # the union, as augdiff train counts it
+    assert sub.steps_per_epoch == 500  # seed 000: gdl_term's equal budget, N real per epoch
     sub = wiring.classifier_config(c, "real", 0, num_real=50_000)
     assert sub.steps_per_epoch == 500
+    c.mixed.epoch_budget = "union"
+    sub = wiring.classifier_config(c, "mixed", 0, num_real=50_000, num_synthetic=50_000,
+                                   store="/tmp/s")
+    assert sub.steps_per_epoch == 1000  # the union, as augdiff train counts it
 
 
 def _exp_module():
@@ -403,8 +407,8 @@ def cifar_small(cifar_zip, tmp_path_factory) -> pathlib.Path:
 def test_ci_table_experiment_end_to_end(cifar_small, tmp_path):
     """The ``ci`` profile of the seed 000 table through ``augdiff run`` on real CIFAR-10
     images with the shipped EDM as the SDEdit editor: baseline edits once, the Fractal row
-    makes no edit, SHB + fractal adopts baseline's edits, and report.md holds the table and
-    the SHB measurement."""
+    makes no edit (it blends fractals online), SHB + fractal adopts baseline's edits, and
+    report.md holds the table and the SHB measurement."""
     import json
 
     from augdiff.config import load_config
@@ -420,7 +424,9 @@ def test_ci_table_experiment_end_to_end(cifar_small, tmp_path):
         return book["stages"]["generate"]["outputs"]
 
     assert gen("baseline")["summary"]["edits_summary"]["written"] == 20
-    assert "skipped" in gen("fractal_0.20_lsf0.80")["summary"]["edits_summary"]
+    # the Fractal row trains online on the real images (fresh fractal per step): no store
+    fractal = json.load(open(tmp_path / "fractal_0.20_lsf0.80" / "stages.json"))["stages"]
+    assert "generate" not in fractal and "train_real" in fractal
     assert gen("shb_fractal")["summary"]["edits_summary"]["adopted"].endswith(
         "baseline/generate/store/edits")
     assert gen("shb_fractal")["num_images"] == 20
