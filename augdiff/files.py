@@ -12,10 +12,10 @@ destination is left as it was.
 
 from __future__ import annotations
 
-import hashlib
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import sys

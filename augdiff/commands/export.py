@@ -46,7 +46,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from augdiff.data.sources import open_real_source
-from augdiff.files import writer_lock
 from augdiff.data.store import (
     PROVENANCE_COLUMNS,
     StoreError,
@@ -54,6 +53,7 @@ from augdiff.data.store import (
     decode_example,
     provenance_row,
 )
+from augdiff.files import writer_lock
 
 FORMATS = ("folder", "imagefolder", "webdataset")
 TABLES = ("csv", "jsonl")

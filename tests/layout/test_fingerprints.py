@@ -15,7 +15,10 @@ experiment config's own fingerprint is compared (no stage of any run depends on 
 is ``variant`` (the config's variant, which the report's title names). The quickstart's
 ``config`` and ``report`` entries were rewritten when its report title stopped being a fixed
 string (the report stage is redone whenever its inputs change, so a resumed run loses
-nothing).
+nothing). The ``generate`` entries of seeds 001 and 003 were rewritten when their model block
+gained ``variant`` and ``config`` (weights variants, single-file checkpoints): a store written
+before then has no generating-config fingerprint and is regenerated in any case. Seed 000's
+and 004's entries changed with their protocols (equal epoch budgets, first-n subsets).
 """
 
 from __future__ import annotations
