@@ -118,7 +118,8 @@ def lock_path(folder: str | os.PathLike, process_index: int | None = None,
 
 @contextlib.contextmanager
 def writer_lock(folder: str | os.PathLike, command: str | None = None,
-                process: tuple[int, int] | None = None, name: str = "") -> Iterator[str]:
+                process: tuple[int, int] | None = None, name: str = "",
+                transient: bool = False) -> Iterator[str]:
     """Hold the one-writer lock of ``folder`` (created if missing) for the ``with`` body.
 
     An advisory, non-blocking ``fcntl.flock`` on :func:`lock_path`; the OS releases it when
@@ -128,6 +129,9 @@ def writer_lock(folder: str | os.PathLike, command: str | None = None,
     count)`` of this process, default JAX's; a run of several processes takes one lock per
     process index, since its files are already per process. ``name``: the lock file's name in
     ``folder`` (default ``.augdiff.lock``), for a writer that owns one entry of a shared folder.
+    ``transient``: remove the lock file on release (for a lock in a folder that is not
+    augdiff's; a process that opened the file just before its removal may then hold a lock
+    on the removed file, so use it only where the guarded write is atomic by itself).
     """
     index, count = _process_index() if process is None else process
     process_index = int(index) if count > 1 else None
@@ -149,7 +153,11 @@ def writer_lock(folder: str | os.PathLike, command: str | None = None,
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         _HELD.add(fd)
-        yield path
+        try:
+            yield path
+        finally:
+            if transient:
+                os.unlink(path)  # still held: removed before any other writer can take it
     finally:
         _HELD.discard(fd)
         os.close(fd)  # releases the lock (the file stays: holding it is what counts)

@@ -441,9 +441,10 @@ def main(argv: list[str]) -> int:
     out_dir = os.path.abspath(a.out)
     try:
         # One writer per destination: the lock lies beside --out (whose contents are replaced
-        # by a rename, and which must stay empty of anything but the export).
+        # by a rename, and which must hold nothing but the export) and is removed when done;
+        # the rename into place is atomic by itself.
         with writer_lock(os.path.dirname(out_dir), command="augdiff export",
-                         name=f".{os.path.basename(out_dir)}.export-lock"):
+                         name=f".{os.path.basename(out_dir)}.export-lock", transient=True):
             out = export(a.store, a.out, fmt=a.format, data=a.data, table=a.table,
                          shard_size=a.shard_size, overwrite=a.overwrite)
     except (OSError, ValueError, RuntimeError) as e:

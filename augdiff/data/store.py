@@ -50,6 +50,7 @@ Durability and resume
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import hashlib
@@ -72,7 +73,7 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 from PIL import Image
 from tqdm import tqdm
 
-from augdiff.files import atomic_write, content_hash, file_sha256, temp_path
+from augdiff.files import atomic_write, content_hash, file_sha256, temp_path, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -433,6 +434,25 @@ class StoreWriter:
         except OSError as e:
             raise StoreWriteError(f"could not create store {self.root} ({e}; "
                                   f"{_free_space(os.path.dirname(self.root) or '.')})") from e
+        # One writer per store and process index (an advisory lock the OS drops when its
+        # holder dies): a second writer fails at once naming the holder, before it can remove
+        # the first one's unfinished files or interleave shards with it.
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(writer_lock(
+            self.root, command=f"store writer ({method})", process=(0, 1),
+            name=f".writer-p{self.process_index:05d}.lock"))
+        try:
+            self._open_shards()
+            own = self._own_manifest
+            if own is None or own.get("fingerprint") != self.fingerprint:
+                self._write_manifest()  # what makes this store, recorded before its first shard
+        except BaseException:
+            self._lock.close()
+            raise
+        self._closed = False
+
+    def _open_shards(self) -> None:
+        """Check the store's fingerprint and re-verify the shards already there."""
         for stale in glob.glob(os.path.join(self.root, f"*p{self.process_index:05d}*.tmp-*")):
             os.remove(stale)  # unfinished shard of a killed run
         self._manifest_path = os.path.join(self.root, f"manifest-p{self.process_index:05d}.json")
@@ -461,9 +481,7 @@ class StoreWriter:
         self._buffer: list[tuple[str, bytes, int]] = []
         self._buffer_keys: set[str] = set()
         self._pending_counters: Counter[str] = Counter()
-        self._closed = False
-        if own is None or own.get("fingerprint") != self.fingerprint:
-            self._write_manifest()  # what makes this store, recorded before its first shard
+        self._own_manifest = own
 
     def _check_fingerprint(self, manifests: dict[int, dict[str, Any]],
                            shard_names: list[str]) -> None:
@@ -495,6 +513,7 @@ class StoreWriter:
             self._buffer.clear()
             self._buffer_keys.clear()
             self._closed = True
+            self._lock.close()
 
     @property
     def num_written(self) -> int:
@@ -620,9 +639,12 @@ class StoreWriter:
     def close(self) -> None:
         if self._closed:
             return
-        self.flush()
-        self._write_manifest()
-        self._closed = True
+        try:
+            self.flush()
+            self._write_manifest()
+        finally:
+            self._closed = True
+            self._lock.close()
 
 
 # --------------------------------------------------------------------------- reader

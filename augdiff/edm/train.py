@@ -510,7 +510,9 @@ def train(config: ml_collections.ConfigDict, *, stop_after_steps: int | None = N
 
     config_dict = to_dict(config)
     info = {"num_classes": num_classes,
-            "classes": sorted(int(c) for c in np.unique(np.asarray(real.labels)))}
+            "classes": sorted(int(c) for c in np.unique(np.asarray(real.labels))),
+            # the data's class names (index = label): a sampled store's manifest carries them
+            "class_names": [str(n) for n in getattr(real, "class_names", [])]}
     if jax.process_index() == 0:
         write_json(os.path.join(workdir, "config.json"), config_dict)
     ckpt = checkpointer(config)

@@ -48,7 +48,7 @@ def test_round_trip(tmp_path):
     assert w2.completed_keys == {f"ex{i}" for i in range(20)}
     store = SyntheticStore(root)
     assert len(store) == 20 and store.num_classes == 4
-    assert sorted(os.listdir(root))[:2] == [
+    assert sorted(n for n in os.listdir(root) if not n.startswith("."))[:2] == [
         "manifest-p00000.json",
         "shard-p00000-000000.array_record",
     ]
@@ -174,3 +174,24 @@ def test_one_writer_per_process_merged_on_read(tmp_path):
     # a writer sees every process's completed keys, so a changed process count never duplicates
     w = StoreWriter(tmp_path, method="toy", process_index=0, config=CONFIG)
     assert len(w.completed_keys) == 20
+
+
+def test_one_writer_per_store_and_process_index(tmp_path):
+    """A second writer of the same store and process index fails at once, naming the holder,
+    before it touches the first one's files; another process index, or the same one after the
+    first writer closed (or failed), writes."""
+    from augdiff.files import WorkdirLockedError
+
+    root = tmp_path / "store"
+    first = StoreWriter(root, method="toy", process_index=0, config=CONFIG)
+    first.add("a0", np.zeros((4, 4, 3), np.uint8), 0)
+    with pytest.raises(WorkdirLockedError, match=rf"{os.getpid()}: store writer \(toy\)"):
+        StoreWriter(root, method="toy", process_index=0, config=CONFIG)
+    StoreWriter(root, method="toy", process_index=1, config=CONFIG).close()
+    first.close()
+    with StoreWriter(root, method="toy", process_index=0, config=CONFIG) as again:
+        assert again.completed_keys == {"a0"}
+    with pytest.raises(RuntimeError):
+        with StoreWriter(root, method="toy", process_index=0, config=CONFIG):
+            raise RuntimeError("killed")
+    StoreWriter(root, method="toy", process_index=0, config=CONFIG).close()

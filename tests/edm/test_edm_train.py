@@ -8,6 +8,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -467,6 +468,10 @@ def test_sample_into_a_store_of_another_seed_is_refused(resumed_runs, repo_root,
                           "sha256": hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()}
     assert m["generating"]["seed"] == 0 and m["generating"]["steps"] == 3
     assert m["augdiff_version"] and m["fingerprint"]
+    # the class names of the data the generator was trained on, read from the zip's listing
+    names = sorted({n.split("/")[-2] for n in zipfile.ZipFile(cifar_zip).namelist()
+                    if "/train/" in f"/{n}" and n.endswith(".jpg")})
+    assert m["class_names"] == names and len(names) == 10
     prov = SyntheticStore(c.sample.store).provenance(0)
     assert prov["model"] and "4" in prov["model"]
     before = manifest.read_bytes()
