@@ -7,7 +7,8 @@ from the ground floor up (a module imports only from its own floor or lower ones
   atomic writes; :mod:`augdiff.configs`: the shipped experiment and command configs;
   :mod:`augdiff.distributed`: mesh, sharding rules, multi-process helpers;
   :mod:`augdiff.models`: classifiers and the DDPM++ ``SongUNet``.
-- :mod:`augdiff.data`: real sources (folder / zip / TFDS), subsets, the synthetic store,
+- :mod:`augdiff.data`: real sources (folder / zip / TFDS), subsets, the synthetic store and
+  its export (image folder, Hugging Face imagefolder, WebDataset),
   ``MixedLoader`` with ρ(t) schedules, on-device augmentation, IFS fractals.
 - :mod:`augdiff.train`: classifier training (jitted sharded steps), losses, checkpoints.
 - :mod:`augdiff.sd`: Stable Diffusion loading, samplers, guidance, unCLIP, pipelines.

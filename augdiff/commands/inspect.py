@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from augdiff.commands.export import class_names_of
+from augdiff.data.export import class_names_of
 from augdiff.data.store import format_inspection, inspect_store, verify
 
 

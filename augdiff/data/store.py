@@ -51,7 +51,6 @@ Durability and resume
 from __future__ import annotations
 
 import contextlib
-import csv
 import glob
 import hashlib
 import io
@@ -510,10 +509,7 @@ class StoreWriter:
         if exc_type is None:
             self.close()
         else:  # behave like a kill: the unfinished shard is not committed
-            self._buffer.clear()
-            self._buffer_keys.clear()
-            self._closed = True
-            self._lock.close()
+            self._abandon()
 
     @property
     def num_written(self) -> int:
@@ -563,7 +559,22 @@ class StoreWriter:
     def flush(self) -> None:
         """Write the buffered examples as one complete shard (atomically): the shard to a
         temporary file, its sidecar (keys, labels, sha256, size), then the shard moved into
-        place. A failure removes both and raises :class:`StoreWriteError`."""
+        place. A failure removes both and raises :class:`StoreWriteError`; the writer is then
+        done (as if its process had died: its lock is released, a new writer resumes)."""
+        try:
+            self._flush()
+        except StoreWriteError:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """Drop the unfinished shard and release the store, like a killed process."""
+        self._buffer.clear()
+        self._buffer_keys.clear()
+        self._closed = True
+        self._lock.close()
+
+    def _flush(self) -> None:
         if not self._buffer:
             if self._pending_counters:
                 self._counters.update(self._pending_counters)
@@ -840,62 +851,6 @@ def provenance_row(header: dict[str, Any], method: Any, class_names: Sequence[st
         "mask": first(_MASK_KEYS),
         "provenance": json.dumps(prov, sort_keys=True, default=str),
     }
-
-
-def _class_dir(label: int, class_names: Sequence[str] | None) -> str:
-    if class_names and 0 <= label < len(class_names):
-        name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in class_names[label])
-        return name or f"class_{label:03d}"
-    return f"class_{label:03d}"
-
-
-def export_store(root: str, out_dir: str, *, class_names: Sequence[str] | None = None,
-                 table: str = "csv") -> dict[str, Any]:
-    """Write the store at ``root`` as an image folder ``out_dir/<class>/<key>.png`` (pixels as
-    stored) plus a provenance table ``out_dir/provenance.csv`` (or ``.jsonl``), one row per key
-    with the columns :data:`PROVENANCE_COLUMNS` (``path`` relative to ``out_dir``).
-
-    Only complete shards are exported (what :class:`SyntheticStore` reads). Returns
-    ``{"num_images", "table", "out_dir", "counts_per_class"}``.
-    """
-    if table not in ("csv", "jsonl"):
-        raise ValueError(f"export: table must be csv or jsonl, got {table!r}")
-    store = SyntheticStore(root)
-    method = store.manifest.get("method")
-    os.makedirs(out_dir, exist_ok=True)
-    rows = []
-    counts: Counter[str] = Counter()
-    for i in range(len(store)):
-        record = store._record(i)
-        header = store._header(i, record)
-        _, image = decode_example(record)
-        try:
-            check_name("key", header["key"])
-        except StoreWriteError as e:
-            raise StoreError(f"synthetic store {root}: {e} (a foreign or edited store); not "
-                             "exported") from e
-        sub = _class_dir(int(header["label"]), class_names)
-        rel = os.path.join(sub, f"{header['key']}.png")
-        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-        img = image[..., 0] if image.shape[-1] == 1 else image
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG")
-        atomic_write(os.path.join(out_dir, rel), buf.getvalue())
-        rows.append(provenance_row(header, method, class_names, rel))
-        counts[sub] += 1
-    path = os.path.join(out_dir, f"provenance.{table}")
-    text = io.StringIO(newline="")
-    if table == "csv":
-        w = csv.DictWriter(text, fieldnames=list(PROVENANCE_COLUMNS))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: "" if v is None else v for k, v in r.items()})
-    else:
-        for r in rows:
-            text.write(json.dumps(r, default=str) + "\n")
-    atomic_write(path, text.getvalue())
-    return {"num_images": len(rows), "table": path, "out_dir": out_dir,
-            "counts_per_class": dict(sorted(counts.items()))}
 
 
 def verify(root: str | os.PathLike) -> dict[str, str]:

@@ -48,7 +48,8 @@ def export_generator(workdir: str, out_dir: str, *, step: int | None = None,
     if np_dtype is None:
         np_dtype = jnp.bfloat16
     ema = jax.tree_util.tree_map(lambda a: np.asarray(a).astype(np_dtype), raw["ema"])
-    keep = {k: extras[k] for k in ("config", "num_classes", "classes", "class_names") if k in extras}
+    keep = {k: extras[k] for k in ("config", "num_classes", "classes", "class_names")
+            if k in extras}
     cfg = dict(keep.get("config", {}))
     # Where the training run lay is not part of the generator (MODEL_FIELDS do not read it).
     cfg["workdir"] = "."

@@ -23,7 +23,7 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 from PIL import Image
 
 from augdiff.cli import main as cli_main
-from augdiff.commands.export import contained_path
+from augdiff.data.export import contained_path
 
 NAMES = ["ship", "cat", "dog"]  # not sorted: a name-for-index mix-up shows
 

@@ -15,10 +15,12 @@ import sys
 import time
 
 import ml_collections
+import numpy as np
 import pytest
 
 from augdiff import cli
 from augdiff.commands import evaluate, export, generate, run, sample, train, train_diffusion
+from augdiff.data.store import StoreWriter
 from augdiff.files import WorkdirLockedError, writer_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -116,7 +118,9 @@ def test_export_locks_its_output_folder(held, tmp_path, capsys):
     """The lock of an export to ``<parent>/out`` is ``<parent>/.out.export-lock`` (beside
     ``out``, which must hold nothing but the export)."""
     wd, pid = held
-    assert export.main(["--store", str(tmp_path / "none"), "--out", str(wd / "out")]) == 1
+    with StoreWriter(tmp_path / "store", method="toy", process_index=0) as w:
+        w.add("k0", np.zeros((4, 4, 3), np.uint8), 0)
+    assert export.main(["--store", str(tmp_path / "store"), "--out", str(wd / "out")]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"pid {pid}: holder-cmd" in err
     assert not (wd / "out").exists()

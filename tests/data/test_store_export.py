@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augdiff.data.store import StoreWriter, SyntheticStore, export_store, inspect_store
+from augdiff.data.export import export
+from augdiff.data.store import StoreWriter, SyntheticStore, inspect_store
 
 NAMES = ["cat", "dog", "ship"]
 
@@ -31,7 +32,7 @@ def _write(root, n=7, shard_size=3, model="tiny-random"):
 
 def test_export_round_trip_pngs_and_one_row_per_key(tmp_path):
     images = _write(tmp_path / "store")
-    out = export_store(str(tmp_path / "store"), str(tmp_path / "out"), class_names=NAMES)
+    out = export(str(tmp_path / "store"), str(tmp_path / "out"), class_names=NAMES)
     assert out["num_images"] == 7
     with open(tmp_path / "out" / "provenance.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -57,7 +58,7 @@ def test_export_round_trip_pngs_and_one_row_per_key(tmp_path):
 
 def test_export_jsonl_and_unnamed_classes(tmp_path):
     _write(tmp_path / "store", n=4)
-    export_store(str(tmp_path / "store"), str(tmp_path / "out"), table="jsonl")
+    export(str(tmp_path / "store"), str(tmp_path / "out"), table="jsonl")
     lines = (tmp_path / "out" / "provenance.jsonl").read_text().splitlines()
     assert len(lines) == 4
     assert json.loads(lines[1])["path"] == os.path.join("class_001", "k0001.png")
@@ -110,4 +111,4 @@ def test_export_cli(tmp_path, capsys):
 def test_export_rejects_unknown_table(tmp_path, bad):
     _write(tmp_path / "store", n=1)
     with pytest.raises(ValueError, match="csv or jsonl"):
-        export_store(str(tmp_path / "store"), str(tmp_path / "out"), table=bad)
+        export(str(tmp_path / "store"), str(tmp_path / "out"), table=bad)

@@ -149,7 +149,8 @@ def test_spill_store_holds_every_nth_row_seen_and_resumes(generator, tmp_path):
     """Every 3rd synthetic row the classifier saw (global row index s·m + j ≡ 0 mod 3) lands in
     a store with its provenance; a writer dropped after a commit at step 4 ("killed") and a new
     source resumed from step 4 give exactly the rows of an uninterrupted pass, once each."""
-    from augdiff.data.store import SyntheticStore, export_store, inspect_store
+    from augdiff.data.export import export
+    from augdiff.data.store import SyntheticStore, inspect_store
 
     m, steps, n = 8, 8, 3
     kw = dict(num_steps=2, rows=m, refresh_every=3, buffer_size=16)
@@ -185,7 +186,7 @@ def test_spill_store_holds_every_nth_row_seen_and_resumes(generator, tmp_path):
         assert prov["refresh"] == key[0] // 3 and 0 <= prov["buffer_row"] < 16
     info = inspect_store(str(store))
     assert info["methods"] == {"online/edm": 22}
-    export_store(str(store), str(tmp_path / "png"))
+    export(str(store), str(tmp_path / "png"))
     assert len(list((tmp_path / "png").rglob("*.png"))) == 22
 
 
