@@ -142,10 +142,13 @@ def test_a_forked_child_does_not_keep_the_lock_after_its_parent_dies(tmp_path):
 import os, sys, time
 from augdiff.files import writer_lock
 with writer_lock(sys.argv[1], "parent", process=(0, 1)):
+    r, w = os.pipe()
     child = os.fork()
-    if child == 0:
+    if child == 0:  # the fork hooks have run once the child runs its own code
+        os.write(w, b"1")
         time.sleep(600)
         os._exit(0)
+    os.read(r, 1)
     print(child, flush=True)
     time.sleep(600)
 """

@@ -88,5 +88,8 @@ def test_quickstart_runs_from_the_wheel(installed, tmp_path, cifar_zip):
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (workdir / "report.md").read_text()
-    assert "augdiff quickstart" in report and "20 images" in report.replace(",", "")
+    # the title names the config, the data actually used and the generator
+    assert report.startswith("# quickstart (default): cifar10-jpeg, 10 classes, 20 training "
+                             "images — the EDM generator shipped with augdiff"), report[:300]
+    assert "20 images" in report.replace(",", "")
     assert str(installed) in (workdir / "stages.json").read_text()  # the wheel's generator

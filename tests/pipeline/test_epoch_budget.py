@@ -81,7 +81,7 @@ def test_an_epoch_draws_n_images_from_the_pool(repo_root, tmp_path):
                "generate": {"num_images": n_real, "store": str(store)}}
     sub = classifier_config_for(c, "mixed", 0, outputs)
     assert sub.steps_per_epoch == n_real // b  # 3, not (24 + 24) // 8 = 6
-    real, _, syn, loader, spe = classifier._open_data(sub)
+    real, _, syn, loader, spe, _ = classifier._open_data(sub)
     assert (len(real), len(syn), spe) == (n_real, n_real, n_real // b)
     epoch = [loader.batch_rows(s) for s in range(spe)]
     drawn = sum(len(is_syn) for is_syn, _ in epoch)
