@@ -599,6 +599,12 @@ def plot_curves(curves: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
     ax_a.set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
     for ax in (ax_l, ax_a):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save_png(fig, (ax_l, ax_a), path, dpi)
+
+
+def _save_png(fig: Any, axes: Sequence[Any], path: str, dpi: int) -> str:
+    """Grid and legend on ``axes``, then ``fig`` written to ``path`` (PNG); returns ``path``."""
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -625,12 +631,7 @@ def plot_diffusion_loss(losses: Sequence[tuple[int, float]], path: str, *,
     ax.plot(steps, vals, color="tab:gray", alpha=0.4, label="per step")
     ax.plot(steps[w - 1:], smooth, color="tab:red", label=f"running mean ({w} steps)")
     ax.set(xlabel="step", ylabel="EDM loss", title="diffusion model training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path
+    return _save_png(fig, (ax,), path, dpi)
 
 
 def tensorboard_dirs(outputs: Mapping[str, Any]) -> list[str]:

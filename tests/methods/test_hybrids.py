@@ -214,7 +214,10 @@ def test_to_uint8_round_trip():
 def _store_bytes(root):
     import pathlib
 
-    files = sorted(p for p in pathlib.Path(root).iterdir() if not p.name.startswith("manifest"))
+    # the shards and sidecars (not the manifests, which record versions, nor the writer's lock
+    # file, which records its pid and start time)
+    files = sorted(p for p in pathlib.Path(root).iterdir()
+                   if not p.name.startswith(("manifest", ".writer-p")))
     return {p.name: p.read_bytes() for p in files}
 
 
