@@ -648,7 +648,8 @@ def open_real_source(
     ``data_cfg`` fields: ``path`` (image-folder directory or zip) or ``tfds_name`` (with
     optional ``tfds_data_dir``, ``tfds_image_key``, ``tfds_label_key``); ``image_size``,
     ``channels``, ``skip_corrupt``; subset fields ``per_class`` (0 = all),
-    ``imbalance_factor`` (1 = balanced) and ``subset_seed`` (see :mod:`augdiff.data.subsets`).
+    ``imbalance_factor`` (1 = balanced), ``subset_seed``, or ``first_per_class`` (the first n
+    of each class; see :mod:`augdiff.data.subsets`).
 
     Labels are by class NAME (:func:`assign_labels`): against ``class_names`` when given (a
     store's order, say), else against the training split's (``data.train_split``) sorted
@@ -715,6 +716,7 @@ def open_real_source(
             seed=int(_get(data_cfg, "subset_seed", 0)),
             num_classes=len(backend.class_names),
             class_names=list(backend.class_names),
+            first=int(_get(data_cfg, "first_per_class", 0) or 0),
         )
         if picked is not None:
             rows = picked if keep is None else keep[picked]

@@ -101,6 +101,14 @@ def long_tailed_subset(
                             class_names)
 
 
+def first_per_class(labels: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` rows of every class, in the source's order (seed 004 App. A.1: "we use
+    the first n samples", rather than a seeded random draw); sorted row indices."""
+    labels = np.asarray(labels)
+    keep = [np.flatnonzero(labels == c)[:n] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep)).astype(np.int64) if keep else np.zeros((0,), np.int64)
+
+
 def select_subset(
     labels: np.ndarray,
     *,
@@ -109,12 +117,19 @@ def select_subset(
     seed: int = 0,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
+    first: int = 0,
 ) -> np.ndarray | None:
     """The rows a data config asks for, or ``None`` for "all rows".
 
     ``per_class > 0`` alone: N per class. ``imbalance_factor > 1``: long-tailed with
-    ``n_max = per_class`` (or the smallest class size when ``per_class == 0``).
+    ``n_max = per_class`` (or the smallest class size when ``per_class == 0``). ``first > 0``:
+    the first ``first`` rows of each class (:func:`first_per_class`), not a random draw.
     """
+    if first:
+        if per_class or (imbalance_factor is not None and imbalance_factor > 1.0):
+            raise ValueError("set data.per_class / data.imbalance_factor (a seeded random "
+                             "subset) or data.first_per_class (the first n), not both")
+        return first_per_class(labels, int(first))
     if imbalance_factor is None or imbalance_factor <= 1.0:
         if imbalance_factor is not None and imbalance_factor < 1.0:
             raise ValueError(f"imbalance_factor must be >= 1, got {imbalance_factor}")

@@ -265,39 +265,14 @@ class ClassSubset:
         return rec
 
 
-class FirstPerClass:
-    """The first ``n`` rows of every class of ``source``, in the source's order (seed 004 App.
-    A.1: "we use the first n samples", rather than a seeded random subset)."""
-
-    def __init__(self, source: Any, n: int):
-        labels = np.asarray(source.labels)
-        keep = [np.flatnonzero(labels == c)[:n] for c in np.unique(labels)]
-        self._source = source
-        self._rows = np.sort(np.concatenate(keep)) if keep else np.zeros((0,), np.int64)
-        self.class_names = list(source.class_names)
-        self.num_classes = int(source.num_classes)
-        self.labels = labels[self._rows]
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        rec = dict(self._source[int(self._rows[int(i)])])
-        rec["index"] = np.int64(i)
-        return rec
-
-
 def open_real(config: ml_collections.ConfigDict) -> Any:
-    """The real source of ``config.data`` restricted to ``data.classes`` when set, and to the
-    first ``data.first_per_class`` rows of each class when that is > 0."""
-    first = int(config.data.get("first_per_class", 0) or 0)
-    if first and int(config.data.get("per_class", 0) or 0):
-        raise ConfigError("set data.per_class (a seeded random subset) or "
-                          "data.first_per_class (the first n), not both")
+    """The real source of ``config.data`` (its subset, e.g. the first
+    ``data.first_per_class`` rows of each class, drawn by :func:`open_real_source`, so the
+    run's ``prepare`` record and evaluation see the same rows) restricted to ``data.classes``
+    when set."""
     real = open_real_source(config.data, str(config.data.split))
     classes = [c.strip() for c in str(config.data.classes).split(",") if c.strip()]
-    real = ClassSubset(real, classes) if classes else real
-    return FirstPerClass(real, first) if first else real
+    return ClassSubset(real, classes) if classes else real
 
 
 def shift_colours(images: np.ndarray, kind: str) -> np.ndarray:

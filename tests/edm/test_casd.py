@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from augdiff.config import load_config
+from augdiff.data import subsets
 from augdiff.data.store import StoreWriter, SyntheticStore
 from augdiff.edm import sampling
 from augdiff.edm import train as edm_train
@@ -131,13 +132,7 @@ def test_table2_config_follows_section_4_3(repo_root):
 
 
 def test_first_per_class_takes_the_first_rows_in_order():
-    class Src:
-        labels = np.asarray([1, 0, 1, 1, 0, 2, 0])
-        class_names, num_classes = ["a", "b", "c"], 3
-
-        def __getitem__(self, i):
-            return {"index": np.int64(i), "row": i}
-
-    sub = edm_train.FirstPerClass(Src(), 2)
-    assert [sub[i]["row"] for i in range(len(sub))] == [0, 1, 2, 4, 5]
-    np.testing.assert_array_equal(sub.labels, [1, 0, 1, 0, 2])
+    labels = np.asarray([1, 0, 1, 1, 0, 2, 0])
+    # the first two rows of class 0 (1, 4), of class 1 (0, 2), of class 2 (5), in row order
+    assert subsets.first_per_class(labels, 2).tolist() == [0, 1, 2, 4, 5]
+    assert subsets.select_subset(labels, first=2).tolist() == [0, 1, 2, 4, 5]

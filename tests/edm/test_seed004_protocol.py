@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from augdiff.config import load_config
+from augdiff.data.sources import DataSourceError, open_real_source
 from augdiff.edm import train as edm_train
 from augdiff.pipeline import mismatch
 from augdiff.pipeline.wiring import generator_config
@@ -45,6 +47,14 @@ def test_n_rows_train_on_the_first_n_images_of_each_class(repo_root, tmp_path):
                  for i in range(len(real)))
     # the first three files of each class: j = 0, 1, 2 -> pixel 20 j + k
     assert got == [(0, 0), (0, 20), (0, 40), (1, 1), (1, 21), (1, 41)]
+    # the experiment's own data (what `prepare` records and evaluation replicates against)
+    # is the same subset: the first n are drawn where every stage opens its real data
+    prep = open_real_source(c.data, "train")
+    assert sorted((int(prep[i]["label"]), int(prep[i]["image"][0, 0, 0]))
+                  for i in range(len(prep))) == got
+    c.data.per_class = 2  # a random subset and the first n: one or the other
+    with pytest.raises(DataSourceError, match="first_per_class"):
+        open_real_source(c.data, "train")
 
 
 def test_table9_training_length_is_60_mimg(repo_root):
