@@ -99,3 +99,7 @@ def test_shipped_generator_loads_with_the_config_the_quickstart_uses(repo_root):
     assert loaded.num_classes == record["num_classes"] == 10
     n = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(loaded.params))
     assert n == record["num_params"] == 750_243
+    # the names of its labels, so a store sampled from it names its classes: CIFAR-10's class
+    # folders in sorted order (label order), as the CIFAR-10 README lists them
+    assert loaded.extras["class_names"] == ["airplane", "automobile", "bird", "cat", "deer",
+                                            "dog", "frog", "horse", "ship", "truck"]

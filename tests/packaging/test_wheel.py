@@ -8,6 +8,7 @@ install`` does for a pure-Python wheel); the dependencies come from the test env
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -92,4 +93,10 @@ def test_quickstart_runs_from_the_wheel(installed, tmp_path, cifar_zip):
     assert report.startswith("# quickstart (default): cifar10-jpeg, 10 classes, 20 training "
                              "images — the EDM generator shipped with augdiff"), report[:300]
     assert "20 images" in report.replace(",", "")
+    # the store sampled from the shipped generator names its classes (the zip's class folders)
+    names = sorted({n.split("/")[-2] for n in zipfile.ZipFile(cifar_zip).namelist()
+                    if "/train/" in f"/{n}" and n.endswith(".jpg")})
+    manifests = list(workdir.rglob("manifest-p00000.json"))
+    assert manifests and all(json.loads(m.read_text())["class_names"] == names
+                             for m in manifests)
     assert str(installed) in (workdir / "stages.json").read_text()  # the wheel's generator
