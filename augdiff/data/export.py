@@ -47,7 +47,9 @@ from augdiff.data.store import (
     StoreError,
     SyntheticStore,
     decode_example,
+    manifest_files,
     provenance_row,
+    read_manifest,
 )
 from augdiff.files import writer_lock
 
@@ -94,23 +96,13 @@ def contained_path(root: str, *parts: str) -> str:
 # --------------------------------------------------------------------------- class names
 
 
-def _manifest_files(root: str) -> list[str]:
-    return sorted(p for p in glob.glob(os.path.join(root, "manifest-p*.json")) if ".tmp-" not in p)
-
-
 def manifest_class_names(root: str) -> tuple[list[str], str] | None:
     """The ``class_names`` a store's manifests record (top level, or under ``config``) and the
     manifest file they were read from, or ``None`` when none records them. Manifests that
     disagree, or an unreadable manifest, are a :class:`StoreError` naming the file."""
     found: tuple[str, list[str]] | None = None
-    for path in _manifest_files(root):
-        try:
-            with open(path, encoding="utf-8") as f:
-                manifest = json.load(f)
-        except (OSError, ValueError) as e:
-            raise StoreError(f"{path}: unreadable store manifest ({e})") from e
-        if not isinstance(manifest, dict):
-            raise StoreError(f"{path}: store manifest is not a JSON object")
+    for path in manifest_files(root):
+        manifest = read_manifest(path)
         names = manifest.get("class_names")
         if names is None and isinstance(manifest.get("config"), dict):
             names = manifest["config"].get("class_names")

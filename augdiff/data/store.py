@@ -312,7 +312,9 @@ def _read_shard_index(root: str, name: str, *, verify: bool = True) -> tuple[lis
     return keys, labels
 
 
-def _read_manifest(path: str) -> dict[str, Any]:
+def read_manifest(path: str) -> dict[str, Any]:
+    """One process's manifest (a JSON object), or a :class:`StoreError` naming the file and
+    how to repair it."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -326,7 +328,8 @@ def _read_manifest(path: str) -> dict[str, Any]:
     return data
 
 
-def _manifest_files(root: str) -> list[str]:
+def manifest_files(root: str) -> list[str]:
+    """The manifests of a store's processes (``manifest-pNNNNN.json``; no temporary files)."""
     return sorted(p for p in glob.glob(os.path.join(root, "manifest-p*.json"))
                   if re.fullmatch(r"manifest-p\d{5}\.json", os.path.basename(p)))
 
@@ -456,8 +459,8 @@ class StoreWriter:
             os.remove(stale)  # unfinished shard of a killed run
         self._manifest_path = os.path.join(self.root, f"manifest-p{self.process_index:05d}.json")
         shard_names = _shard_files(self.root)
-        manifests = {int(os.path.basename(p)[10:15]): _read_manifest(p)
-                     for p in _manifest_files(self.root)}
+        manifests = {int(os.path.basename(p)[10:15]): read_manifest(p)
+                     for p in manifest_files(self.root)}
         self._check_fingerprint(manifests, shard_names)
         self.completed_keys: set[str] = set()
         self._class_counts: Counter[int] = Counter()
@@ -702,8 +705,8 @@ class SyntheticStore:
         self._pid: int | None = None
 
     def _merge_manifests(self) -> dict[str, Any]:
-        paths = _manifest_files(self.root)
-        parts = [_read_manifest(p) for p in paths]
+        paths = manifest_files(self.root)
+        parts = [read_manifest(p) for p in paths]
         prints = {p.get("fingerprint") for p in parts}
         if len(prints) > 1:
             raise StoreError(f"synthetic store {self.root} mixes images of different configs "
@@ -862,9 +865,9 @@ def verify(root: str | os.PathLike) -> dict[str, str]:
     if not os.path.isdir(root):
         raise StoreError(f"synthetic store {root!r} does not exist")
     bad: dict[str, str] = {}
-    for path in _manifest_files(root):
+    for path in manifest_files(root):
         try:
-            _read_manifest(path)
+            read_manifest(path)
         except StoreError as e:
             bad[os.path.basename(path)] = str(e)
     for name in _shard_files(root):
@@ -900,7 +903,7 @@ def inspect_store(root: str) -> dict[str, Any]:
         raise StoreError(f"synthetic store {root!r} does not exist")
     tmp_files = [e for e in entries if ".tmp-" in e]
     shards = _shard_files(root)
-    if not shards and not _manifest_files(root):
+    if not shards and not manifest_files(root):
         raise StoreError(f"{root} is not a synthetic store (no manifest-p*.json and no "
                          "shard-p*.array_record files)")
     no_index = [s for s in shards if not os.path.exists(os.path.join(root, s + ".idx.json"))]
