@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from augdiff.config import ConfigError
-from augdiff.methods import augcond, diffinv, diffusemix
+from augdiff.methods import augcond, diffinv, diffusemix, edm_inversion
 from augdiff.sd import generate as sd_generate
 
 METHODS: dict[str, ModuleType] = {
@@ -18,6 +18,7 @@ METHODS: dict[str, ModuleType] = {
     "diffusemix": diffusemix,  # seed 000
     "augcond": augcond,  # seed 001
     "diffinv": diffinv,  # seed 003
+    "edm_diffinv": edm_inversion,  # seed 003 (and 001) as an analog on a class-conditional EDM
 }
 
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from augdiff.analysis.compare import describe, finding_verdict, paired_comparison
 from augdiff.config import ConfigError, load_config, to_dict
 from augdiff.data.sources import open_real_source
 from augdiff.data.store import SyntheticStore
@@ -68,8 +69,10 @@ def _cases(config: ml_collections.ConfigDict) -> list[str]:
 
 def edm_config(config: ml_collections.ConfigDict, *, mode: str, workdir: str,
                classes: tuple[str, ...], first_per_class: int, num_samples: int,
-               stores: list[str] = (), images: int | None = None) -> ml_collections.ConfigDict:
-    """The EDM sub-config of one training run (``table2.edm_config`` + ``edm_overrides``)."""
+               stores: list[str] = (), images: int | None = None,
+               seed: int | None = None) -> ml_collections.ConfigDict:
+    """The EDM sub-config of one training run (``table2.edm_config`` + ``edm_overrides``);
+    ``seed`` (default ``config.seed``) seeds its training and sampling."""
     t = config.table2
     c = load_config(str(t.edm_config))
     c.unlock()
@@ -80,7 +83,8 @@ def edm_config(config: ml_collections.ConfigDict, *, mode: str, workdir: str,
         else:
             c[k] = v
     c.workdir = workdir
-    c.seed = int(config.seed)
+    c.seed = int(config.seed if seed is None else seed)
+    c.sample.seed = c.seed
     c.mode = mode
     c.data.path = str(config.data.path)
     c.data.image_size = int(config.data.image_size)
@@ -192,20 +196,24 @@ def run_mismatch(config: ml_collections.ConfigDict,
     ref_imgs, ref_desc = reference_images(config)
     ref_feat = np.asarray(extractor.fn(ref_imgs))
     real_hist = class_histogram(model, variables, ref_imgs)
+    seeds = seeds_of(config)
+    per_seed: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {}
 
-    def score(name: str, run: dict[str, Any]) -> None:
+    def score(name: str, run: dict[str, Any], seed: int) -> None:
         imgs = _images(run["store"], int(t.num_eval))
         hist = class_histogram(model, variables, imgs)
-        results[name] = {
+        per_seed.setdefault(name, {})[f"seed_{seed}"] = {
             "fid": float(fid_from_features(np.asarray(extractor.fn(imgs)), ref_feat)),
             "hist": {n: float(h) for n, h in zip(CIFAR10, hist, strict=True)},
             "ship_truck": float(hist[8] + hist[9]), "plane_car": float(hist[0] + hist[1]),
             "n": int(len(imgs)), **{k: run[k] for k in ("steps", "train_s", "sample_s")},
         }
+        results[name] = seed_means(per_seed[name])
 
     def write(done: list[str]) -> dict[str, Any]:
         out = {"cases": done, "cases_requested": cases, "results": results,
+               "seeds": seeds, "findings": table2_findings(results, done),
                "classifier_test_top1": acc, "fid_reference": ref_desc,
                "extractor": extractor.name,
                "real_hist": {n: float(h) for n, h in zip(CIFAR10, real_hist, strict=True)},
@@ -214,10 +222,16 @@ def run_mismatch(config: ml_collections.ConfigDict,
         atomic_write(os.path.join(workdir, "report.md"), table2_report(out))
         return out
 
-    # DM once; then per case: the unconditional generator, SDA and CASD, scored at once.
-    c = edm_config(config, mode="dm", workdir=os.path.join(workdir, "dm"), classes=REAL_CLASSES,
-                   first_per_class=int(t.real_per_class), num_samples=int(t.num_eval))
-    score("dm", _train_and_sample(c, log))
+    def run_dir(name: str, seed: int) -> str:
+        return os.path.join(workdir, name if len(seeds) == 1 else f"{name}_seed{seed}")
+
+    # DM per seed; then per case: the unconditional generator (one, seed config.seed: the
+    # synthetic source is fixed), SDA and CASD per seed, scored at once.
+    for seed in seeds:
+        c = edm_config(config, mode="dm", workdir=run_dir("dm", seed), classes=REAL_CLASSES,
+                       first_per_class=int(t.real_per_class), num_samples=int(t.num_eval),
+                       seed=seed)
+        score("dm", _train_and_sample(c, log), seed)
     done: list[str] = []
     out = write(done)
     for case in cases:
@@ -225,13 +239,61 @@ def run_mismatch(config: ml_collections.ConfigDict,
                        classes=CASES[case], first_per_class=int(t.generator_per_class),
                        num_samples=int(t.num_synthetic), images=int(t.generator_images) or None)
         gen = _train_and_sample(c, log)
-        score(f"generator_{case}", gen)
-        for mode in ("sda", "casd"):
-            c = edm_config(config, mode=mode, workdir=os.path.join(workdir, f"{mode}_{case}"),
-                           classes=REAL_CLASSES, first_per_class=int(t.real_per_class),
-                           num_samples=int(t.num_eval), stores=[gen["store"]])
-            score(f"{mode}_{case}", _train_and_sample(c, log))
+        score(f"generator_{case}", gen, int(config.seed))
+        for seed in seeds:
+            for mode in ("sda", "casd"):
+                c = edm_config(config, mode=mode, workdir=run_dir(f"{mode}_{case}", seed),
+                               classes=REAL_CLASSES, first_per_class=int(t.real_per_class),
+                               num_samples=int(t.num_eval), stores=[gen["store"]], seed=seed)
+                score(f"{mode}_{case}", _train_and_sample(c, log), seed)
         done.append(case)
         out = write(done)
         log(table2_report(out))
+    return out
+
+
+def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
+    """The seeds DM / SDA / CASD are trained and sampled with (``config.seeds``, else
+    ``config.seed`` alone)."""
+    seeds = [int(s) for s in (config.get("seeds", None) or (config.seed,))]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"config.seeds has repeated seeds: {seeds}")
+    return seeds
+
+
+def seed_means(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One model's scores over seeds: means of FID, shares and histogram, the FID's sample
+    standard deviation (``ddof = 1``; 0 for one seed) and every seed's numbers."""
+    vals = list(runs.values())
+    fid = np.asarray([v["fid"] for v in vals], np.float64)
+    out = {k: float(np.mean([v[k] for v in vals])) for k in ("fid", "ship_truck", "plane_car")}
+    out["hist"] = {n: float(np.mean([v["hist"][n] for v in vals])) for n in CIFAR10}
+    out["fid_std"] = float(fid.std(ddof=1)) if len(fid) > 1 else 0.0
+    out["n"] = int(vals[0]["n"])
+    out["num_seeds"] = len(vals)
+    out["seeds"] = {k: dict(v) for k, v in runs.items()}
+    for k in ("steps", "train_s", "sample_s"):
+        out[k] = vals[0][k]
+    return out
+
+
+def table2_findings(results: dict[str, Any], cases: list[str]) -> list[dict[str, Any]]:
+    """Seed 004's claims per finished case, paired by seed: CASD's FID below SDA's and below
+    DM's (lower is better: the difference read is ``other − CASD``), with the 95 % interval
+    and a verdict (:func:`augdiff.analysis.compare.finding_verdict`)."""
+    out = []
+    for case in cases:
+        casd = results.get(f"casd_{case}")
+        for other, claim in ((f"sda_{case}", "CASD's FID below SDA's"),
+                             ("dm", "CASD's FID below DM's")):
+            if casd is None or other not in results:
+                continue
+            a = {k: v["fid"] for k, v in results[other]["seeds"].items()}
+            b = {k: v["fid"] for k, v in casd["seeds"].items()}
+            comp = paired_comparison(a, b, a_label=other, b_label=f"casd_{case}", metric="fid",
+                                     higher_is_better=False)
+            out.append({"case": case, "claim": claim, "rows": [f"casd_{case}", other],
+                        "comparison": comp.to_dict(),
+                        "text": describe(comp, scale=1.0, unit="FID"),
+                        "verdict": finding_verdict(comp, a_above_b=True)})
     return out

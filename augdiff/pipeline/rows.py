@@ -41,7 +41,8 @@ def row_config(config: ml_collections.ConfigDict, row: str,
     ``config.row_config`` with ``{row}`` filled in, workdir ``<workdir>/<row>``, the table's
     ``data`` / ``seeds`` / ``mesh`` copied in, and every ``config.links`` entry
     ``field=src_row:relpath`` set to ``<workdir>/<src_row>/<relpath>`` (rows other than
-    ``src_row``, which must have run before: ``done`` maps finished rows to workdirs)."""
+    ``src_row``, which must have run before: ``done`` maps finished rows to workdirs). An
+    entry ``a|b>field=src_row:relpath`` applies to rows ``a`` and ``b`` only."""
     sub = load_config(str(config.row_config).format(row=row))
     with sub.unlocked():
         sub.workdir = os.path.join(str(config.workdir), row)
@@ -56,6 +57,9 @@ def row_config(config: ml_collections.ConfigDict, row: str,
             if key in sub.mesh:
                 set_field(sub, f"mesh.{key}", config.mesh[key])
     for link in parse_list(config.get("links", "")):
+        targets, restricted, link = link.rpartition(">")
+        if restricted and row not in [t.strip() for t in targets.split("|")]:
+            continue
         field, _, target = link.partition("=")
         src, _, rel = target.partition(":")
         if not field or not src or not rel:

@@ -34,11 +34,15 @@ def paper_table(
     results: Mapping[str, Mapping[str, float]],
     *,
     result_scale: float = 100.0,
+    columns: Sequence[str] = ("Method", "Sch.", "Ratio", "Lsf"),
 ) -> str:
     """A Markdown table of ``rows``: the paper's ``(Method, Sch., Ratio, Lsf, Top-1, Top-5)``
     from ``paper`` beside augdiff's ``results[row]['test_top1' / 'test_top5']`` (fractions,
-    multiplied by ``result_scale``)."""
-    head = ("| Method | Sch. | Ratio | Lsf | Top-1 paper | Top-1 augdiff | Top-5 paper "
+    multiplied by ``result_scale``). ``columns`` names the four descriptive columns (seed
+    000's by default)."""
+    if len(columns) != 4:
+        raise ValueError(f"paper_table: columns must name 4 columns, got {list(columns)}")
+    head = ("| " + " | ".join(columns) + " | Top-1 paper | Top-1 augdiff | Top-5 paper "
             "| Top-5 augdiff | row |")
     lines = [head, "|" + "---|" * 9]
     for row in rows:
@@ -114,7 +118,8 @@ def rows_report(config: Any, info: Mapping[str, Mapping[str, Any]],
     results = {r: i["result"] for r, i in info.items() if i.get("result")}
     title = str(config.get("report", {}).get("title", "") or config.get("name", ""))
     lines = [f"# {title}", "", "## Table (augdiff beside the paper)", "",
-             paper_table(rows, paper, results), ""]
+             paper_table(rows, paper, results, columns=tuple(
+                 config.paper.get("columns", None) or ("Method", "Sch.", "Ratio", "Lsf"))), ""]
     aliases = {r: i["alias_of"] for r, i in info.items() if i.get("alias_of")}
     if aliases:
         lines += ["Rows reported with another row's result (same definition): " +
@@ -203,8 +208,21 @@ def table2_report(out: dict[str, Any]) -> str:
         cells = []
         for c in cases:
             key = "dm" if m == "dm" else f"{m}_{c}"
-            cells.append(f"{r[key]['fid']:.2f} ({out['paper'][m][c]:.2f})")
+            n = int(r[key].get("num_seeds", 1))
+            spread = f" ± {r[key]['fid_std']:.2f}" if n > 1 else ""
+            cells.append(f"{r[key]['fid']:.2f}{spread} ({out['paper'][m][c]:.2f})")
         lines.append(f"| {m.upper()} | " + " | ".join(cells) + " |")
+    seeds = out.get("seeds") or []
+    if len(seeds) > 1:
+        lines += ["", f"augdiff: mean ± sample std over seeds {', '.join(map(str, seeds))} "
+                  "(DM / SDA / CASD trained and sampled per seed; each case's synthetic source, "
+                  "its generator, trained once)."]
+    if out.get("findings"):
+        lines += ["", "Seed 004's claims, paired by seed (difference: the other model's FID "
+                  "minus CASD's, with its 95 % Student-t interval):", "",
+                  "| case | claim | difference | verdict |", "|---|---|---|---|"]
+        lines += [f"| {f['case']} | {f['claim']} | {f['text']} | **{f['verdict']}** |"
+                  for f in out["findings"]]
     lines += ["", "Fig. 3: share of samples the real-data classifier puts in ship+truck "
               "(absent from D_r) / plane+car:", "",
               "| Run | ship+truck | plane+car | n |", "|---|---|---|---|",
