@@ -74,7 +74,7 @@ ADOPTS = {"real_classcond": "classcond", "real_inverted": "inverted"}
 MIX_ROWS = ("real_embed_mixup", "real_embed_cutmix", "real_embed_cutmix_dropout")
 PROFILES = {
     "cpu": dict(per_class=50, epochs=24, batch_size=100, steps_per_epoch=0),
-    "ci": dict(per_class=2, epochs=1, batch_size=10, steps_per_epoch=1),
+    "ci": dict(per_class=2, epochs=1, batch_size=16, steps_per_epoch=1),
 }
 
 

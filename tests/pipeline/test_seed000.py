@@ -385,24 +385,6 @@ def test_rows_experiment_wiring(tmp_path, monkeypatch):
             log=lambda m: None)
 
 
-@pytest.fixture(scope="module")
-def cifar_small(cifar_zip, tmp_path_factory) -> pathlib.Path:
-    """2 train + 2 test images per class cut from the CIFAR-10 zip."""
-    import zipfile
-
-    root = tmp_path_factory.mktemp("cifar_small")
-    with zipfile.ZipFile(cifar_zip) as z:
-        seen: dict[tuple[str, str], int] = {}
-        for n in sorted(x for x in z.namelist() if x.endswith(".jpg")):
-            _, split, cls, fname = n.split("/")
-            if seen.get((split, cls), 0) >= 2:
-                continue
-            seen[(split, cls)] = seen.get((split, cls), 0) + 1
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            (root / split / cls / fname).write_bytes(z.read(n))
-    return root
-
-
 @pytest.mark.slow
 def test_ci_table_experiment_end_to_end(cifar_small, tmp_path):
     """The ``ci`` profile of the seed 000 table through ``augdiff run`` on real CIFAR-10
