@@ -267,3 +267,72 @@ def test_group_file_with_other_images_is_refused(gen, tmp_path):
         E.read_group(os.path.join(folder, "group-00000.npz"), settings, np.arange(1, 4))
     meta = json.loads(str(np.load(os.path.join(folder, "group-00000.npz"))["settings"]))
     assert meta["generator_step"] == 1 and meta["steps"] == 4
+
+
+def _sampling_cfg(tmp_path, conditioning="inverted", augment="none"):
+    c = _cfg(tmp_path)
+    c.conditioning, c.augment, c.store_dir = conditioning, augment, str(tmp_path / "store")
+    c.sampling = ml_collections.ConfigDict({
+        "checkpoints": (2, 4), "guidance": (0.5, 2.0), "guidance_form": "paper",
+        "num_partners": 2, "interpolation_strength": 0.1, "noise_scale": 0.1, "alpha": 1.0,
+        "dropout_p": 0.4, "images_per_vector": 1, "num_steps": 2, "batch_size": 4})
+    return c
+
+
+class _RealNamed(_Real):
+    class_names = ("a", "b", "c")
+
+
+@pytest.mark.parametrize("conditioning", ["inverted", "class"])
+def test_what_reaches_the_sampler_and_the_store(gen, tmp_path, monkeypatch, conditioning):
+    """The wire from the learned vectors to the network's inputs: each example's condition
+    (DI perturbation of its vector at its variant's snapshot, or its class one-hot), the
+    unconditional input ū = the mean of that snapshot's vectors (the mean one-hot for
+    'class'), the CFG scale 1 + w; and every image lands in the store under its parent's
+    class."""
+    real = _RealNamed(6)
+    folder = str(tmp_path / "inv")
+    cfg = _sampling_cfg(tmp_path, conditioning)
+    E.run_inversion(cfg, gen, real, folder)
+    snaps = E.load_inversion(cfg, gen, 6, folder)
+    calls = []
+
+    def fake_sampler(net_apply, edm, shape, steps):
+        def draw(params, keys, cond, un, scale):
+            calls.append((np.asarray(keys), np.asarray(cond), np.asarray(un),
+                          np.asarray(scale)))
+            return jnp.zeros((len(cond), *shape))
+        return draw
+
+    monkeypatch.setattr(E, "_sampler", fake_sampler)
+    out = E.run_sampling(cfg, gen, real, folder)
+    assert out["written"] == 6
+    cond = np.concatenate([c[1] for c in calls])
+    un = np.concatenate([c[2] for c in calls])
+    scale = np.concatenate([c[3] for c in calls])
+    from augdiff.data.store import SyntheticStore
+
+    store = SyntheticStore(str(tmp_path / "store"))
+    prov = [store.provenance(i) for i in range(len(store))]
+    order = {p["example"]: j for j, p in enumerate(prov)}
+    # the sampler is called in plan order (pending_batches keeps it)
+    plan = E.plan(6, 1, len(cfg.sampling.guidance) * len(
+        cfg.sampling.checkpoints if conditioning == "inverted" else (0,)) * (
+        2 if conditioning == "inverted" else 1), np.arange(6))
+    assert sorted(order) == sorted(p["example"] for p in plan)
+    for j, item in enumerate(plan):
+        p = prov[order[item["example"]]]
+        r = item["row"]
+        assert p["parent"] == r and int(store.labels[order[item["example"]]]) == r % K
+        assert scale[j] == pytest.approx(1.0 + p["guidance"])  # the paper's (1 + w)
+        if conditioning == "class":
+            np.testing.assert_allclose(cond[j], np.eye(K)[r % K])
+            np.testing.assert_allclose(un[j], np.eye(K)[np.arange(6) % K].mean(0), atol=1e-6)
+        else:
+            v = snaps[p["checkpoint"]]
+            np.testing.assert_allclose(un[j], v.mean(0), atol=1e-6)
+            assert real.labels[p["partner"]] == real.labels[r] and p["partner"] != r
+            key = jax.random.fold_in(jax.random.PRNGKey(1), item["example"])
+            eps = np.asarray(jax.random.normal(jax.random.fold_in(key, 21), (1, K)))[0]
+            np.testing.assert_allclose(cond[j], 0.9 * v[r] + 0.1 * v[p["partner"]] + 0.1 * eps,
+                                       rtol=1e-5, atol=1e-6)

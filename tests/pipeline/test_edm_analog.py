@@ -131,9 +131,18 @@ def test_seed004_table2_over_seeds_states_paired_fid_intervals():
     md = tables.table2_report(out)
     assert f"| SDA | 10.07 ± {results['sda_case1']['fid_std']:.2f} (9.98) |" in md
     assert "CASD's FID below SDA's" in md and "**reproduced**" in md
+    import ml_collections
+
     with pytest.raises(Exception, match="repeated"):
-        import ml_collections
         mismatch.seeds_of(ml_collections.ConfigDict({"seed": 0, "seeds": (1, 1)}))
+    # each seed trains and samples its DM / SDA / CASD with that seed
+    from augdiff.config import load_config
+
+    red = load_config(str(REPO / "augdiff/configs/exp_seed004_casd.py:table2_reduced"))
+    assert tuple(red.seeds) == (0, 1, 2)
+    c = mismatch.edm_config(red, mode="casd", workdir="/tmp/x", classes=mismatch.REAL_CLASSES,
+                            first_per_class=125, num_samples=10, stores=["/a"], seed=2)
+    assert (c.seed, c.sample.seed) == (2, 2)
 
 
 def test_online_experiment_states_verdicts():
