@@ -8,9 +8,13 @@ edits, hybrids, fractal blending; needs its SD weights) into ``generate/store``;
 the seed 000 recipe (``configs/classify_cifar100.py``: PreActResNet18, SGD 0.1 /10 at epochs
 100 and 200, wd 1e-4, batch 100, 300 epochs) on real only and on real + synthetic with the row's
 synthetic-share schedule (seed 000 eqs. 1-3), three seeds each; FID etc. use the classifier
-trained on the real data; the PCA plot shows real vs synthetic features (seed 000 Fig. 3 uses
-CLIP embeddings: add ``--config.evaluate.config=configs/evaluate_cifar10.py:clip`` and
-``--config.evaluate.overrides.extractor.clip_path=DIR``).
+trained on the real data; the ``pca`` stage plots real vs synthetic features (CLIP ones with
+``--config.evaluate.config=configs/evaluate_cifar10.py:clip`` and
+``--config.evaluate.overrides.extractor.clip_path=DIR``). Seed 000's
+Fig. 3 itself (PCA fitted on the originals' CLIP embeddings, generations with the row's editor:
+InstructPix2Pix with DiffuseMix's prompts, or the EDM editor's strengths; the hybrids' own
+fractals) is the table experiments' ``fig3`` analysis (:mod:`augdiff.analysis.fig3`), at any
+scale; ``fig3.clip=DIR`` gives it real CLIP weights.
 
 Rows (variants), named as in Tables 1-2 (definitions in ``configs/diffusemix_cifar100.py``,
 whose variant of the same name holds each row's generation settings): ``baseline`` (DiffuseMix:
@@ -38,7 +42,8 @@ Every row in one run (the table experiments, ``experiment = 'rows'``)::
 ``DIR/<row>`` (real CIFAR-10 zip at 16², 100 images per class, the shipped class-conditional
 EDM as an SDEdit editor at σ_start = 1, a tiny PreActResNet for 12 epochs; baseline makes the
 edits, every other row adopts them, the Fractal rows make none), then the analyses ``fig3``
-(Fig. 3, PCA fitted on the originals' CLIP embeddings) and ``shb_measure`` (SHB masks at
+(Fig. 3, PCA fitted on the originals' CLIP embeddings; the "prompts" are the SDEdit strengths
+``fig3.strengths``) and ``shb_measure`` (SHB masks at
 256²), and writes ``DIR/report.md``: the paper-layout table, the direction of each finding
 (:data:`FINDINGS`), wall times, the analyses. Rows resume on their own;
 ``--config.rerun_rows=shb,shb_fractal`` starts rows over. ``ci`` is the same at CI size.

@@ -368,6 +368,23 @@ def pick_fractals(keys: jax.Array, bank: jax.Array, height: int, width: int) -> 
     return f
 
 
+def pair_fractals(
+    key: jax.Array,
+    pair_ids: jax.Array,
+    bank: jax.Array,
+    height: int,
+    width: int,
+    *,
+    policy: MaskPolicy = "offline",
+    epoch: int | jax.Array | None = 0,
+) -> jax.Array:
+    """The fractal each pair is blended with in :func:`diffusemix` (the one home of that draw):
+    :func:`pick_fractals` from the pair's key (:func:`pair_keys` of the hybrid ``key``,
+    ``pair_ids``, ``policy`` and ``epoch``). [B, H, W, C] in the bank's value range."""
+    keys = pair_keys(key, pair_ids, policy=policy, epoch=epoch)
+    return pick_fractals(keys, bank, height, width)
+
+
 def fractal_bank(
     key: jax.Array, n: int, size: int, value_range: tuple[float, float] = (-1.0, 1.0)
 ) -> jax.Array:
@@ -518,7 +535,8 @@ def diffusemix(
             f"fractal bank has {fractals.shape[-1]} channels, images have {original.shape[-1]}"
         )
     lam = draw_lambda(keys, spec.lam)
-    x = fractal_blend(x, pick_fractals(keys, fractals, h, w).astype(x.dtype), lam)
+    f = pair_fractals(key, pair_ids, fractals, h, w, policy=spec.policy, epoch=epoch)
+    x = fractal_blend(x, f.astype(x.dtype), lam)
     return x, label_weights(lam, spec.label_scaling)
 
 
