@@ -111,7 +111,14 @@ CI_ROWS = ("baseline", "fractal_0.20_lsf0.80", "shb_fractal")
 # The paper's findings, as "a<b" (row a scores below row b) with the paper's answer.
 FINDINGS = (("DC falls below vanilla", "dc<vanilla", True),
             ("SHB beats DC", "dc<shb", True),
-            ("random falls below DC", "random<dc", True))
+            ("random falls below DC", "random<dc", True),
+            ("DM Lin beats the constant baseline", "baseline<dm_lin", True),
+            ("DM Warm beats the constant baseline", "baseline<dm_warm", True),
+            ("DM Step beats the constant baseline", "baseline<dm_step", True),
+            ("Lsf 0.80 falls below Lsf 1.00 (74.21 vs 74.27)",
+             "fractal_0.20_lsf0.80<fractal_0.20_lsf1.00", True),
+            ("a larger hybrid ratio falls below a smaller one (0.20–0.30 vs 0.05–0.15)",
+             "hybrid_0.20_0.30<hybrid_0.05_0.15", True))
 
 
 def _table_config(profile: str) -> ml_collections.ConfigDict:
