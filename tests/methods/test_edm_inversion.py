@@ -335,3 +335,18 @@ def test_what_reaches_the_sampler_and_the_store(gen, tmp_path, monkeypatch, cond
             eps = np.asarray(jax.random.normal(jax.random.fold_in(key, 21), (1, K)))[0]
             np.testing.assert_allclose(cond[j], 0.9 * v[r] + 0.1 * v[p["partner"]] + 0.1 * eps,
                                        rtol=1e-5, atol=1e-6)
+
+
+def test_group_file_with_non_finite_vectors_is_refused(gen, tmp_path):
+    """A well-formed file (valid zip, right settings and ids) whose vectors are NaN."""
+    import io
+
+    settings = E._settings(_cfg(tmp_path), gen)
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.arange(3), labels=np.zeros(3, int), steps=np.array([2, 4]),
+             snapshots=np.full((2, 3, K), np.nan, np.float32), loss=np.zeros(3, np.float32),
+             settings=np.asarray(json.dumps(settings, sort_keys=True)))
+    path = tmp_path / "group-00000.npz"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(ConfigError, match=r"group-00000\.npz holds non-finite"):
+        E.read_group(str(path), settings, np.arange(3))
