@@ -58,7 +58,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from augdiff import distributed
@@ -70,7 +69,7 @@ from augdiff.edm import core, samplers
 from augdiff.edm.model import open_generator
 from augdiff.files import atomic_write, write_json
 from augdiff.methods import augcond, diffinv
-from augdiff.methods.inversion import make_optimizer
+from augdiff.methods.inversion import make_optimizer, optimise_rows
 from augdiff.sd.guidance import cfg_scale
 
 Array = jax.Array
@@ -115,19 +114,11 @@ def _inversion_steps(net_apply: Callable[..., Array], cfg: core.EDMConfig,
     optimizer = make_optimizer(learning_rate, weight_decay)
 
     def run(params, vectors, opt_state, images, image_keys, start, stop):
-        def total(v, step):
+        def per_image_loss(v, step):
             sigma, noise = step_noise(image_keys, step, images.shape[1:], cfg)
-            per_image = inversion_loss(net_apply, params, cfg, v, images, sigma, noise)
-            return jnp.sum(per_image), per_image
+            return inversion_loss(net_apply, params, cfg, v, images, sigma, noise)
 
-        def body(step, carry):
-            v, state, _ = carry
-            (_, per_image), grads = jax.value_and_grad(total, has_aux=True)(v, step)
-            updates, state = optimizer.update(grads, state, v)
-            return optax.apply_updates(v, updates), state, per_image
-
-        init = (vectors, opt_state, jnp.zeros(vectors.shape[0], jnp.float32))
-        return jax.lax.fori_loop(start, stop, body, init)
+        return optimise_rows(per_image_loss, optimizer, vectors, opt_state, start, stop)
 
     return jax.jit(run)
 

@@ -100,6 +100,28 @@ def make_optimizer(
     return optax.adamw(learning_rate=float(learning_rate), weight_decay=float(weight_decay))
 
 
+def optimise_rows(per_row_loss: Callable[[Array, Array], Array],
+                  optimizer: optax.GradientTransformation, vectors: Array, opt_state: Any,
+                  start: Array | int, stop: Array | int) -> tuple[Array, Any, Array]:
+    """Optimiser steps ``[start, stop)`` on the **sum** of ``per_row_loss(vectors, step)``
+    ([rows] losses) in one ``lax.fori_loop``: each row's gradient and optimiser moments are
+    its own, so optimising rows together equals optimising them one by one. Returns
+    (vectors, opt_state, the per-row loss of the last step). Traced inside the caller's jit."""
+
+    def total(v, step):
+        per_row = per_row_loss(v, step)
+        return jnp.sum(per_row), per_row
+
+    def body(step, carry):
+        v, state, _ = carry
+        (_, per_row), grads = jax.value_and_grad(total, has_aux=True)(v, step)
+        updates, state = optimizer.update(grads, state, v)
+        return optax.apply_updates(v, updates), state, per_row
+
+    init = (vectors, opt_state, jnp.zeros(vectors.shape[0], jnp.float32))
+    return jax.lax.fori_loop(start, stop, body, init)
+
+
 @functools.lru_cache(maxsize=16)
 def _train_fn(
     components: loading.SDComponents,
@@ -116,19 +138,11 @@ def _train_fn(
     ).num_train_timesteps
 
     def run(params, cond, opt_state, latents, image_keys, start, stop):
-        def total_loss(c, step):
+        def per_image_loss(c, step):
             t, eps = step_draws(image_keys, step, latents.shape[1:], num_train)
-            per_image = denoising_loss(components, params, c, latents, t, eps)
-            return jnp.sum(per_image), per_image
+            return denoising_loss(components, params, c, latents, t, eps)
 
-        def body(step, carry):
-            c, state, _ = carry
-            (_, per_image), grads = jax.value_and_grad(total_loss, has_aux=True)(c, step)
-            updates, state = optimizer.update(grads, state, c)
-            return optax.apply_updates(c, updates), state, per_image
-
-        init = (cond, opt_state, jnp.zeros(cond.shape[0], jnp.float32))
-        return jax.lax.fori_loop(start, stop, body, init)
+        return optimise_rows(per_image_loss, optimizer, cond, opt_state, start, stop)
 
     if mesh is None:
         return jax.jit(run)
