@@ -53,7 +53,7 @@ def test_the_wheel_carries_the_configs_and_assets(installed):
     assert (pkg / "configs" / "common.py").is_file()
     assert sorted(p.name for p in (pkg / "configs").glob("exp_seed00*.py")) == [
         "exp_seed000_diffusemix.py", "exp_seed001_augcond.py", "exp_seed003_diffinv.py",
-        "exp_seed004_casd.py"]
+        "exp_seed003_edm_analog.py", "exp_seed004_casd.py"]
     assert (pkg / "assets" / "generator_cifar10" / "generator.json").is_file()
     assert list((pkg / "assets" / "reference_classifiers").iterdir())
     assert not (installed / "configs").exists() and not (installed / "tests").exists()
