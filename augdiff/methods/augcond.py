@@ -269,21 +269,29 @@ def _conditioning(
         e = pipelines.clip_image_embeds(components, params, x1)
         if aug.mix in EMBED_MIXES:
             e2 = pipelines.clip_image_embeds(components, params, x2)
-            if aug.mix == "embed_cutmix":
+            return mix_embeddings(aug, keys, e, e2)
+    return mix_embeddings(aug, keys, e, e, info)
 
-                def fn(k, a, b):
-                    return embed_cutmix(k, a, b, aug.alpha, aug.embed_cutmix_mode)
-            else:
 
-                def fn(k, a, b):
-                    return embed_mixup(k, a, b, aug.alpha)
-
-            e, info = jax.vmap(fn)(keys, e, e2)
+def mix_embeddings(aug: Augmentation, keys: Array, e1: Array, e2: Array,
+                   info: dict[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
+    """The embedding side of ``aug`` on rows ``[N, D]``: Embed-CutMix / Embed-Mixup of
+    ``e1`` with ``e2`` (when ``aug.mix`` is an embedding mix), then Dropout(``aug.dropout``),
+    each row from its own key (streams :data:`STREAM_LAMBDA`, ... as the pixel path). Returns
+    the embeddings and the per-row parameters drawn, merged into ``info``."""
+    e, info = e1, dict(info or {})
+    if aug.mix == "embed_cutmix":
+        e, drawn = jax.vmap(lambda k, a, b: embed_cutmix(
+            k, a, b, aug.alpha, aug.embed_cutmix_mode))(keys, e1, e2)
+        info.update(drawn)
+    elif aug.mix == "embed_mixup":
+        e, drawn = jax.vmap(lambda k, a, b: embed_mixup(k, a, b, aug.alpha))(keys, e1, e2)
+        info.update(drawn)
     if aug.dropout > 0:
         e, dropped = jax.vmap(lambda k, v: embed_dropout(k, v, aug.dropout, aug.dropout_rescale))(
             keys, e
         )
-        info = {**info, "dropped": dropped}
+        info["dropped"] = dropped
     return e, info
 
 

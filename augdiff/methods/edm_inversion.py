@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 from augdiff import distributed
 from augdiff.config import ConfigError, resolve_path
-from augdiff.data.pixels import edm_to_uint8
+from augdiff.data.pixels import edm_to_uint8, to_signed
 from augdiff.data.sources import open_real_source
 from augdiff.data.store import StoreWriter, example_keys, model_identity, pending_batches
 from augdiff.edm import core, samplers
@@ -146,7 +146,7 @@ def invert_group(gen: dict[str, Any], images: np.ndarray, labels: np.ndarray, id
     """Invert one group of images (uint8 [B, H, W, C]) through the frozen generator ``gen``
     (:func:`augdiff.edm.model.open_generator`): the vectors at every save step
     ``{step: [B, K]}`` and the per-image loss of the last step."""
-    x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+    x = jnp.asarray(to_signed(images))
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(int(seed)), i))(
         jnp.asarray(np.asarray(ids, np.uint32)))
     v = jnp.asarray(initial_vectors(labels, ids, int(gen["num_classes"]), init=init,
@@ -309,17 +309,8 @@ def conditioning(keys: Array, c: np.ndarray, partner: np.ndarray, *, augment: st
         raise ConfigError(f"edm_diffinv.augment={augment!r}: pixel mixes need an image "
                           "encoder; the analog mixes the inverted vectors (embed_*)")
 
-    def one(k, ci, pj):
-        e = ci
-        if aug.mix == "embed_mixup":
-            e, _ = augcond.embed_mixup(k, ci, pj, aug.alpha)
-        elif aug.mix == "embed_cutmix":
-            e, _ = augcond.embed_cutmix(k, ci, pj, aug.alpha, aug.embed_cutmix_mode)
-        if aug.dropout > 0:
-            e, _ = augcond.embed_dropout(k, e, aug.dropout, aug.dropout_rescale)
-        return e
-
-    return np.asarray(jax.vmap(one)(keys, jnp.asarray(c), jnp.asarray(partner)))
+    e, _ = augcond.mix_embeddings(aug, jnp.asarray(keys), jnp.asarray(c), jnp.asarray(partner))
+    return np.asarray(e)
 
 
 @functools.lru_cache(maxsize=8)
